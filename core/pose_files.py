@@ -1,0 +1,91 @@
+"""AMASS-style pose files: `poses` (T, 3 * J) axis-angle, `trans` (T, 3), `betas`, `gender`,
+`mocap_framerate` (AMASS also writes `mocap_frame_rate`; both are read)."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+class PoseFileError(ValueError):
+    """A pose file is missing a field or holds arrays of the wrong shape."""
+
+
+@dataclass
+class PoseSequence:
+    poses: np.ndarray  # (T, 3 * J) axis-angle, joints in the body model's order
+    trans: np.ndarray  # (T, 3) metres
+    betas: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gender: str = "neutral"
+    framerate: float = 30.0
+
+    @property
+    def num_frames(self) -> int:
+        return self.poses.shape[0]
+
+    def parts_for(self, pose_parts: tuple[tuple[str, int], ...], source: str = "pose") -> dict[str, np.ndarray]:
+        """Split `poses` into a body model's forward() arguments.
+
+        A file may carry fewer joints than the model (e.g. SMPL-H body + hands against a model with
+        the same first joints): the parts it covers completely are returned, the rest stay zero.
+        """
+        width = self.poses.shape[1]
+        result, start = {}, 0
+        for name, count in pose_parts:
+            end = start + 3 * count
+            if end <= width:
+                result[name] = self.poses[:, start:end]
+            start = end
+        if width > start:
+            raise PoseFileError(f"{source}: 'poses' has {width // 3} joints, more than the body model's {start // 3}")
+        needed = [name for name, _ in pose_parts if name in ("global_orient", "body_pose")]
+        if any(name not in result for name in needed):
+            raise PoseFileError(f"{source}: 'poses' has {width // 3} joints, too few for the body model's body")
+        return result
+
+
+def load_pose_file(path: str | Path) -> PoseSequence:
+    """Read and check an AMASS-style `.npz` (no pickled objects are ever loaded)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "poses" not in npz.files:
+                raise PoseFileError(f"{path}: missing key 'poses' (T, 3 * joints)")
+            poses = np.asarray(npz["poses"], dtype=np.float64)
+            if poses.ndim != 2 or poses.shape[1] % 3 or poses.shape[0] == 0:
+                raise PoseFileError(f"{path}: key 'poses' has shape {poses.shape}, expected (T, 3 * joints) with T > 0")
+            trans = np.asarray(npz["trans"], dtype=np.float64) if "trans" in npz.files else np.zeros((len(poses), 3))
+            if trans.shape != (len(poses), 3):
+                raise PoseFileError(f"{path}: key 'trans' has shape {trans.shape}, expected ({len(poses)}, 3)")
+            betas = np.asarray(npz["betas"], dtype=np.float64).reshape(-1) if "betas" in npz.files else np.zeros(0)
+            gender = str(npz["gender"]) if "gender" in npz.files else "neutral"
+            rate_key = next((k for k in ("mocap_framerate", "mocap_frame_rate") if k in npz.files), None)
+            framerate = float(npz[rate_key]) if rate_key else 30.0
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise PoseFileError(f"{path}: not a readable .npz file ({error})") from error
+    except ValueError as error:
+        if isinstance(error, PoseFileError):
+            raise
+        raise PoseFileError(f"{path}: a field is stored as Python objects or is not numeric ({error})") from error
+    for name, array in (("poses", poses), ("trans", trans), ("betas", betas)):
+        if not np.isfinite(array).all():
+            raise PoseFileError(f"{path}: key '{name}' contains NaN or infinite values")
+    if framerate <= 0:
+        raise PoseFileError(f"{path}: frame rate {framerate} is not positive")
+    return PoseSequence(poses=poses, trans=trans, betas=betas, gender=gender, framerate=framerate)
+
+
+def save_pose_file(path: str | Path, sequence: PoseSequence, **extra: np.ndarray | str | float) -> None:
+    """Write an AMASS-style `.npz` that AMASS tools and `load_pose_file` read back."""
+    np.savez_compressed(
+        path,
+        poses=sequence.poses.astype(np.float32),
+        trans=sequence.trans.astype(np.float32),
+        betas=sequence.betas.astype(np.float32),
+        gender=np.array(sequence.gender),
+        mocap_framerate=np.array(sequence.framerate),
+        **{key: np.asarray(value) for key, value in extra.items()},
+    )

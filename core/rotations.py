@@ -1,0 +1,151 @@
+"""Rotation conversions on batched tensors (any leading shape).
+
+Conventions: matrices act on column vectors; quaternions are (w, x, y, z) as Blender stores
+them; axis-angle is a 3-vector whose norm is the angle in radians. All functions are
+differentiable, including at the identity (where a naive Rodrigues formula divides by zero).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_SMALL_ANGLE = 1e-4
+
+
+def skew(v: Tensor) -> Tensor:
+    """(..., 3) -> (..., 3, 3) cross-product matrix, so that skew(a) @ b == a x b."""
+    x, y, z = v.unbind(-1)
+    zero = torch.zeros_like(x)
+    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).unflatten(-1, (3, 3))
+
+
+def axis_angle_to_matrix(axis_angle: Tensor) -> Tensor:
+    """Rodrigues' formula; (..., 3) -> (..., 3, 3).
+
+    The coefficients sin(t)/t and (1-cos(t))/t^2 switch to their Taylor series near zero so that
+    the value and the gradient stay finite at the identity (IK starts there).
+    """
+    theta2 = (axis_angle * axis_angle).sum(-1, keepdim=True).unsqueeze(-1)
+    small = theta2 < _SMALL_ANGLE**2
+    safe_theta2 = torch.where(small, torch.ones_like(theta2), theta2)
+    safe_theta = safe_theta2.sqrt()
+    a = torch.where(small, 1 - theta2 / 6, torch.sin(safe_theta) / safe_theta)
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(safe_theta)) / safe_theta2)
+    k = skew(axis_angle)
+    eye = torch.eye(3, dtype=axis_angle.dtype, device=axis_angle.device)
+    return eye + a * k + b * (k @ k)
+
+
+def matrix_to_axis_angle(matrix: Tensor) -> Tensor:
+    """(..., 3, 3) -> (..., 3) with angles in [0, pi], via the quaternion (robust near pi)."""
+    return quaternion_to_axis_angle(matrix_to_quaternion(matrix))
+
+
+def quaternion_to_axis_angle(quaternion: Tensor) -> Tensor:
+    """(..., 4) (w, x, y, z) -> (..., 3); picks the shorter of q and -q."""
+    q = torch.where(quaternion[..., :1] < 0, -quaternion, quaternion)
+    w, xyz = q[..., :1], q[..., 1:]
+    sin_half = xyz.norm(dim=-1, keepdim=True)
+    half = torch.atan2(sin_half, w)
+    small = sin_half < _SMALL_ANGLE
+    safe_sin = torch.where(small, torch.ones_like(sin_half), sin_half)
+    # For small angles 2*half/sin(half) -> 2/w (w ~ 1), keeping the gradient finite.
+    scale = torch.where(small, 2 / w.clamp_min(_SMALL_ANGLE), 2 * half / safe_sin)
+    return xyz * scale
+
+
+def axis_angle_to_quaternion(axis_angle: Tensor) -> Tensor:
+    """(..., 3) -> (..., 4) unit quaternion (w, x, y, z) with w >= 0."""
+    angle = axis_angle.norm(dim=-1, keepdim=True)
+    small = angle < _SMALL_ANGLE
+    safe_angle = torch.where(small, torch.ones_like(angle), angle)
+    scale = torch.where(small, 0.5 - angle * angle / 48, torch.sin(safe_angle / 2) / safe_angle)
+    return torch.cat([torch.cos(angle / 2), axis_angle * scale], dim=-1)
+
+
+def quaternion_to_matrix(quaternion: Tensor) -> Tensor:
+    """(..., 4) (w, x, y, z), normalised here -> (..., 3, 3)."""
+    w, x, y, z = torch.nn.functional.normalize(quaternion, dim=-1).unbind(-1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).unflatten(-1, (3, 3))
+
+
+def matrix_to_quaternion(matrix: Tensor) -> Tensor:
+    """(..., 3, 3) -> (..., 4) (w, x, y, z) with w >= 0.
+
+    Computes the four candidate solutions and keeps, per rotation, the one with the largest
+    denominator (Shepperd's method), which is stable for every angle.
+    """
+    m = matrix
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    trace_terms = torch.stack(
+        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1
+    )
+    denom = trace_terms.clamp_min(1e-12).sqrt() * 2  # 4 * |component|
+    candidates = torch.stack(
+        [
+            torch.stack([denom[..., 0] / 4, (m[..., 2, 1] - m[..., 1, 2]) / denom[..., 0],
+                         (m[..., 0, 2] - m[..., 2, 0]) / denom[..., 0], (m[..., 1, 0] - m[..., 0, 1]) / denom[..., 0]], -1),
+            torch.stack([(m[..., 2, 1] - m[..., 1, 2]) / denom[..., 1], denom[..., 1] / 4,
+                         (m[..., 0, 1] + m[..., 1, 0]) / denom[..., 1], (m[..., 0, 2] + m[..., 2, 0]) / denom[..., 1]], -1),
+            torch.stack([(m[..., 0, 2] - m[..., 2, 0]) / denom[..., 2], (m[..., 0, 1] + m[..., 1, 0]) / denom[..., 2],
+                         denom[..., 2] / 4, (m[..., 1, 2] + m[..., 2, 1]) / denom[..., 2]], -1),
+            torch.stack([(m[..., 1, 0] - m[..., 0, 1]) / denom[..., 3], (m[..., 0, 2] + m[..., 2, 0]) / denom[..., 3],
+                         (m[..., 1, 2] + m[..., 2, 1]) / denom[..., 3], denom[..., 3] / 4], -1),
+        ],
+        dim=-2,
+    )
+    best = trace_terms.argmax(dim=-1, keepdim=True)
+    q = torch.gather(candidates, -2, best.unsqueeze(-1).expand(*best.shape[:-1], 1, 4)).squeeze(-2)
+    q = torch.nn.functional.normalize(q, dim=-1)
+    return torch.where(q[..., :1] < 0, -q, q)
+
+
+def rotation_6d_to_matrix(d6: Tensor) -> Tensor:
+    """(..., 6) -> (..., 3, 3), the continuous 6D representation as VPoser's decoder reads it.
+
+    The 6 numbers are a row-major 3x2 matrix whose two columns are Gram-Schmidt
+    orthonormalised; the third column is their cross product. This layout (not two
+    concatenated 3-vectors) is what official VPoser checkpoints were trained with.
+    """
+    cols = d6.unflatten(-1, (3, 2))
+    b1 = torch.nn.functional.normalize(cols[..., 0], dim=-1)
+    a2 = cols[..., 1]
+    b2 = torch.nn.functional.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
+    b3 = torch.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-1)
+
+
+def matrix_to_rotation_6d(matrix: Tensor) -> Tensor:
+    """(..., 3, 3) -> (..., 6), the inverse of rotation_6d_to_matrix for proper rotations."""
+    return matrix[..., :, :2].flatten(-2)
+
+
+def euler_to_matrix(angles: Tensor, order: str) -> Tensor:
+    """Intrinsic Euler angles in radians -> matrices.
+
+    `order` names the axes in the order the channels are listed in a BVH file (e.g. "ZYX"):
+    the result is R = R_first @ R_second @ R_third, BVH's convention for local rotations.
+    """
+    if sorted(order.upper()) != ["X", "Y", "Z"]:
+        raise ValueError(f"Euler order must be a permutation of 'XYZ', got {order!r}")
+    result = None
+    for i, axis in enumerate(order.upper()):
+        vector = torch.zeros(*angles.shape[:-1], 3, dtype=angles.dtype, device=angles.device)
+        vector[..., "XYZ".index(axis)] = angles[..., i]
+        rotation = axis_angle_to_matrix(vector)
+        result = rotation if result is None else result @ rotation
+    return result
+
+
+def geodesic_angle(a: Tensor, b: Tensor) -> Tensor:
+    """Angle in radians between rotation matrices a and b, (..., 3, 3) -> (...)."""
+    cos = ((a.transpose(-1, -2) @ b).diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
+    return torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
