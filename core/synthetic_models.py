@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .model_files import SMPL_BODY_PARENTS
 
-SMPL_BODY_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19)
+
 # Sizes of the official releases: vertices and faces per kind.
 OFFICIAL_SIZES = {"smpl": (6890, 13776), "smplh": (6890, 13776), "smplx": (10475, 20908), "mano": (778, 1538)}
 

@@ -1,0 +1,298 @@
+"""Skeleton presets: which source (mocap) joint drives which SMPL joint.
+
+A preset is plain data:
+
+* ``joints``: SMPL joint name -> source joint name, or a tuple of source joint names when one SMPL
+  segment spans several source bones (their global rotations are averaged, see
+  `core.mocap.transfer`). SMPL joints not listed stay at identity (zero pose).
+* ``directions``: SMPL joint name -> the source joint whose position, seen from the (first) mapped
+  source joint, gives the bone direction used to align the two rest poses. The target direction
+  is the segment from the SMPL joint to its child in `TARGET_DIRECTION_CHILD`. Joints absent here
+  (or whose target has no such child) inherit their parent's alignment (identity at the root).
+* ``unit_scale``: metres per source unit, where known.
+* ``axes``: how SMPL's axes read in the source's, e.g. ("+x", "+y", "+z") for a Y-up source that
+  faces +Z with its left at +X (SMPL's own), ("+x", "+z", "-y") for a Z-up source facing -Y. None:
+  infer from the rest skeleton (`core.mocap.transfer.infer_axes`).
+
+Custom presets come from a dict or a JSON file with the same keys (`SkeletonPreset.from_dict`,
+`load_preset`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from ..model_files import KINDS, LEFT_HAND_JOINTS, RIGHT_HAND_JOINTS, SMPL_BODY_JOINTS, SMPL_BODY_PARENTS
+
+__all__ = [
+    "SMPL_BODY_JOINT_NAMES",
+    "SMPL_HAND_JOINT_NAMES",
+    "SMPLH_JOINT_NAMES",
+    "SMPL_JOINT_NAMES",
+    "SMPLX_JOINT_NAMES",
+    "SMPL_BODY_PARENTS",
+    "TARGET_DIRECTION_CHILD",
+    "default_target_names",
+    "SkeletonPreset",
+    "PRESETS",
+    "get_preset",
+    "load_preset",
+]
+
+# --------------------------------------------------------------------------------------------
+# SMPL-family joint names (DESIGN.md order)
+
+SMPL_BODY_JOINT_NAMES = list(SMPL_BODY_JOINTS)
+SMPL_HAND_JOINT_NAMES = {"left": list(LEFT_HAND_JOINTS), "right": list(RIGHT_HAND_JOINTS)}
+SMPLH_JOINT_NAMES = list(KINDS["smplh"].joint_names)
+SMPL_JOINT_NAMES = list(KINDS["smpl"].joint_names)
+SMPLX_JOINT_NAMES = list(KINDS["smplx"].joint_names)
+_FINGERS = ("index", "middle", "pinky", "ring", "thumb")
+
+
+def default_target_names(num_joints: int) -> list[str]:
+    """SMPL-family joint names for a joint count: 22 body, 24 SMPL, 52 SMPL-H, 55 SMPL-X."""
+    table = {22: SMPL_BODY_JOINT_NAMES, 24: SMPL_JOINT_NAMES, 52: SMPLH_JOINT_NAMES, 55: SMPLX_JOINT_NAMES}
+    if num_joints not in table:
+        raise ValueError(f"no default SMPL joint names for {num_joints} joints; pass target_names")
+    return list(table[num_joints])
+
+
+def _sided(table: Mapping) -> dict:
+    """Expand keys/values holding "{s}" (left/right) or "{S}" (Left/Right) into both sides.
+
+    Values may be a name, a tuple of names or None.
+    """
+
+    def sub(value, side: str):
+        if value is None:
+            return None
+        if isinstance(value, tuple):
+            return tuple(sub(v, side) for v in value)
+        return value.replace("{s}", side).replace("{S}", side.capitalize())
+
+    out = {}
+    for key, value in table.items():
+        if "{s}" in key:
+            for side in ("left", "right"):
+                out[sub(key, side)] = sub(value, side)
+        else:
+            out[key] = value
+    return out
+
+
+# The SMPL child whose position defines each SMPL joint's rest bone direction.
+TARGET_DIRECTION_CHILD: dict[str, str] = _sided(
+    {
+        "spine1": "spine2", "spine2": "spine3", "spine3": "neck", "neck": "head",
+        "{s}_hip": "{s}_knee", "{s}_knee": "{s}_ankle", "{s}_ankle": "{s}_foot",
+        "{s}_collar": "{s}_shoulder", "{s}_shoulder": "{s}_elbow", "{s}_elbow": "{s}_wrist",
+        "{s}_wrist": "{s}_middle1",
+        **{f"{{s}}_{f}1": f"{{s}}_{f}2" for f in _FINGERS},
+        **{f"{{s}}_{f}2": f"{{s}}_{f}3" for f in _FINGERS},
+    }
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+
+
+@dataclass(frozen=True)
+class SkeletonPreset:
+    name: str
+    joints: Mapping[str, str | tuple[str, ...]]
+    directions: Mapping[str, str] = field(default_factory=dict)
+    unit_scale: float | None = None
+    axes: tuple[str, str, str] | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        for smpl, src in self.joints.items():
+            if isinstance(src, list):
+                object.__setattr__(self, "joints", {**self.joints, smpl: tuple(src)})
+        bad = [k for k in self.directions if k not in self.joints]
+        if bad:
+            raise ValueError(f"preset {self.name!r}: directions for unmapped SMPL joints {bad}")
+        if self.axes is not None:
+            _check_axes(self.axes)
+
+    def sources(self, smpl_name: str) -> tuple[str, ...]:
+        """Source joint names driving an SMPL joint (empty when unmapped)."""
+        src = self.joints.get(smpl_name)
+        if src is None:
+            return ()
+        return (src,) if isinstance(src, str) else tuple(src)
+
+    def source_names(self) -> list[str]:
+        """Every source joint name the preset refers to."""
+        names = [n for smpl in self.joints for n in self.sources(smpl)]
+        names += [d for d in self.directions.values() if d]
+        return list(dict.fromkeys(names))
+
+    def with_prefix(self, prefix: str, old_prefix: str = "") -> "SkeletonPreset":
+        """The same preset with source names re-prefixed (e.g. Mixamo's "mixamorig1:")."""
+
+        def fix(n: str) -> str:
+            return prefix + (n[len(old_prefix):] if old_prefix and n.startswith(old_prefix) else n)
+
+        joints = {k: (fix(v) if isinstance(v, str) else tuple(fix(x) for x in v)) for k, v in self.joints.items()}
+        directions = {k: fix(v) for k, v in self.directions.items()}
+        return SkeletonPreset(self.name, joints, directions, self.unit_scale, self.axes, self.description)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "joints": {k: (v if isinstance(v, str) else list(v)) for k, v in self.joints.items()},
+            "directions": dict(self.directions),
+            "unit_scale": self.unit_scale,
+            "axes": list(self.axes) if self.axes else None,
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "SkeletonPreset":
+        """From a dict with keys joints (required), directions, unit_scale, axes, name, description."""
+        if "joints" not in data:
+            raise ValueError("a skeleton preset needs a 'joints' mapping (SMPL name -> source name)")
+        unknown = set(data) - {"name", "joints", "directions", "unit_scale", "axes", "description"}
+        if unknown:
+            raise ValueError(f"unknown preset keys {sorted(unknown)}")
+        joints = {k: (v if isinstance(v, str) else tuple(v)) for k, v in data["joints"].items()}
+        axes = data.get("axes")
+        return cls(
+            name=data.get("name", "custom"),
+            joints=joints,
+            directions=dict(data.get("directions") or {}),
+            unit_scale=data.get("unit_scale"),
+            axes=tuple(axes) if axes else None,
+            description=data.get("description", ""),
+        )
+
+
+def _check_axes(axes) -> None:
+    if len(axes) != 3 or any(len(a) != 2 or a[0] not in "+-" or a[1] not in "xyz" for a in axes):
+        raise ValueError(f"axes must be three of '+x', '-y', ..., got {axes!r}")
+    if sorted(a[1] for a in axes) != ["x", "y", "z"]:
+        raise ValueError(f"axes must use x, y and z once each, got {axes!r}")
+
+
+# CMU main set (cgspeed MotionBuilder-style names, from the CMU ASF bones). Decisions, checked on
+# the data:
+# * spine1/spine2/spine3 = LowerBack/Spine/Spine1 (CMU's three back bones lowerback, upperback,
+#   thorax). Spine1 is the parent of the neck and both clavicles, like SMPL's spine3, so the chest
+#   orientation transfers exactly.
+# * neck = mean of Neck and Neck1 (lowerneck, upperneck): SMPL has one neck segment where CMU has
+#   two that often bend in opposite directions; their mean rotation follows the Neck->Head line to
+#   0.5 deg on average, either bone alone to 12 deg. head = Head.
+# * CMU's "LeftHand" joint is the start of the ASF `lwrist` bone, whose only DOF is a twist about
+#   the forearm axis (pronation); it sits ~9.5 cm before the anatomical wrist, and the wrist's
+#   flexion/deviation is on `lhand` = LeftFingerBase. So SMPL's elbow (the forearm segment) takes
+#   the mean of LeftForeArm and LeftHand (half the forearm twist) and SMPL's wrist takes
+#   LeftFingerBase (the hand's orientation), which leaves the other half of the twist on the wrist.
+# * LeftShoulder (clavicle) drives the collar; its rotation is zero in every take of the main set.
+# * Zero-rotation rest of this skeleton: Y up, toes towards +Z, left hip/arm at +X, i.e. SMPL's
+#   axes.
+# * Rest alignment only where the CMU rest direction is a convention rather than the subject's
+#   calibrated anatomy: the ASF femur and tibia point exactly 20 deg outwards (standing frames show
+#   ~0 deg in the pelvis frame, so the splay must be removed), the humerus and radius exactly along
+#   +X. The feet, toes and hands inherit their limb's alignment: standing frames show the CMU foot
+#   frame rolled by the same ~20 deg as the thigh, so the foot's rest frame is part of the splayed
+#   convention. The back, neck, head and clavicles keep A = I: their directions are measured per
+#   subject in an upright pose, as the body's rest is, and aligning them to SMPL's differently
+#   placed landmarks (its head joint sits forward of its neck joint) would bake a constant bend
+#   into every pose.
+# * 1 unit = 1/0.45 inch = 56.44 mm (ASF ":units length 0.45").
+CMU = SkeletonPreset(
+    name="cmu",
+    description="CMU ASF/AMC converted to BVH with cgspeed MotionBuilder-style names (31 joints)",
+    unit_scale=0.05644,
+    axes=("+x", "+y", "+z"),
+    joints=_sided(
+        {
+            "pelvis": "Hips",
+            "spine1": "LowerBack", "spine2": "Spine", "spine3": "Spine1",
+            "neck": ("Neck", "Neck1"), "head": "Head",
+            "{s}_hip": "{S}UpLeg", "{s}_knee": "{S}Leg", "{s}_ankle": "{S}Foot", "{s}_foot": "{S}ToeBase",
+            "{s}_collar": "{S}Shoulder", "{s}_shoulder": "{S}Arm",
+            "{s}_elbow": ("{S}ForeArm", "{S}Hand"), "{s}_wrist": "{S}FingerBase",
+        }
+    ),
+    directions=_sided(
+        {
+            "{s}_hip": "{S}Leg", "{s}_knee": "{S}Foot", "{s}_shoulder": "{S}ForeArm", "{s}_elbow": "{S}FingerBase",
+        }
+    ),
+)  # fmt: skip
+
+# Mixamo rigs (names as exported by Mixamo, prefix "mixamorig:"; some downloads use "mixamorig1:",
+# see SkeletonPreset.with_prefix). Mixamo characters are Y-up, face +Z, T-pose bind pose, and are
+# usually in centimetres (unit_scale 0.01; check a file's hip height). As for CMU, only the limbs
+# (legs, arms, hands, fingers), whose bind directions are a T-pose convention, are rest-aligned.
+_MIXAMO_FINGERS = {"index": "Index", "middle": "Middle", "pinky": "Pinky", "ring": "Ring", "thumb": "Thumb"}
+MIXAMO = SkeletonPreset(
+    name="mixamo",
+    description="Mixamo rig (mixamorig:Hips, ...), fingers included",
+    unit_scale=0.01,
+    axes=("+x", "+y", "+z"),
+    joints=_sided(
+        {
+            "pelvis": "mixamorig:Hips",
+            "spine1": "mixamorig:Spine", "spine2": "mixamorig:Spine1", "spine3": "mixamorig:Spine2",
+            "neck": "mixamorig:Neck", "head": "mixamorig:Head",
+            "{s}_hip": "mixamorig:{S}UpLeg", "{s}_knee": "mixamorig:{S}Leg",
+            "{s}_ankle": "mixamorig:{S}Foot", "{s}_foot": "mixamorig:{S}ToeBase",
+            "{s}_collar": "mixamorig:{S}Shoulder", "{s}_shoulder": "mixamorig:{S}Arm",
+            "{s}_elbow": "mixamorig:{S}ForeArm", "{s}_wrist": "mixamorig:{S}Hand",
+            **{f"{{s}}_{f}{k}": f"mixamorig:{{S}}Hand{m}{k}" for f, m in _MIXAMO_FINGERS.items() for k in (1, 2, 3)},
+        }
+    ),
+    directions=_sided(
+        {
+            "{s}_hip": "mixamorig:{S}Leg", "{s}_knee": "mixamorig:{S}Foot",
+            "{s}_shoulder": "mixamorig:{S}ForeArm",
+            "{s}_elbow": "mixamorig:{S}Hand", "{s}_wrist": "mixamorig:{S}HandMiddle1",
+            **{f"{{s}}_{f}{k}": f"mixamorig:{{S}}Hand{m}{k + 1}" for f, m in _MIXAMO_FINGERS.items() for k in (1, 2)},
+        }
+    ),
+)  # fmt: skip
+
+# A source whose joints carry SMPL(-H) names (e.g. a BVH exported from an SMPL armature), in metres.
+# Its rest is SMPL's T-pose, so rotations copy over unchanged (no rest alignment): SMPL pose
+# parameters do not depend on the body shape.
+SMPL_LIKE = SkeletonPreset(
+    name="smpl_like",
+    description="source joints named like SMPL-H joints (pelvis, left_hip, ...), metres, SMPL axes",
+    unit_scale=1.0,
+    axes=("+x", "+y", "+z"),
+    joints={n: n for n in SMPLH_JOINT_NAMES},
+    directions={},
+)
+
+PRESETS: dict[str, SkeletonPreset] = {p.name: p for p in (CMU, MIXAMO, SMPL_LIKE)}
+
+
+def get_preset(name: str) -> SkeletonPreset:
+    """A built-in preset by name ("cmu", "mixamo", "smpl_like")."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown skeleton preset {name!r}; built-in: {sorted(PRESETS)}") from None
+
+
+def load_preset(spec: "str | Path | Mapping | SkeletonPreset") -> SkeletonPreset:
+    """A preset from a built-in name, a JSON file path, a dict or a preset (returned as is)."""
+    if isinstance(spec, SkeletonPreset):
+        return spec
+    if isinstance(spec, Mapping):
+        return SkeletonPreset.from_dict(spec)
+    if isinstance(spec, str) and spec in PRESETS:
+        return PRESETS[spec]
+    path = Path(spec)
+    if path.suffix.lower() == ".json" or path.exists():
+        with open(path, encoding="utf-8") as f:
+            return SkeletonPreset.from_dict(json.load(f))
+    raise KeyError(f"unknown skeleton preset {spec!r}; built-in: {sorted(PRESETS)}, or a .json file")
