@@ -65,6 +65,11 @@ class BodyModel(nn.Module):
             raise BodyModelError(f"{arrays.path}: use_pca=True but the file has no hand PCA components")
         if use_pca and not 1 <= num_pca_comps <= 45:
             raise BodyModelError(f"num_pca_comps must be in 1..45, got {num_pca_comps}")
+        available_comps = min((c.shape[0] for c in arrays.hand_components.values()), default=0)
+        if use_pca and num_pca_comps > available_comps:
+            raise BodyModelError(
+                f"{arrays.path}: num_pca_comps={num_pca_comps}, but the file has {available_comps} hand components"
+            )
         self.num_pca_comps = num_pca_comps
 
         def buffer(name: str, array: np.ndarray) -> None:
@@ -75,10 +80,11 @@ class BodyModel(nn.Module):
         )
         # Everything that only depends on the model is precomputed in float64, then cast.
         buffer("v_template", arrays.v_template)
-        buffer("shape_basis", basis.reshape(-1, basis.shape[-1]).T)  # (K, V*3)
+        buffer("shape_basis", basis.reshape(3 * self.num_vertices, basis.shape[-1]).T)  # (K, V*3); K may be 0
         buffer("J_regressor", arrays.J_regressor)
         buffer("rest_joints_template", arrays.J_regressor @ arrays.v_template)  # (J, 3)
-        buffer("joint_shape_basis", np.einsum("jv,vck->kjc", arrays.J_regressor, basis).reshape(basis.shape[-1], -1))
+        buffer("joint_shape_basis", np.einsum("jv,vck->kjc", arrays.J_regressor, basis).reshape(
+            basis.shape[-1], 3 * self.num_joints))
         buffer("weights", arrays.weights)
         if self.use_pose_correctives:
             buffer("posedirs", arrays.posedirs.reshape(-1, arrays.posedirs.shape[-1]).T)  # (P, V*3)
@@ -252,21 +258,23 @@ class BodyModel(nn.Module):
             template, basis, weights = self.v_template[ids], self.shape_basis[:, coords], self.weights[ids]
             posedirs = self.posedirs[:, coords] if self.use_pose_correctives else None
         num_verts = template.shape[0]
-        offsets = None
+        # Rest-pose vertices (B, V*3): template + shape offsets + pose correctives, accumulated by GEMMs.
+        rest_vertices = template.reshape(1, -1)
         if shape is not None:
-            offsets = shape @ basis
+            rest_vertices = torch.addmm(rest_vertices, shape, basis)
         if posedirs is not None:
             eye = torch.eye(3, dtype=self.dtype, device=self.device)
             pose_feature = (rotations[:, 1:] - eye).reshape(batch, -1)
-            offsets = pose_feature @ posedirs if offsets is None else offsets + pose_feature @ posedirs
-        rest_vertices = template.expand(batch, -1, -1)
-        if offsets is not None:
-            rest_vertices = rest_vertices + offsets.view(batch, num_verts, 3)
+            rest_vertices = torch.addmm(rest_vertices, pose_feature, posedirs)
+        rest_vertices = rest_vertices.expand(batch, -1).view(batch, num_verts, 3)
         # Per joint: x -> R x + (p - R j_rest); blended per vertex as a 3x4 affine map.
         translations = joints - (world_rotations @ rest_joints.unsqueeze(-1)).squeeze(-1)
         affine = torch.cat([world_rotations, translations.unsqueeze(-1)], dim=-1)  # (B, J, 3, 4)
         blended = (weights @ affine.reshape(batch, self.num_joints, 12)).view(batch, num_verts, 3, 4)
-        return (blended[..., :3] @ rest_vertices.unsqueeze(-1)).squeeze(-1) + blended[..., 3]
+        # Apply the blended maps column by column (elementwise, no batched 3x3 matmul per vertex).
+        x, y, z = rest_vertices.unsqueeze(-2).unbind(-1)  # (B, V, 1) each
+        vertices = torch.addcmul(blended[..., 3], blended[..., 0], x)
+        return vertices.addcmul_(blended[..., 1], y).addcmul_(blended[..., 2], z)
 
     def _check_params(self, given: dict[str, Tensor | None]) -> dict[str, Tensor]:
         """Turn arguments into tensors of the model's dtype with their expected widths, or say what is wrong."""

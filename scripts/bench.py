@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""Benchmarks for the core library, printed as Markdown tables.
+
+    python scripts/bench.py --sections body [--repeat 5] [--batches 1,64,1024] [--json OUT]
+
+Sections are registered by name with `@section(...)`; each returns one or more `Table`s. To add
+one, write a function `def bench_name(ctx: Context) -> list[Table]` under the decorator. Timings
+are medians over `--repeat` runs after `--warmup` runs; when two implementations are compared,
+their runs are interleaved so that a change in machine load hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+# --------------------------------------------------------------------------- framework
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[object]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", ""]
+        lines.append("| " + " | ".join(self.columns) + " |")
+        lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.columns))) + "|")
+        for row in self.rows:
+            lines.append("| " + " | ".join(_cell(value) for value in row) + " |")
+        lines.extend(["", *(f"- {note}" for note in self.notes)])
+        return "\n".join(lines).rstrip() + "\n"
+
+
+@dataclass
+class Context:
+    repeat: int
+    warmup: int
+    batches: list[int]
+    device: torch.device
+    workdir: Path  # scratch space for files a section builds (removed afterwards)
+
+
+@dataclass
+class Section:
+    name: str
+    help: str
+    run: Callable[[Context], list[Table]]
+
+
+SECTIONS: dict[str, Section] = {}
+
+
+def section(name: str, help: str):
+    """Register `function(ctx) -> list[Table]` as the benchmark section `name`."""
+
+    def register(function: Callable[[Context], list[Table]]) -> Callable[[Context], list[Table]]:
+        SECTIONS[name] = Section(name, help, function)
+        return function
+
+    return register
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:.0f}"
+        if value >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(functions: dict[str, Callable[[], object]], ctx: Context) -> dict[str, float]:
+    """Median wall time in milliseconds of each function; runs are taken in turn."""
+    for _ in range(ctx.warmup):
+        for function in functions.values():
+            function()
+    _sync(ctx.device)
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(ctx.repeat):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            _sync(ctx.device)
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def machine_info() -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, object] = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": datetime.date.today().isoformat(),
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+# --------------------------------------------------------------------------- section: body
+def _body_inputs(kind_parts, num_betas: int, num_expression: int, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    inputs = {"betas": torch.randn(batch, num_betas, generator=g), "transl": torch.randn(batch, 3, generator=g)}
+    if num_expression:
+        inputs["expression"] = torch.randn(batch, num_expression, generator=g)
+    for part, count in kind_parts:
+        inputs[part] = 0.3 * torch.randn(batch, 3 * count, generator=g)
+    return inputs
+
+
+def _open_body_pair(workdir: Path):
+    """Our open default body and smplx.SMPLH on the same arrays (hand PCA and posedirs added as zeros,
+    because smplx always reads them)."""
+    from core.body_model import DATA_DIR, OPEN_BODY_VARIANTS, BodyModel
+
+    path = DATA_DIR / OPEN_BODY_VARIANTS["adult"]
+    if not path.is_file():
+        return None, f"open body skipped: core/data/{path.name} is not built yet"
+    ours = BodyModel.open_default("adult", num_betas=10)
+    try:
+        import smplx
+        from smplx.utils import Struct
+    except ImportError:
+        return (ours, None, 0), "smplx is not installed: its columns are empty"
+    data = dict(np.load(path))
+    num_verts = data["v_template"].shape[0]
+    for side in "lr":
+        data.setdefault(f"hands_components{side}", np.zeros((45, 45), np.float32))
+        data.setdefault(f"hands_mean{side}", np.zeros(45, np.float32))
+    data.setdefault("posedirs", np.zeros((num_verts, 3, 9 * 51), np.float32))
+    copy = workdir / "openbody_for_smplx.npz"
+    np.savez(copy, **data)
+    theirs = smplx.SMPLH(model_path=str(copy), data_struct=Struct(**dict(np.load(copy))), num_betas=10,
+                         use_pca=False, flat_hand_mean=True)
+    return (ours, theirs, 0), None
+
+
+def _smplx_layout_pair(workdir: Path):
+    """A made-up model in the official SMPL-X v1.1 layout and size (10,475 vertices, 55 joints,
+    300 + 100 shape / expression components), used with 10 betas and 10 expression coefficients."""
+    from core.body_model import BodyModel
+    from core.synthetic_models import write_model
+
+    path = write_model(workdir / "SMPLX_NEUTRAL.npz", "smplx", num_shape=300, num_faces=64, seed=0)
+    ours = BodyModel.from_file(path, num_betas=10, num_expression=10)
+    try:
+        import smplx
+    except ImportError:
+        return (ours, None, 10), "smplx is not installed: its columns are empty"
+    theirs = smplx.SMPLX(model_path=str(path), ext="npz", num_betas=10, num_expression_coeffs=10, use_pca=False,
+                         flat_hand_mean=False)
+    return (ours, theirs, 10), None
+
+
+@section("body", "body model forward on CPU: full mesh and joints only, against the smplx package")
+def bench_body(ctx: Context) -> list[Table]:
+    table = Table(
+        "Body model forward (CPU, float32, torch.inference_mode)",
+        ["model", "batch", "ours full (ms)", "ours joints-only (ms)", "smplx full (ms)",
+         "smplx / ours full", "smplx full / ours joints-only", "max vertex diff vs smplx (µm)"],
+    )
+    for label, build in (("open body, adult (13,718 v, 52 j)", _open_body_pair),
+                         ("SMPL-X layout (10,475 v, 55 j)", _smplx_layout_pair)):
+        pair, note = build(ctx.workdir)
+        if note:
+            table.notes.append(note)
+        if pair is None:
+            continue
+        ours, theirs, num_expression = pair
+        ours = ours.to(ctx.device)
+        for batch in ctx.batches:
+            inputs = {k: v.to(ctx.device) for k, v in
+                      _body_inputs(ours.kind.pose_parts, 10, num_expression, batch).items()}
+            functions = {
+                "full": lambda: ours(**inputs),
+                "joints": lambda: ours(**inputs, return_vertices=False),
+            }
+            if theirs is not None:
+                functions["smplx"] = lambda: theirs(**inputs)
+            with torch.inference_mode():
+                times = time_interleaved(functions, ctx)
+                error = None
+                if theirs is not None:
+                    error = float((ours(**inputs).vertices - theirs(**inputs).vertices).abs().max()) * 1e6
+            smplx_ms = times.get("smplx")
+            table.rows.append([
+                label, batch, times["full"], times["joints"], smplx_ms,
+                None if smplx_ms is None else smplx_ms / times["full"],
+                None if smplx_ms is None else smplx_ms / times["joints"],
+                error,
+            ])
+            print(f"  body: {label}, batch {batch}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()),
+                  file=sys.stderr, flush=True)
+    table.notes.append("Same inputs for both libraries: 10 betas (+ 10 expression for SMPL-X), random poses "
+                       "(0.3 rad per axis), translation; smplx built with use_pca=False.")
+    table.notes.append("The open body has no pose correctives; smplx needs a posedirs array, so it gets zeros "
+                       "and still multiplies them, while ours skips the term.")
+    table.notes.append(f"Median of {ctx.repeat} runs after {ctx.warmup} warm-up run(s); "
+                       "ours and smplx runs interleaved.")
+    return [table]
+
+
+# --------------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", default="body",
+                        help=f"comma-separated sections to run, or 'all' (known: {', '.join(SECTIONS)})")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    parser.add_argument("--batches", default="1,64,1024", help="batch sizes, comma-separated")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--list", action="store_true", help="list the sections and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for item in SECTIONS.values():
+            print(f"{item.name}: {item.help}")
+        return 0
+    names = list(SECTIONS) if args.sections == "all" else [n.strip() for n in args.sections.split(",") if n.strip()]
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    torch.set_num_threads(args.threads)
+    info = machine_info()
+    results: dict[str, object] = {"machine": info, "command": " ".join(["python", "scripts/bench.py", *sys.argv[1:]]),
+                                  "sections": {}}
+    print(f"Machine: {info['cpu']} ({info['logical_cpus']} logical CPUs), torch {info['torch']}, "
+          f"{info['torch_threads']} threads, {info['date']}\n")
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        ctx = Context(repeat=args.repeat, warmup=args.warmup,
+                      batches=[int(b) for b in args.batches.split(",")], device=torch.device(args.device),
+                      workdir=Path(scratch))
+        for name in names:
+            tables = SECTIONS[name].run(ctx)
+            results["sections"][name] = [asdict(table) for table in tables]
+            for table in tables:
+                print(table.markdown())
+    if hasattr(os, "getloadavg"):
+        info["load_average_1min_after"] = round(os.getloadavg()[0], 2)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
