@@ -204,10 +204,14 @@ class BodyModel(nn.Module):
         ).joints
 
     def shaped_vertices(self, betas: Tensor | None = None, expression: Tensor | None = None) -> Tensor:
-        """The mesh in the rest pose for a shape (B, V, 3)."""
+        """The mesh in the rest pose for a shape (B, V, 3): the linear shape part alone, no skinning."""
         params = self._check_params({"betas": betas, "expression": expression})
         batch = _batch_size(params)
-        return self.forward_rotations(self._identity(batch), params.get("betas"), params.get("expression")).vertices
+        flat = self.v_template.reshape(1, -1)
+        shape = self._shape_coefficients(params.get("betas"), params.get("expression"), batch)
+        if shape is not None:
+            flat = torch.addmm(flat, shape, self.shape_basis)
+        return flat.expand(batch, -1).reshape(batch, self.num_vertices, 3)
 
     # ----------------------------------------------------------------- internals
     def _identity(self, batch: int) -> Tensor:

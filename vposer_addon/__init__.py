@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import bpy
 
-from . import panels
+from . import operators, panels, preferences, properties
 
-_CLASSES: tuple[type, ...] = panels.CLASSES
+_CLASSES: tuple[type, ...] = (*preferences.CLASSES, *properties.CLASSES, *operators.CLASSES, *panels.CLASSES)
 
 
 def register() -> None:
     for cls in _CLASSES:
         bpy.utils.register_class(cls)
+    properties.attach()
+    preferences.register_extra_site_packages()
 
 
 def unregister() -> None:
+    properties.detach()
     for cls in reversed(_CLASSES):
         bpy.utils.unregister_class(cls)

@@ -11,10 +11,13 @@ arrays, so building and posing need no PyTorch.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import bpy
 import numpy as np
+from bpy_extras.anim_utils import action_get_channelbag_for_slot
 from mathutils import Matrix
 
 Y_UP_TO_Z_UP = Matrix.Rotation(math.pi / 2, 4, "X")
@@ -71,15 +74,108 @@ def evaluated_vertices(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph) ->
     return buffer.reshape(-1, 3)
 
 
+def set_rest_shape(
+    rig: bpy.types.Object,
+    skin: bpy.types.Object,
+    joint_names: list[str],
+    parents: np.ndarray,
+    rest_joints: np.ndarray,
+    vertices: np.ndarray,
+) -> None:
+    """Give a built body a new shape: rest mesh and bones move together, so skinning stays exact.
+
+    The mesh's own coordinates are rewritten (and every shape key shifted by the same offsets, so
+    a user's sculpted keys keep their relative edits); the bones keep their +Y direction.
+    """
+    _write_rest_vertices(skin.data, np.asarray(vertices, dtype=np.float32))
+    lengths = _bone_lengths(parents, rest_joints)
+    with _edit_mode(rig):
+        edit_bones = rig.data.edit_bones
+        for joint, name in enumerate(joint_names):
+            bone = edit_bones[name]
+            bone.head = rest_joints[joint]
+            bone.tail = rest_joints[joint] + np.array([0.0, lengths[joint], 0.0])
+
+
+def write_action(
+    rig: bpy.types.Object,
+    joint_names: list[str],
+    quaternions: np.ndarray,
+    translations: np.ndarray,
+    frame_start: int,
+    name: str,
+) -> bpy.types.Action:
+    """Key a whole clip into a new slotted action and assign it to the rig; returns the action.
+
+    quaternions (T, J, 4) are local joint rotations (w, x, y, z), translations (T, 3) the root's
+    location; frame t lands on frame_start + t. Curves are written whole with foreach_set (orders of
+    magnitude faster than keyframe_insert) and interpolate linearly, as sampled mocap should.
+    """
+    quaternions = continuous_quaternions(np.asarray(quaternions, dtype=np.float64))
+    translations = np.asarray(translations, dtype=np.float64)
+    frames = frame_start + np.arange(len(quaternions), dtype=np.float64)
+
+    action = bpy.data.actions.new(name)
+    slot = action.slots.new(id_type="OBJECT", name=rig.name)
+    strip = action.layers.new("Layer").strips.new(type="KEYFRAME")
+    channelbag = strip.channelbag(slot, ensure=True)
+    for joint, joint_name in enumerate(joint_names):
+        path = _bone_path(joint_name, "rotation_quaternion")
+        for component in range(4):
+            _write_curve(channelbag, path, component, joint_name, frames, quaternions[:, joint, component])
+    root_path = _bone_path(joint_names[0], "location")
+    for axis in range(3):
+        _write_curve(channelbag, root_path, axis, joint_names[0], frames, translations[:, axis])
+
+    animation_data = rig.animation_data or rig.animation_data_create()
+    animation_data.action = action
+    animation_data.action_slot = slot
+    return action
+
+
+def read_action(
+    rig: bpy.types.Object, joint_names: list[str], frames: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rig's active action sampled at `frames`: (T, J, 4) quaternions and (T, 3) root locations.
+
+    Curves are evaluated directly (no scene frame changes, no depsgraph); a channel without a
+    curve holds the pose bone's current value, as Blender's own evaluation does.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    curves = _active_curves(rig)
+    pose_bones = rig.pose.bones
+
+    def sample(path: str, index: int, fallback: float) -> np.ndarray:
+        curve = curves.get((path, index))
+        return np.full(len(frames), fallback) if curve is None else _sample_curve(curve, frames)
+
+    quaternions = np.empty((len(frames), len(joint_names), 4))
+    for joint, joint_name in enumerate(joint_names):
+        path = _bone_path(joint_name, "rotation_quaternion")
+        current = pose_bones[joint_name].rotation_quaternion
+        for component in range(4):
+            quaternions[:, joint, component] = sample(path, component, current[component])
+    root_path = _bone_path(joint_names[0], "location")
+    current = pose_bones[joint_names[0]].location
+    translations = np.stack([sample(root_path, axis, current[axis]) for axis in range(3)], axis=1)
+    return quaternions, translations
+
+
+def continuous_quaternions(quaternions: np.ndarray) -> np.ndarray:
+    """(T, J, 4) with q and -q chosen so consecutive frames agree in sign: per-component linear
+    interpolation between keys then takes the short way round instead of spinning a joint."""
+    if len(quaternions) < 2:
+        return quaternions
+    flips = np.where(np.sum(quaternions[1:] * quaternions[:-1], axis=-1) < 0, -1.0, 1.0)
+    signs = np.concatenate([np.ones_like(flips[:1]), np.cumprod(flips, axis=0)])
+    return quaternions * signs[..., None]
+
+
 def _build_bones(rig: bpy.types.Object, body: BodyArrays) -> None:
     """Edit bones at the joints, all pointing +Y in model space (identity rest rotation)."""
-    view_layer = bpy.context.view_layer
-    previous_active = view_layer.objects.active
-    view_layer.objects.active = rig
-    bpy.ops.object.mode_set(mode="EDIT")
-    try:
+    lengths = _bone_lengths(body.parents, body.rest_joints)
+    with _edit_mode(rig):
         edit_bones = rig.data.edit_bones
-        lengths = _bone_lengths(body.parents, body.rest_joints)
         for joint, name in enumerate(body.joint_names):
             bone = edit_bones.new(name)
             bone.head = body.rest_joints[joint]
@@ -89,8 +185,23 @@ def _build_bones(rig: bpy.types.Object, body: BodyArrays) -> None:
             if parent >= 0:
                 bone.parent = edit_bones[body.joint_names[parent]]
                 bone.use_connect = False
+
+
+@contextmanager
+def _edit_mode(rig: bpy.types.Object) -> Iterator[None]:
+    """Edit bones exist only in edit mode: enter it on the rig, then restore its mode and the active object."""
+    if rig.mode == "EDIT":
+        yield
+        return
+    view_layer = bpy.context.view_layer
+    previous_active = view_layer.objects.active
+    previous_mode = rig.mode
+    view_layer.objects.active = rig
+    bpy.ops.object.mode_set(mode="EDIT")
+    try:
+        yield
     finally:
-        bpy.ops.object.mode_set(mode="OBJECT")
+        bpy.ops.object.mode_set(mode=previous_mode)
         view_layer.objects.active = previous_active
 
 
@@ -129,3 +240,59 @@ def _add_vertex_groups(obj: bpy.types.Object, joint_names: list[str], weights: n
         values, inverse = np.unique(column[influenced], return_inverse=True)
         for value_index, value in enumerate(values):
             group.add(influenced[inverse == value_index].tolist(), float(value), "REPLACE")
+
+
+def _write_rest_vertices(mesh: bpy.types.Mesh, vertices: np.ndarray) -> None:
+    flat = vertices.ravel()
+    if mesh.shape_keys:
+        old = np.empty_like(flat)
+        mesh.vertices.foreach_get("co", old)
+        buffer = np.empty_like(flat)
+        for key_block in mesh.shape_keys.key_blocks:
+            key_block.data.foreach_get("co", buffer)
+            key_block.data.foreach_set("co", buffer + (flat - old))
+    mesh.vertices.foreach_set("co", flat)
+    mesh.update()
+
+
+def _bone_path(bone: str, prop: str) -> str:
+    return f'pose.bones["{bpy.utils.escape_identifier(bone)}"].{prop}'
+
+
+_LINEAR = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items["LINEAR"].value
+
+
+def _write_curve(
+    channelbag: bpy.types.ActionChannelbag, path: str, index: int, group: str, frames: np.ndarray, values: np.ndarray
+) -> None:
+    curve = channelbag.fcurves.new(path, index=index, group_name=group)
+    points = curve.keyframe_points
+    points.add(len(frames))
+    points.foreach_set("co", np.column_stack([frames, values]).astype(np.float32).ravel())
+    points.foreach_set("interpolation", np.full(len(frames), _LINEAR, dtype=np.int32))
+    curve.update()
+
+
+def _sample_curve(curve: bpy.types.FCurve, frames: np.ndarray) -> np.ndarray:
+    """Linear keys without modifiers (what write_action makes) are interpolated in numpy, some
+    50 times faster; any other curve is asked frame by frame, so edited curves stay exact."""
+    points = curve.keyframe_points
+    interpolation = np.empty(len(points), dtype=np.int32)
+    points.foreach_get("interpolation", interpolation)
+    linear = len(points) and (interpolation[:-1] == _LINEAR).all()
+    if linear and not curve.modifiers and curve.extrapolation == "CONSTANT":
+        keys = np.empty(2 * len(points), dtype=np.float32)
+        points.foreach_get("co", keys)
+        return np.interp(frames, keys[0::2], keys[1::2])  # holds the end values outside, as CONSTANT does
+    return np.array([curve.evaluate(frame) for frame in frames])
+
+
+def _active_curves(rig: bpy.types.Object) -> dict[tuple[str, int], bpy.types.FCurve]:
+    """F-curves of the rig's assigned action and slot, by (data path, index); empty without an action."""
+    animation_data = rig.animation_data
+    if animation_data is None:
+        return {}
+    channelbag = action_get_channelbag_for_slot(animation_data.action, animation_data.action_slot)
+    if channelbag is None:
+        return {}
+    return {(curve.data_path, curve.array_index): curve for curve in channelbag.fcurves}

@@ -3,6 +3,7 @@ folders are moved to a temporary directory so tests never touch the user's Blend
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import tempfile
@@ -29,9 +30,33 @@ def extension_package():
     parent = Path(tempfile.mkdtemp(prefix="vposer-package-"))
     (parent / EXTENSION_ID).symlink_to(REPO_ROOT, target_is_directory=True)
     sys.path.insert(0, str(parent))
-    import importlib
-
     return importlib.import_module(EXTENSION_ID)
+
+
+@pytest.fixture(scope="module")
+def addon(extension_package):
+    """The extension registered and enabled (so its preferences exist), as Blender does on start-up."""
+    extension_package.register()
+    entry = bpy.context.preferences.addons.new()
+    entry.module = extension_package.__name__
+    yield extension_package
+    bpy.context.preferences.addons.remove(entry)
+    extension_package.unregister()
+
+
+@pytest.fixture(scope="module")
+def bridge(extension_package):
+    return importlib.import_module(f"{extension_package.__name__}.vposer_addon.bridge")
+
+
+@pytest.fixture(scope="module")
+def adult():
+    """The open adult body in float64, the reference that Blender's deformation is compared with."""
+    import torch
+
+    from core.body_model import BodyModel
+
+    return BodyModel.open_default("adult", dtype=torch.float64)
 
 
 @pytest.fixture

@@ -405,8 +405,9 @@ def test_forward_rotations_equals_axis_angle_forward(tmp_path):
     torch.testing.assert_close(b.joints, a.joints, rtol=0, atol=1e-12)
     rest = model.rest_joints(inputs["betas"])
     torch.testing.assert_close(rest, model(betas=inputs["betas"], return_vertices=False).joints, rtol=0, atol=1e-12)
+    # shaped_vertices skips skinning; skinning at rest agrees up to the float32 weights' row sums (~1e-7).
     shaped = model.shaped_vertices(inputs["betas"])
-    torch.testing.assert_close(shaped, model(betas=inputs["betas"]).vertices, rtol=0, atol=1e-12)
+    torch.testing.assert_close(shaped, model(betas=inputs["betas"]).vertices, rtol=0, atol=1e-6)
 
 
 def test_gradients_finite_at_zero_pose(tmp_path):

@@ -1,0 +1,118 @@
+"""Extension preferences: which body and prior to use, where torch runs, and where a CUDA torch lives."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import bpy
+
+# Preferences belong to the extension's top-level package ("vposer", or "bl_ext.<repo>.vposer" once installed).
+ADDON_ID = __package__.rpartition(".")[0]
+
+BODY_ITEMS = [
+    ("ADULT", "Open Adult", "The shipped open adult body (SMPL-H joint layout, 16 shape components)"),
+    ("ALL_AGES", "Open All-Ages", "The shipped open body covering children to elders"),
+    ("USER_FILE", "User Model File", "The SMPL / SMPL-H / SMPL-X .npz file set below"),
+]
+
+
+def _extra_site_packages_changed(self: VPoserPreferences, _context: bpy.types.Context) -> None:
+    add_extra_site_packages(self.extra_site_packages)
+
+
+class VPoserPreferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_ID
+
+    default_body: bpy.props.EnumProperty(
+        name="Default Body",
+        description="Body that 'Add Body' builds unless told otherwise",
+        items=BODY_ITEMS,
+        default="ADULT",
+    )
+    model_path: bpy.props.StringProperty(
+        name="Model File",
+        description="Your SMPL, SMPL-H or SMPL-X .npz (licensed separately; never shipped with the extension)",
+        subtype="FILE_PATH",
+    )
+    vposer_path: bpy.props.StringProperty(
+        name="VPoser Folder",
+        description="Folder of the official VPoser v2 release (e.g. V02_05); leave empty for the shipped open prior",
+        subtype="DIR_PATH",
+    )
+    device: bpy.props.EnumProperty(
+        name="Device",
+        description="Where PyTorch runs the prior and the solver",
+        items=[
+            ("AUTO", "Auto", "CUDA when this PyTorch build sees a GPU, otherwise the CPU"),
+            ("CPU", "CPU", "Always the CPU"),
+            ("CUDA", "CUDA", "An NVIDIA GPU; needs a CUDA build of PyTorch"),
+        ],
+        default="AUTO",
+    )
+    extra_site_packages: bpy.props.StringProperty(
+        name="Extra Site-Packages",
+        description="Folder that holds a CUDA build of PyTorch; added to Python's search path when the extension loads",
+        subtype="DIR_PATH",
+        update=_extra_site_packages_changed,
+    )
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(self, "default_body")
+        layout.prop(self, "model_path")
+        layout.prop(self, "vposer_path")
+        layout.prop(self, "device")
+        layout.prop(self, "extra_site_packages")
+        box = layout.box()
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        for line in (
+            "The bundled PyTorch runs on the CPU. For a GPU, install a CUDA build of PyTorch",
+            f"for Python {version} into a separate folder (pip install --target FOLDER torch ...)",
+            "and set Extra Site-Packages to it. Restart Blender after changing it: a PyTorch",
+            "that is already loaded cannot be swapped.",
+        ):
+            box.label(text=line)
+
+
+def get_preferences(context: bpy.types.Context) -> VPoserPreferences | None:
+    """The extension's preferences, or None when it was registered without being enabled (scripts)."""
+    addon = context.preferences.addons.get(ADDON_ID)
+    return addon.preferences if addon else None
+
+
+def resolve_device(context: bpy.types.Context) -> str:
+    """'cuda' or 'cpu' for torch, from the Device preference (Auto picks CUDA when available)."""
+    import torch
+
+    preferences = get_preferences(context)
+    choice = preferences.device if preferences else "AUTO"
+    if choice == "CUDA" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "Device is set to CUDA, but this PyTorch sees no GPU (a CPU-only build?): "
+            "set Extra Site-Packages to a CUDA build of PyTorch, or pick Auto"
+        )
+    return "cuda" if choice != "CPU" and torch.cuda.is_available() else "cpu"
+
+
+def add_extra_site_packages(folder: str) -> bool:
+    """Put a user's site-packages folder ahead of the bundled wheels so its torch wins; True if added."""
+    if not folder:
+        return False
+    path = os.path.normpath(bpy.path.abspath(folder))
+    if not os.path.isdir(path):
+        return False
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return True
+
+
+def register_extra_site_packages() -> None:
+    """Called on register: the stored preference takes effect before anything imports torch."""
+    preferences = get_preferences(bpy.context)
+    if preferences:
+        add_extra_site_packages(preferences.extra_site_packages)
+
+
+CLASSES: tuple[type, ...] = (VPoserPreferences,)
