@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -57,6 +57,7 @@ class Context:
     batches: list[int]
     device: torch.device
     workdir: Path  # scratch space for files a section builds (removed afterwards)
+    prior: Path | None = None  # VPoser weights for the ik section (default: the shipped open prior)
 
 
 @dataclass
@@ -239,6 +240,160 @@ def bench_body(ctx: Context) -> list[Table]:
     return [table]
 
 
+# --------------------------------------------------------------------------- section: ik
+def _ik_setup(ctx: Context):
+    """The open body and the open prior when they are built, else stand-ins (named in the notes)."""
+    from core.body_model import DATA_DIR, OPEN_BODY_VARIANTS, BodyModel
+    from core.synthetic_models import write_model
+    from core.vposer import VPoser, default_vposer_path, load_vposer
+
+    notes = []
+    if (DATA_DIR / OPEN_BODY_VARIANTS["adult"]).is_file():
+        model, body = BodyModel.open_default("adult"), "open body, adult (13,718 v, 52 j)"
+    else:
+        model = BodyModel.from_file(write_model(ctx.workdir / "smplh.npz", "smplh"))
+        body = "made-up SMPL-H layout body (6,890 v, 52 j)"
+        notes.append("core/data/openbody_adult.npz is not built: a made-up SMPL-H layout body stands in.")
+    if ctx.prior is not None:
+        prior, name = load_vposer(ctx.prior), f"VPoser from {ctx.prior.name} (given with --prior)"
+    elif default_vposer_path().is_file():
+        prior, name = load_vposer(default_vposer_path()), "open VPoser (core/data/vposer_open.pt)"
+    else:
+        torch.manual_seed(0)
+        prior, name = VPoser().eval().requires_grad_(False), "randomly initialised VPoser"
+        notes.append("core/data/vposer_open.pt is not trained yet: a randomly initialised VPoser stands in. Its "
+                     "samples are arbitrary rotations and its ReLU kinks are dense, so iteration counts are "
+                     "pessimistic; re-run when the trained prior exists.")
+    return model.to(ctx.device), prior.to(ctx.device), body, name, notes
+
+
+def _ik_targets(model, prior, keypoints, count: int, seed: int) -> torch.Tensor:
+    """Keypoints of `count` prior samples (z ~ N(0, I)), each turned about the vertical by a random
+    angle and placed within a few metres of the origin: frames with no temporal coherence."""
+    from core.rotations import axis_angle_to_matrix
+
+    g = torch.Generator().manual_seed(seed)
+    rotations = axis_angle_to_matrix(model.full_pose({}, 1).view(1, -1, 3)).expand(count, -1, -1, -1).clone()
+    yaw = torch.rand(count, generator=g) * 2 * np.pi
+    rotations[:, 0] = axis_angle_to_matrix(torch.stack([0 * yaw, yaw, 0 * yaw], 1).to(rotations))
+    latent = torch.randn(count, prior.latent_dim, generator=g).to(rotations)
+    transl = (torch.randn(count, 3, generator=g) * torch.tensor([2.0, 0.1, 2.0])).to(rotations)
+    with torch.no_grad():
+        rotations[:, 1:22] = prior.decode_matrix(latent)
+        return keypoints.evaluate(rotations, transl=transl)
+
+
+def _ik_errors(result) -> tuple[float, float, float]:
+    """(mean target error mm, 95th percentile of each frame's worst target mm, % frames converged)."""
+    errors = result.errors.nan_to_num(0)
+    worst = errors.amax(1)
+    return (float(result.errors.nanmean()) * 1e3, float(worst.quantile(0.95)) * 1e3,
+            100 * float(result.converged.float().mean()))
+
+
+@section("ik", "IK: interactive single frames (warm/cold), 1,000-frame retargets, LM vs LBFGS vs Adam")
+def bench_ik(ctx: Context) -> list[Table]:
+    from core.ik import IKSolver
+    from core.keypoints import KeypointSet, sample_surface
+    from core.lm import LMOptions
+
+    model, prior, body, prior_name, notes = _ik_setup(ctx)
+    effectors = KeypointSet.named(model, "effectors")
+    joints = KeypointSet.named(model, "body22")
+    markers = sample_surface(model, 40, offset=0.01, seed=0)
+    common = [f"Body: {body}; prior: {prior_name}; float32 on {ctx.device}.", *notes]
+
+    # (a) interactive: one frame, six effectors; the warm case drags the right wrist 6 cm.
+    live = Table("IK, interactive single frame (6 effectors)",
+                 ["start", "LM iterations cap", "median time (ms)", "median iterations", "median worst error (mm)",
+                  "90th pct worst error (mm)"])
+    frames = _ik_targets(model, prior, effectors, 20, seed=1)
+    drag = torch.tensor([0.05, 0.03, 0.0], device=ctx.device)
+    full, capped = IKSolver(model, effectors, prior), IKSolver(model, effectors, prior,
+                                                                lm_options=LMOptions(max_iterations=5))
+    starts = [full.solve(frame) for frame in frames]
+    cases = [("cold (T-pose)", full, lambda i: (frames[i], None)),
+             ("warm, after a 6 cm drag", full, lambda i: (_dragged(frames[i], drag), starts[i])),
+             ("warm, after a 6 cm drag", capped, lambda i: (_dragged(frames[i], drag), starts[i]))]
+    for label, solver, case in cases:
+        times, iterations, worst = [], [], []
+        warm_up_targets, warm_up_init = case(0)
+        solver.solve(warm_up_targets, init=warm_up_init)
+        for i in range(len(frames)):
+            targets, init = case(i)
+            start = time.perf_counter()
+            result = solver.solve(targets, init=init)
+            _sync(ctx.device)
+            times.append((time.perf_counter() - start) * 1e3)
+            iterations.append(int(result.iterations.sum()))
+            worst.append(float(result.errors.nan_to_num(0).max()) * 1e3)
+        live.rows.append([label, solver.lm_options.max_iterations, statistics.median(times),
+                          statistics.median(iterations), statistics.median(worst), float(np.percentile(worst, 90))])
+        print(f"  ik: {label}, cap {solver.lm_options.max_iterations}: {statistics.median(times):.1f} ms",
+              file=sys.stderr, flush=True)
+    live.notes.extend([*common, (f"{len(frames)} random prior samples; each row's median over them, one solve "
+                       "each (after one warm-up solve). Cold starts include the 3-iteration orientation/translation "
+                       "stage; the capped row is what a live session runs per update, the next update "
+                       "continuing from it.")])
+
+    # (b), (c) 1,000 independent frames, cold starts.
+    batch = Table("IK, 1,000 independent frames from a cold start (LM)",
+                  ["targets", "frames/s", "total (s)", "mean error (mm)", "95th pct worst error (mm)",
+                   "converged (%)", "mean iterations"])
+    for label, keypoints in (("22 body joints", joints), ("40 surface markers, 1 cm off the skin", markers)):
+        targets = _ik_targets(model, prior, keypoints, 1000, seed=2)
+        solver = IKSolver(model, keypoints, prior)
+        solver.solve(targets[:8])  # warm-up
+        runs = []
+        for _ in range(max(1, min(ctx.repeat, 3))):
+            start = time.perf_counter()
+            result = solver.solve(targets)
+            _sync(ctx.device)
+            runs.append(time.perf_counter() - start)
+        seconds = statistics.median(runs)
+        mean, p95, converged = _ik_errors(result)
+        batch.rows.append([label, 1000 / seconds, seconds, mean, p95, converged,
+                           float(result.iterations.float().mean())])
+        print(f"  ik: 1000 frames, {label}: {1000 / seconds:.0f} frames/s, {mean:.2f} mm", file=sys.stderr, flush=True)
+    batch.notes.extend([*common, (f"Median of {max(1, min(ctx.repeat, 3))} solves of the same 1,000 frames "
+                        "(random prior samples, random heading, translation within a few metres). Iterations "
+                        "count LM trial steps per frame, both stages; converged frames leave the batch.")])
+
+    # LM against the first-order optimisers of the original, on the same 100 frames.
+    methods = Table("IK optimisers on the same 100 frames (cold start)",
+                    ["targets", "method", "time (s)", "iterations", "mean error (mm)", "95th pct worst error (mm)"])
+    for label, keypoints in (("22 body joints", joints), ("40 surface markers", markers)):
+        targets = _ik_targets(model, prior, keypoints, 100, seed=3)
+        solvers = {method: IKSolver(model, keypoints, prior, method=method) for method in ("lm", "lbfgs", "adam")}
+        results = {}
+
+        def run(method: str, solvers=solvers, results=results, targets=targets):
+            def solve():
+                results[method] = solvers[method].solve(targets)
+            return solve
+
+        times = time_interleaved({method: run(method) for method in solvers},
+                                 replace(ctx, repeat=1, warmup=0))
+        for method, result in results.items():
+            mean, p95, _ = _ik_errors(result)
+            iterations = result.iterations.float()
+            shown = f"{float(iterations.mean()):.1f} (max {int(iterations.max())})" if method == "lm" else int(iterations[0])
+            methods.rows.append([label, method, times[method] / 1e3, shown, mean, p95])
+        print(f"  ik: methods on {label}: " + ", ".join(f"{k} {v / 1e3:.1f} s" for k, v in times.items()),
+              file=sys.stderr, flush=True)
+    methods.notes.extend([*common, ("LM: per-frame damping, stopping and active set (default options). LBFGS: "
+                          "strong-Wolfe line search on the batch-mean loss, up to 100 iterations per stage. Adam: "
+                          "lr 0.02, 300 iterations per stage. Same objective, stages and start for all three; "
+                          "iterations are per stage summed (LM: per frame; the others: the whole batch's).")])
+    return [live, batch, methods]
+
+
+def _dragged(targets: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    moved = targets.clone()
+    moved[3] += offset  # the right wrist in the "effectors" set
+    return moved
+
+
 # --------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -250,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--prior", type=Path, help="VPoser weights for the ik section (default: the shipped "
+                        "open prior, else a randomly initialised one)")
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -269,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         ctx = Context(repeat=args.repeat, warmup=args.warmup,
                       batches=[int(b) for b in args.batches.split(",")], device=torch.device(args.device),
-                      workdir=Path(scratch))
+                      workdir=Path(scratch), prior=args.prior)
         for name in names:
             tables = SECTIONS[name].run(ctx)
             results["sections"][name] = [asdict(table) for table in tables]

@@ -1,0 +1,887 @@
+"""Batched inverse kinematics: body parameters whose keypoints reach given 3D targets.
+
+Unknowns per frame: global orientation, translation, the body pose through VPoser's latent (or raw
+per-joint rotations when no prior is given), optionally betas and the hand joints. The objective is a
+sum of per-frame terms: robust distances to the targets, the latent prior ||z||^2, a shape prior
+||betas||^2, knee/elbow hyperextension, pinned joints, and optionally the joints' acceleration over a
+sequence.
+
+The default optimiser is a batched Levenberg-Marquardt (core.lm) on each frame's small parameter
+vector with analytic Jacobians (core.jacobians), so every frame converges on its own and finished
+frames stop costing anything. LBFGS with a strong-Wolfe line search and Adam on the batch-mean loss,
+as the original VPoser IK does, are offered for comparison.
+
+Rotations move by small increments about the current point (the root by exp(h) R in the world, other
+joints by R exp(h) in their own frame), so no unknown sits at a singularity of its parameterisation.
+Targets are solved relative to each frame's target centroid, so scenes far from the origin keep
+their precision; results are given back in the targets' own coordinates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .body_model import BodyModel, BodyOutput
+from .jacobians import (
+    body_jacobians,
+    decoder_features,
+    rotation_tangents,
+    six_d_angular,
+)
+from .keypoints import NUM_BODY_JOINTS, KeypointSet
+from .lm import LMOptions, levenberg_marquardt
+from .rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_6d_to_matrix
+from .vposer import VPoser
+
+UNKNOWNS = ("orient", "transl", "pose", "hands", "betas")
+METHODS = ("lm", "lbfgs", "adam")
+ROBUST = ("gm", "huber", "l2")
+# (joint, axis of the local rotation, sign): the joint bends the wrong way when sign * w[axis] > 0,
+# w being sin(angle) * axis of its local rotation (SMPL frames; SMPLify's angle prior, as a hinge).
+HYPEREXTENSION = (("left_knee", 0, -1.0), ("right_knee", 0, -1.0), ("left_elbow", 1, 1.0), ("right_elbow", 1, -1.0))
+BODY = slice(1, NUM_BODY_JOINTS)  # the 21 joints VPoser poses
+
+
+class IKError(ValueError):
+    """The IK cannot run on these inputs; the message names the problem."""
+
+
+class IKWarning(UserWarning):
+    """The IK runs, but something about the inputs deserves a look."""
+
+
+@dataclass(frozen=True)
+class IKWeights:
+    """Weights of the objective, per frame: 0.5 * sum of
+
+    data * confidence_k * rho(|point_k - target_k|^2)  with rho from `robust` at `robust_scale` metres
+        ("gm": Geman-McClure, "huber": smooth-L1, "l2": plain squares; all ~ d^2 for small d),
+    latent * ||z||^2, betas * ||betas||^2,
+    joint_limits * (knee/elbow hyperextension as sin(angle))^2,
+    pin * ||R_j - R_j(start)||^2 over pinned joints, and over a sequence
+    smoothness * ||joint acceleration (metres per frame^2)||^2 summed over the 22 body joints.
+    Distances are in metres, so 1e-4 is the cost of one target 1 cm off.
+    """
+
+    data: float = 1.0
+    robust: str = "gm"
+    robust_scale: float = 0.2
+    latent: float = 1e-5
+    betas: float = 1e-5
+    joint_limits: float = 1e-2
+    pin: float = 1.0
+    smoothness: float = 0.0
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One solve over some unknowns ("orient", "transl", "pose", "hands", "betas"), the rest fixed.
+    `weights` overrides fields of the solver's IKWeights for this stage only. prior=False solves the
+    body pose as raw joint rotations even when the solver has a prior: a cheap first pass, since
+    the prior's Jacobian dominates an iteration's cost; a later stage with the prior starts from
+    the encoding of that pose."""
+
+    unknowns: tuple[str, ...] = ("orient", "transl", "pose")
+    max_iterations: int = 30
+    weights: dict[str, float] = field(default_factory=dict)
+    prior: bool = True
+
+
+@dataclass
+class IKState:
+    """Body parameters of B frames: local rotations of all joints (B, J, 3, 3) (the root's is the
+    global orientation), translation (B, 3), VPoser's latent (B, L) when the pose comes from the
+    prior, betas (B, num_betas) when the shape is set or solved."""
+
+    rotations: Tensor
+    transl: Tensor
+    latent: Tensor | None = None
+    betas: Tensor | None = None
+
+    def select(self, rows: Tensor) -> IKState:
+        def pick(value: Tensor | None) -> Tensor | None:
+            return None if value is None else value[rows]
+
+        return IKState(self.rotations[rows], self.transl[rows], pick(self.latent), pick(self.betas))
+
+    def clone(self) -> IKState:
+        def copy(value: Tensor | None) -> Tensor | None:
+            return None if value is None else value.detach().clone()
+
+        return IKState(copy(self.rotations), copy(self.transl), copy(self.latent), copy(self.betas))
+
+
+@dataclass
+class IKResult:
+    """A solve's outcome per frame. `errors` (B, K) are distances to the targets in metres (NaN where
+    a target was missing); `loss` (B,) is each frame's objective without the smoothness terms, which
+    frames share and which `smoothness` sums (the whole objective is loss.sum() + smoothness);
+    `iterations` sums all stages; `converged` says the last stage met its stopping test."""
+
+    state: IKState
+    points: Tensor
+    errors: Tensor
+    loss: Tensor
+    smoothness: float
+    iterations: Tensor
+    converged: Tensor
+    method: str
+
+    @property
+    def rotations(self) -> Tensor:
+        return self.state.rotations
+
+    @property
+    def transl(self) -> Tensor:
+        return self.state.transl
+
+    @property
+    def latent(self) -> Tensor | None:
+        return self.state.latent
+
+    @property
+    def betas(self) -> Tensor | None:
+        return self.state.betas
+
+    @property
+    def global_orient(self) -> Tensor:
+        """(B, 3) axis-angle."""
+        return matrix_to_axis_angle(self.state.rotations[:, 0])
+
+    @property
+    def body_pose(self) -> Tensor:
+        """(B, 63) axis-angle of the 21 body joints, VPoser's and BodyModel.forward's layout."""
+        return matrix_to_axis_angle(self.state.rotations[:, BODY]).flatten(1)
+
+    def full_pose(self) -> Tensor:
+        """(B, 3 * J) axis-angle of every joint's local rotation (as AMASS 'poses')."""
+        return matrix_to_axis_angle(self.state.rotations).flatten(1)
+
+
+@dataclass(frozen=True)
+class FirstOrderOptions:
+    """LBFGS (strong-Wolfe line search) and Adam on the batch-mean loss: iterations per stage
+    replace Stage.max_iterations; LBFGS stops early when the loss changes by < tolerance_change."""
+
+    lbfgs_iterations: int = 100
+    lbfgs_history: int = 20
+    tolerance_change: float = 1e-12
+    adam_iterations: int = 300
+    adam_lr: float = 0.02
+
+
+class IKSolver:
+    """Fits body parameters to keypoint targets for one body model, keypoint set and prior.
+
+    prior=None solves raw joint rotations (no learned prior); method is "lm" (default), "lbfgs" or
+    "adam"; unknowns are what the last stage solves ("hands" and "betas" are opt-in). For live
+    posing, warm-start each update from the last result with lm_options=LMOptions(max_iterations=5):
+    the next update goes on from where this one stopped.
+    """
+
+    def __init__(
+        self,
+        model: BodyModel,
+        keypoints: KeypointSet,
+        prior: VPoser | None = None,
+        *,
+        weights: IKWeights = IKWeights(),
+        unknowns: Sequence[str] = ("orient", "transl", "pose"),
+        method: str = "lm",
+        lm_options: LMOptions | None = None,
+        first_order: FirstOrderOptions = FirstOrderOptions(),
+    ) -> None:
+        if keypoints.model is not model:
+            raise IKError("the keypoint set was built for a different body model")
+        if not set(model.joint_names[:NUM_BODY_JOINTS]) >= {"pelvis", "left_wrist", "right_ankle"}:
+            raise IKError(f"IK needs a body model (SMPL, SMPL-H, SMPL-X or the open body), not {model.kind.name}")
+        if method not in METHODS:
+            raise IKError(f"unknown method {method!r}; expected one of {METHODS}")
+        _check_weights(weights)
+        _check_unknowns(unknowns, model)
+        if prior is not None:
+            parameter = next(prior.parameters())
+            if parameter.device != model.device or parameter.dtype != model.dtype:
+                raise IKError(f"the prior is on {parameter.device} / {parameter.dtype} but the body model on "
+                              f"{model.device} / {model.dtype}: move one, e.g. prior.to(model.v_template)")
+            if prior.training:
+                raise IKError("the prior is in training mode (dropout on): call prior.eval()")
+        self.model, self.keypoints, self.prior = model, keypoints, prior
+        self.weights, self.unknowns, self.method = weights, tuple(unknowns), method
+        self.lm_options, self.first_order = lm_options or LMOptions(), first_order
+        self.hand_joints = torch.tensor(_hand_joints(model), dtype=torch.long, device=model.device)
+
+    # ----------------------------------------------------------------- public API
+    def solve(
+        self,
+        targets: Tensor | np.ndarray,
+        confidence: Tensor | np.ndarray | None = None,
+        *,
+        init: IKState | IKResult | None = None,
+        betas: Tensor | np.ndarray | None = None,
+        pins: Sequence[str] = (),
+        stages: Sequence[Stage] | None = None,
+    ) -> IKResult:
+        """targets (B, K, 3) or (K, 3) in metres, NaN where missing; confidence (B, K) or (K,)
+        (0 = ignore). init: a previous result or state to start from (warm start), else the
+        T-pose (prior: its mean pose, z = 0) rigidly aligned to the targets. betas: a fixed shape
+        (the start value when "betas" is solved). pins: joints whose local rotation stays as at the
+        start. stages: default one stage over `unknowns`, preceded on a cold start by an
+        orientation + translation stage."""
+        model = self.model
+        targets, confidence = _check_targets(targets, confidence, self.keypoints)
+        batch = targets.shape[0]
+        centre = (confidence.unsqueeze(-1) * targets).sum(1) / confidence.sum(1, keepdim=True)
+        _warn_far(centre, model.dtype)
+        targets = targets - centre.unsqueeze(1)
+        with torch.no_grad():
+            state = self._start(init, betas, batch, centre)
+            if init is None:
+                _check_scale(self.keypoints, state, targets, confidence)
+                _align(self.keypoints, state, targets, confidence)
+        if stages is None:
+            final = Stage(self.unknowns, max_iterations=self.lm_options.max_iterations)
+            stages = [final] if init is not None else [Stage(("orient", "transl"), max_iterations=3), final]
+        pin_ids = torch.tensor([_joint_index(model, name) for name in pins], dtype=torch.long, device=model.device)
+        pinned = state.rotations[:, pin_ids].clone()
+        iterations = torch.zeros(batch, dtype=torch.long, device=model.device)
+        converged = torch.zeros(batch, dtype=torch.bool, device=model.device)
+        problem = None
+        for stage in stages:
+            _check_unknowns(stage.unknowns, model)
+            weights = dataclasses.replace(self.weights, **stage.weights)
+            _check_weights(weights)
+            problem = _Problem(self, targets, confidence, centre, state, stage, weights, pin_ids, pinned)
+            if self.method == "lm":
+                with torch.no_grad():
+                    report = problem.solve_lm(dataclasses.replace(self.lm_options, max_iterations=stage.max_iterations))
+                iterations += report.iterations
+                converged = report.converged
+            else:
+                steps, done = problem.solve_first_order(self.method, self.first_order)
+                iterations += steps
+                converged = torch.full_like(converged, done)
+            state = problem.state
+        with torch.no_grad():
+            every = torch.arange(batch, device=model.device)
+            final_eval = problem.evaluate(every, state, jacobian=False, output=problem.known_output(every))
+        smoothness = float(problem.sequence_smoothness(final_eval.body_joints)) if problem.smooth else 0.0
+        errors = (final_eval.points - targets).norm(dim=-1)
+        errors = torch.where(confidence > 0, errors, torch.full_like(errors, float("nan")))
+        state = state.clone()
+        state.transl = state.transl + centre
+        return IKResult(state=state, points=final_eval.points + centre.unsqueeze(1), errors=errors,
+                        loss=final_eval.cost, smoothness=smoothness, iterations=iterations, converged=converged, method=self.method)
+
+    # ----------------------------------------------------------------- start point
+    def _start(self, init: IKState | IKResult | None, betas, batch: int, centre: Tensor) -> IKState:
+        """The state to start from, in centred coordinates, with batch B."""
+        model = self.model
+        shape = _check_betas(betas, model, batch)
+        if init is None:
+            rotations = axis_angle_to_matrix(model.full_pose({}, 1).view(1, -1, 3)).expand(batch, -1, -1, -1).clone()
+            latent = None
+            if self.prior is not None:
+                latent = torch.zeros(batch, self.prior.latent_dim, dtype=model.dtype, device=model.device)
+                rotations[:, BODY] = self.prior.decode_matrix(latent)
+            transl = torch.zeros(batch, 3, dtype=model.dtype, device=model.device)
+        else:
+            start = init.state if isinstance(init, IKResult) else init
+            rotations, transl = _broadcast(start.rotations, batch, "init rotations"), _broadcast(start.transl, batch, "init transl")
+            if rotations.shape[1:] != (model.num_joints, 3, 3) or transl.shape[1:] != (3,):
+                raise IKError(f"init has rotations {tuple(start.rotations.shape)} and transl {tuple(start.transl.shape)}; "
+                              f"expected (B, {model.num_joints}, 3, 3) and (B, 3)")
+            rotations, transl = rotations.to(model.v_template).clone(), transl.to(model.v_template) - centre
+            latent = None
+            if self.prior is not None:
+                if start.latent is not None:
+                    latent = _broadcast(start.latent, batch, "init latent").to(model.v_template).clone()
+                    rotations[:, BODY] = self.prior.decode_matrix(latent)
+                else:  # a pose from elsewhere
+                    latent = _encode(self.prior, rotations)
+            if shape is None and start.betas is not None:
+                shape = _broadcast(start.betas, batch, "init betas").to(model.v_template).clone()
+        if shape is None and "betas" in self.unknowns:
+            shape = torch.zeros(batch, model.num_betas, dtype=model.dtype, device=model.device)
+        return IKState(rotations, transl, latent, shape)
+
+
+@dataclass
+class _Evaluation:
+    cost: Tensor  # (b,) float64, without smoothness
+    points: Tensor  # (b, K, 3)
+    residuals: Tensor | None = None  # (b, m)
+    jacobian: Tensor | None = None  # (b, m, N)
+    body_joints: Tensor | None = None  # (b, 22, 3) in world coordinates, for smoothness
+    d_body_joints: Tensor | None = None  # (b, 22, 3, N)
+    exact: Tensor | None = None  # (b,) whether the Jacobian is exact
+    output: BodyOutput | None = None  # the body's forward
+
+
+class _Problem:
+    """One stage: its unknowns' layout, objective, and the frames' current points (LM protocol)."""
+
+    def __init__(self, solver: IKSolver, targets: Tensor, confidence: Tensor, centre: Tensor, state: IKState,
+                 stage: Stage, weights: IKWeights, pin_ids: Tensor, pinned: Tensor) -> None:
+        model, unknowns = solver.model, stage.unknowns
+        self.solver, self.model, self.keypoints = solver, model, solver.keypoints
+        self.prior = solver.prior if stage.prior else None
+        self.targets, self.centre, self.weights = targets, centre, weights
+        self.confidence = confidence * weights.data
+        self.state = state.clone()
+        if "pose" in unknowns and solver.prior is not None:
+            if self.prior is None:  # raw rotations: the latent no longer describes the pose
+                self.state.latent = None
+            elif self.state.latent is None:
+                with torch.no_grad():
+                    self.state.latent = _encode(self.prior, self.state.rotations)
+        self.pin_ids, self.pinned = pin_ids, pinned
+        limits = [(model.joint_names.index(name), axis, sign)
+                  for name, axis, sign in HYPEREXTENSION if name in model.joint_names]
+        self.limit_joints, self.limit_axes, self.limit_signs = (
+            torch.tensor(values, device=model.device) for values in zip(*limits))
+        self.limit_signs = self.limit_signs.to(model.dtype)
+        self.smooth = weights.smoothness > 0 and targets.shape[0] >= 3
+        sizes = {"orient": 3, "transl": 3, "hands": 3 * len(solver.hand_joints), "betas": model.num_betas,
+                 "pose": self.prior.latent_dim if self.prior is not None else 3 * (NUM_BODY_JOINTS - 1)}
+        self.columns: dict[str, slice] = {}
+        for name in UNKNOWNS:
+            if name in unknowns:
+                start = sum(s.stop - s.start for s in self.columns.values())
+                self.columns[name] = slice(start, start + sizes[name])
+        self.size = sum(s.stop - s.start for s in self.columns.values())
+        self._moving_and_constant()
+        self.decoder = None
+        if "pose" in self.columns and self.prior is not None:
+            with torch.no_grad():
+                self.decoder = _DecoderTangents(self.prior, self.state.latent)
+        self.cost = torch.full((targets.shape[0],), float("nan"), dtype=torch.float64, device=model.device)
+        self.outputs: BodyOutput | None = None  # the body's forward at accepted points, per frame
+        self.known = torch.zeros(targets.shape[0], dtype=torch.bool, device=model.device)
+        self.body_world = None
+        if self.smooth:
+            with torch.no_grad():
+                every = torch.arange(targets.shape[0], device=model.device)
+                self.body_world = self.evaluate(every, self.state, jacobian=False).body_joints
+        self._trial: tuple[Tensor, IKState, Tensor | None] | None = None
+
+    def _moving_and_constant(self) -> None:
+        """Joints whose rotation the unknowns move, and their local angular velocities where these do
+        not depend on the point (identity blocks of raw rotations)."""
+        columns, device, dtype = self.columns, self.model.device, self.model.dtype
+        moving = []
+        if "orient" in columns:
+            moving.append(torch.zeros(1, dtype=torch.long, device=device))
+        if "pose" in columns:
+            moving.append(torch.arange(BODY.start, BODY.stop, device=device))
+        if "hands" in columns:
+            moving.append(self.solver.hand_joints)
+        self.moving = torch.cat(moving) if moving else torch.zeros(0, dtype=torch.long, device=device)
+        self.position = torch.full((self.model.num_joints,), -1, dtype=torch.long, device=device)
+        self.position[self.moving] = torch.arange(len(self.moving), device=device)
+        first_body = 1 if "orient" in columns else 0
+        self.body_positions = slice(first_body, first_body + NUM_BODY_JOINTS - 1)
+        constant = torch.zeros(len(self.moving), 3, self.size, dtype=dtype, device=device)
+        raw_blocks = [("hands", self.solver.hand_joints)]
+        if self.prior is None:
+            raw_blocks.append(("pose", torch.arange(BODY.start, BODY.stop, device=device)))
+        for name, joints in raw_blocks:
+            if name in columns:
+                for k, joint in enumerate(joints.tolist()):
+                    start = columns[name].start + 3 * k
+                    constant[self.position[joint], :, start:start + 3] = torch.eye(3, dtype=dtype, device=device)
+        self.constant_angular = constant
+
+    # ----------------------------------------------------------------- the objective
+    def moved(self, rows: Tensor, step: Tensor) -> tuple[IKState, Tensor | None]:
+        """The frames' points moved by step (b, N), differentiable in step, and the decoder's 6D
+        output for their latent when the prior poses the body in this stage."""
+        base, columns = self.state.select(rows), self.columns
+        rotations, latent, transl, betas, six_d = base.rotations, base.latent, base.transl, base.betas, None
+        if {"orient", "pose", "hands"} & set(columns):
+            rotations = rotations.clone()
+        if "orient" in columns:
+            rotations[:, 0] = axis_angle_to_matrix(step[:, columns["orient"]]) @ base.rotations[:, 0]
+        if "pose" in columns:
+            if self.prior is not None:
+                latent = latent + step[:, columns["pose"]]
+                six_d = decoder_features(self.prior, latent, tangents=False)[0]
+                rotations[:, BODY] = rotation_6d_to_matrix(six_d.unflatten(-1, (-1, 6)))
+            else:
+                increments = axis_angle_to_matrix(step[:, columns["pose"]].unflatten(1, (-1, 3)))
+                rotations[:, BODY] = base.rotations[:, BODY] @ increments
+        if "hands" in columns:
+            hands = self.solver.hand_joints
+            increments = axis_angle_to_matrix(step[:, columns["hands"]].unflatten(1, (-1, 3)))
+            rotations[:, hands] = base.rotations[:, hands] @ increments
+        if "transl" in columns:
+            transl = transl + step[:, columns["transl"]]
+        if "betas" in columns:
+            betas = betas + step[:, columns["betas"]]
+        return IKState(rotations, transl, latent, betas), six_d
+
+    def evaluate(self, rows: Tensor, point: IKState, jacobian: bool, output: BodyOutput | None = None
+                 ) -> _Evaluation:
+        """Per-frame cost at `point` (the state of frames `rows`); with jacobian=True also the
+        residuals (IRLS-weighted for the robust data term) and their Jacobian. `output`: the
+        body's forward at `point` when already known."""
+        model, keypoints, weights = self.model, self.keypoints, self.weights
+        if output is None:
+            output = model.forward_rotations(point.rotations, point.betas, None, point.transl,
+                                             return_vertices=False, vertex_ids=keypoints.vertex_ids)
+        points = keypoints.points(output.joints, output.vertices)
+        error = points - self.targets[rows]
+        rho, irls = _robust(weights.robust, weights.robust_scale, (error * error).sum(-1))
+        confidence = self.confidence[rows]
+        cost = 0.5 * (confidence * rho).sum(-1).double()
+        evaluation = _Evaluation(cost=cost, points=points, output=output)
+        if self.smooth:
+            evaluation.body_joints = output.joints[:, :NUM_BODY_JOINTS] + self.centre[rows].unsqueeze(1)
+        residuals, jacobians, local = [], [], None
+        if jacobian:
+            residuals.append(((confidence * irls).sqrt().unsqueeze(-1) * error).flatten(1))
+            local, evaluation.exact = self._local_angular(rows, point)
+            world = output.joint_rotations[:, self.moving] @ local
+            joint_ids = keypoints.joint_ids
+            if self.smooth:
+                joint_ids = torch.cat([joint_ids, torch.arange(NUM_BODY_JOINTS, device=model.device)])
+            d_joints, d_vertices = body_jacobians(
+                model, point.rotations, output.joint_rotations, output.joints, point.betas, self.moving, world,
+                num_columns=self.size, joint_ids=joint_ids, vertex_ids=keypoints.vertex_ids,
+                transl_columns=self.columns.get("transl"), betas_columns=self.columns.get("betas"))
+            d_points = keypoints.points_jacobian(output.vertices, d_joints[:, : len(keypoints.joint_ids)], d_vertices)
+            jacobians.append(((confidence * irls).sqrt()[..., None, None] * d_points).flatten(1, 2))
+            if self.smooth:
+                evaluation.d_body_joints = d_joints[:, len(keypoints.joint_ids):]
+        for value, derivative in self._prior_terms(rows, point, local):
+            cost = cost + 0.5 * (value * value).sum(-1).double()
+            residuals.append(value)
+            jacobians.append(derivative)
+        evaluation.cost = cost
+        if jacobian:
+            evaluation.residuals, evaluation.jacobian = torch.cat(residuals, 1), torch.cat(jacobians, 1)
+        return evaluation
+
+    def _local_angular(self, rows: Tensor, point: IKState) -> tuple[Tensor, Tensor]:
+        """(b, M, 3, N): each moving joint's angular velocity in its own frame per unknown, and
+        whether it is exact (b,) (the decoder's part may be a secant update)."""
+        local = self.constant_angular.expand(point.rotations.shape[0], -1, -1, -1).clone()
+        exact = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+        if "orient" in self.columns:  # exp(h) R = R exp(R^T h)
+            local[:, 0, :, self.columns["orient"]] = point.rotations[:, 0].transpose(-1, -2)
+        if self.decoder is not None:
+            omega, exact = self.decoder.angular(rows, point.latent)
+            local[:, self.body_positions, :, self.columns["pose"]] = omega
+        return local, exact
+
+    def _prior_terms(self, rows: Tensor, point: IKState, local: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
+        """(residuals (b, m), Jacobian (b, m, N) or None) of the latent, shape, joint-limit and pin terms;
+        the Jacobian only when the local angular velocities are given."""
+        weights, columns = self.weights, self.columns
+        batch, dtype, device = point.rotations.shape[0], self.model.dtype, self.model.device
+        terms = []
+
+        def identity_term(value: Tensor, weight: float, name: str) -> None:
+            derivative = None
+            if local is not None:
+                derivative = value.new_zeros(batch, value.shape[1], self.size)
+                if name in columns:
+                    derivative[:, :, columns[name]] = weight ** 0.5 * torch.eye(value.shape[1], dtype=dtype, device=device)
+            terms.append((weight ** 0.5 * value, derivative))
+
+        if point.latent is not None and weights.latent > 0:
+            identity_term(point.latent, weights.latent, "pose")
+        if "betas" in columns and weights.betas > 0:
+            identity_term(point.betas, weights.betas, "betas")
+        if weights.joint_limits > 0:
+            ids, axes, signs = self.limit_joints, self.limit_axes, self.limit_signs
+            rotations = point.rotations[:, ids]
+            bend = signs * _skew_part(rotations).gather(-1, axes.view(1, -1, 1).expand(batch, -1, 1)).squeeze(-1)
+            # Active beyond a hair, so that round-off at a straight joint (the T-pose) never decides it.
+            active = (bend > 1e-9).to(dtype)
+            root = weights.joint_limits ** 0.5
+            derivative = None
+            if local is not None:  # d w / d w_local via dR = R [e_c]x
+                slopes = _skew_part(rotation_tangents(rotations)).gather(
+                    -1, axes.view(1, -1, 1, 1).expand(batch, -1, 3, 1)).squeeze(-1)  # (b, n, 3)
+                derivative = root * (signs.unsqueeze(-1) * slopes * active.unsqueeze(-1)).unsqueeze(-2)
+                derivative = (derivative @ self._select_angular(local, ids)).squeeze(-2)
+            terms.append((root * bend * active, derivative))
+        if len(self.pin_ids) and weights.pin > 0:
+            rotations = point.rotations[:, self.pin_ids]
+            root = weights.pin ** 0.5
+            value = root * (rotations - self.pinned[rows]).flatten(1)
+            derivative = None
+            if local is not None:
+                tangents = rotation_tangents(rotations).flatten(-2).transpose(-1, -2)  # (b, P, 9, 3)
+                derivative = root * (tangents @ self._select_angular(local, self.pin_ids)).flatten(1, 2)
+            terms.append((value, derivative))
+        return terms
+
+    def _select_angular(self, local: Tensor, joints: Tensor) -> Tensor:
+        """Local angular velocities (b, n, 3, N) of some joints; zero for joints that do not move."""
+        position = self.position[joints]
+        picked = local[:, position.clamp_min(0)]
+        return picked * (position >= 0).to(local.dtype)[None, :, None, None]
+
+    # ----------------------------------------------------------------- smoothness (sequences)
+    def _frame_smoothness(self, rows: Tensor, body_joints: Tensor, d_body_joints: Tensor | None
+                          ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The acceleration terms that involve each frame, its neighbours held where they are:
+        cost (b,), residuals (b, 3 * 66) and their Jacobian (b, 198, N) or None."""
+        count = self.body_world.shape[0]
+        world = self.body_world.index_copy(0, rows, body_joints)
+        acceleration = world[:-2] - 2 * world[1:-1] + world[2:]  # centred at frames 1..count-2
+        offsets = torch.tensor([-1, 0, 1], device=rows.device)
+        centres = rows.unsqueeze(1) + offsets  # (b, 3)
+        valid = ((centres >= 1) & (centres <= count - 2)).to(body_joints.dtype)
+        root = self.weights.smoothness ** 0.5
+        value = root * acceleration[(centres - 1).clamp(0, count - 3)] * valid[..., None, None]  # (b, 3, 22, 3)
+        derivative = None
+        if d_body_joints is not None:
+            coefficient = torch.tensor([1.0, -2.0, 1.0], dtype=body_joints.dtype, device=rows.device)
+            derivative = root * (coefficient * valid)[..., None, None, None] * d_body_joints.unsqueeze(1)
+            derivative = derivative.flatten(1, 3)
+        return 0.5 * (value * value).flatten(1).sum(-1).double(), value.flatten(1), derivative
+
+    def sequence_smoothness(self, body_joints: Tensor) -> Tensor:
+        """The whole sequence's smoothness cost (first-order optimisers)."""
+        acceleration = body_joints[:-2] - 2 * body_joints[1:-1] + body_joints[2:]
+        return 0.5 * self.weights.smoothness * (acceleration * acceleration).sum()
+
+    # ----------------------------------------------------------------- LM protocol
+    def known_output(self, rows: Tensor) -> BodyOutput | None:
+        """The body's forward at the frames' current points if every one is remembered, else None."""
+        if self.outputs is None or not bool(self.known[rows].all()):
+            return None
+        vertices = None if self.outputs.vertices is None else self.outputs.vertices[rows]
+        return BodyOutput(self.outputs.joints[rows], vertices, self.outputs.joint_rotations[rows])
+
+    def _remember(self, rows: Tensor, output: BodyOutput) -> None:
+        if self.outputs is None:
+            size = self.targets.shape[0]
+            self.outputs = BodyOutput(*(None if value is None else value.new_zeros(size, *value.shape[1:])
+                                        for value in (output.joints, output.vertices, output.joint_rotations)))
+        self.outputs.joints[rows] = output.joints
+        self.outputs.joint_rotations[rows] = output.joint_rotations
+        if output.vertices is not None:
+            self.outputs.vertices[rows] = output.vertices
+        self.known[rows] = True
+
+    def linearize(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        output = self.known_output(rows)  # accepted trial points need no new forward
+        evaluation = self.evaluate(rows, self.state.select(rows), jacobian=True, output=output)
+        if output is None:
+            self._remember(rows, evaluation.output)
+        cost, residuals, jacobian = evaluation.cost, evaluation.residuals, evaluation.jacobian
+        if self.smooth:
+            extra_cost, extra, extra_jacobian = self._frame_smoothness(rows, evaluation.body_joints,
+                                                                       evaluation.d_body_joints)
+            cost, residuals = cost + extra_cost, torch.cat([residuals, extra], 1)
+            jacobian = torch.cat([jacobian, extra_jacobian], 1)
+        self.cost[rows] = cost
+        return residuals, jacobian, cost, evaluation.exact
+
+    def try_step(self, rows: Tensor, step: Tensor) -> Tensor:
+        point, six_d = self.moved(rows, step)
+        evaluation = self.evaluate(rows, point, jacobian=False)
+        cost = evaluation.cost
+        if self.smooth:
+            cost = cost + self._frame_smoothness(rows, evaluation.body_joints, None)[0]
+        self._trial = (rows, point, six_d, evaluation, cost)
+        return cost
+
+    def accept(self, keep: Tensor) -> None:
+        rows, point, six_d, evaluation, cost = self._trial
+        chosen = rows[keep]
+        output = evaluation.output
+        self._remember(chosen, BodyOutput(output.joints[keep], None if output.vertices is None else output.vertices[keep],
+                                          output.joint_rotations[keep]))
+        if self.decoder is not None:
+            # A step that barely helped, or failed, asks for an exact Jacobian next time.
+            poor = ~keep | (self.cost[rows] - cost < 1e-2 * cost)
+            self.decoder.update(rows, keep, self.state.latent[rows], point.latent, six_d, poor)
+        self.state.rotations[chosen] = point.rotations[keep]
+        self.state.transl[chosen] = point.transl[keep]
+        if point.latent is not None:
+            self.state.latent[chosen] = point.latent[keep]
+        if point.betas is not None and "betas" in self.columns:
+            self.state.betas[chosen] = point.betas[keep]
+        if self.smooth:
+            self.body_world[chosen] = evaluation.body_joints[keep]
+
+    def solve_lm(self, options: LMOptions):
+        frames = torch.arange(self.targets.shape[0], device=self.model.device)
+        groups = [frames[colour::3] for colour in range(3)] if self.smooth else None
+        return levenberg_marquardt(self, frames, options, groups)
+
+    # ----------------------------------------------------------------- first-order optimisers
+    def solve_first_order(self, method: str, options: FirstOrderOptions) -> tuple[int, bool]:
+        """LBFGS or Adam on the batch-mean loss over all frames; (iterations, stopped early)."""
+        batch = self.targets.shape[0]
+        rows = torch.arange(batch, device=self.model.device)
+        step = torch.zeros(batch, self.size, dtype=self.model.dtype, device=self.model.device, requires_grad=True)
+
+        def loss() -> Tensor:
+            point = self.moved(rows, step)[0]
+            evaluation = self.evaluate(rows, point, jacobian=False)
+            total = evaluation.cost.sum().to(step.dtype)
+            if self.smooth:
+                total = total + self.sequence_smoothness(evaluation.body_joints)
+            return total / batch
+
+        if method == "lbfgs":
+            optimiser = torch.optim.LBFGS([step], lr=1.0, max_iter=options.lbfgs_iterations,
+                                          history_size=options.lbfgs_history, line_search_fn="strong_wolfe",
+                                          tolerance_grad=1e-12, tolerance_change=options.tolerance_change)
+
+            def closure() -> Tensor:
+                value = loss()
+                step.grad = torch.autograd.grad(value, step)[0]
+                return value
+
+            optimiser.step(closure)
+            iterations = int(optimiser.state[step]["n_iter"])
+            stopped = iterations < options.lbfgs_iterations
+        else:
+            optimiser = torch.optim.Adam([step], lr=options.adam_lr)
+            for _ in range(options.adam_iterations):
+                step.grad = torch.autograd.grad(loss(), step)[0]
+                optimiser.step()
+            iterations, stopped = options.adam_iterations, False
+        with torch.no_grad():
+            self.state = self.moved(rows, step.detach())[0].clone()
+        return iterations, stopped
+
+
+class _DecoderTangents:
+    """Per frame: the decoder's 6D output at the current latent and its Jacobian (b, L, 126).
+
+    The exact Jacobian is the expensive part of an iteration (a (B * L, 512) x (512, 512) product),
+    and since the decoder is piecewise linear it only changes where units switch. So it is computed
+    exactly at the start, every REFRESH-th iteration and after a poor step, and otherwise moved by
+    Broyden's secant update (J += (d6 - J dz) dz^T / |dz|^2), which is exact along the step taken.
+    """
+
+    REFRESH = 3
+
+    def __init__(self, prior: VPoser, latent: Tensor) -> None:
+        self.prior = prior
+        self.six_d = decoder_features(prior, latent, tangents=False)[0]
+        self.tangent = latent.new_zeros(latent.shape[0], latent.shape[1], self.six_d.shape[1])
+        self.age = torch.full((latent.shape[0],), self.REFRESH, dtype=torch.long, device=latent.device)
+
+    def angular(self, rows: Tensor, latent: Tensor) -> tuple[Tensor, Tensor]:
+        """Angular velocities (b, 21, 3, L) of the decoded rotations per latent unit, and which are exact."""
+        stale = self.age[rows] >= self.REFRESH
+        if bool(stale.any()):
+            renew, start = rows[stale], latent[stale]
+            if bool((start == start[:1]).all()):  # a cold start: every frame at the same latent
+                six_d, tangent = decoder_features(self.prior, start[:1], tangents=True)
+                six_d, tangent = six_d.expand(len(renew), -1), tangent.expand(len(renew), -1, -1)
+            else:
+                six_d, tangent = decoder_features(self.prior, start, tangents=True)
+            self.six_d[renew], self.tangent[renew], self.age[renew] = six_d, tangent, 0
+        return six_d_angular(self.six_d[rows], self.tangent[rows])[1], self.age[rows] == 0
+
+    def update(self, rows: Tensor, keep: Tensor, old: Tensor, new: Tensor, six_d: Tensor, poor: Tensor) -> None:
+        """After a trial step of `rows`: secant-update the kept ones; `poor` ones get an exact Jacobian next."""
+        moved = rows[keep]
+        if len(moved):
+            step = new[keep] - old[keep]  # (k, L)
+            tangent = self.tangent[moved]
+            miss = six_d[keep] - self.six_d[moved] - (step.unsqueeze(1) @ tangent).squeeze(1)
+            length = (step * step).sum(-1, keepdim=True).clamp_min(1e-30)
+            self.tangent[moved] = tangent + step.unsqueeze(-1) * (miss / length).unsqueeze(1)
+            self.six_d[moved] = six_d[keep]
+            self.age[moved] += 1
+        self.age[rows[poor]] = self.REFRESH
+
+
+# --------------------------------------------------------------------------------------------
+# Robust losses, start alignment
+
+
+def _encode(prior: VPoser, rotations: Tensor) -> Tensor:
+    """The latent whose decoding is nearest the body pose in `rotations` (the encoder's mean), and
+    that decoding written into `rotations` in place."""
+    latent = prior.encode(matrix_to_axis_angle(rotations[:, BODY]).flatten(1)).mean
+    rotations[:, BODY] = prior.decode_matrix(latent)
+    return latent
+
+
+def _robust(kind: str, scale: float, squared: Tensor) -> tuple[Tensor, Tensor]:
+    """rho(d^2) ~ d^2 near 0, and the IRLS weight rho'(d^2) that makes the weighted squares'
+    gradient equal rho's."""
+    if kind == "l2":
+        return squared, torch.ones_like(squared)
+    scale2 = scale * scale
+    if kind == "gm":  # Geman-McClure: bounded influence, ignores outliers beyond a few scales
+        return scale2 * squared / (scale2 + squared), (scale2 / (scale2 + squared)) ** 2
+    distance = squared.clamp_min(1e-30).sqrt()  # smooth-L1 (Huber): quadratic inside, linear beyond
+    inside = squared <= scale2
+    return (torch.where(inside, squared, 2 * scale * distance - scale2),
+            torch.where(inside, torch.ones_like(squared), scale / distance))
+
+
+def _skew_part(rotations: Tensor) -> Tensor:
+    """(..., 3, 3) -> (..., 3): sin(angle) * axis, the vector of (R - R^T) / 2."""
+    return 0.5 * torch.stack([rotations[..., 2, 1] - rotations[..., 1, 2],
+                              rotations[..., 0, 2] - rotations[..., 2, 0],
+                              rotations[..., 1, 0] - rotations[..., 0, 1]], dim=-1)
+
+
+def _align(keypoints: KeypointSet, state: IKState, targets: Tensor, confidence: Tensor) -> None:
+    """Rigidly move the start pose onto the targets (weighted Kabsch), in place; frames with fewer
+    than three targets are only translated."""
+    points = keypoints.evaluate(state.rotations, state.betas, state.transl)
+    weights = confidence / confidence.sum(1, keepdim=True)
+    mean_points = (weights.unsqueeze(-1) * points).sum(1)
+    mean_targets = (weights.unsqueeze(-1) * targets).sum(1)
+    covariance = ((weights.unsqueeze(-1) * (points - mean_points.unsqueeze(1))).transpose(1, 2)
+                  @ (targets - mean_targets.unsqueeze(1))).double()
+    u, _, vh = torch.linalg.svd(covariance)
+    flip = torch.ones_like(u[:, 0])
+    flip[:, 2] = torch.sign(torch.linalg.det(vh.transpose(1, 2) @ u.transpose(1, 2)))
+    rotation = (vh.transpose(1, 2) @ torch.diag_embed(flip) @ u.transpose(1, 2)).to(points.dtype)
+    rotation = torch.where(((confidence > 0).sum(1) >= 3)[:, None, None], rotation, torch.eye(3).to(rotation))
+    root = keypoints.model.rest_joints(state.betas)[:, 0].expand(len(points), 3) + state.transl
+    # Global orientation turns the body about its root joint: p' = R (p - root) + root + t'.
+    state.rotations[:, 0] = rotation @ state.rotations[:, 0]
+    state.transl += mean_targets - (rotation @ (mean_points - root).unsqueeze(-1)).squeeze(-1) - root
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _check_targets(targets, confidence, keypoints: KeypointSet) -> tuple[Tensor, Tensor]:
+    """(B, K, 3) targets with missing ones zeroed, and (B, K) confidence with them at 0."""
+    model = keypoints.model
+    targets = torch.as_tensor(targets).to(dtype=model.dtype, device=model.device)
+    if targets.ndim == 2:
+        targets = targets.unsqueeze(0)
+    count = len(keypoints)
+    if targets.ndim != 3 or targets.shape[1:] != (count, 3):
+        raise IKError(f"targets have shape {tuple(targets.shape)}; expected (B, {count}, 3) or ({count}, 3) "
+                      f"for the {count} keypoints")
+    if confidence is None:
+        confidence = torch.ones(targets.shape[:2], dtype=model.dtype, device=model.device)
+    confidence = torch.as_tensor(confidence).to(dtype=model.dtype, device=model.device)
+    if confidence.ndim == 1:
+        confidence = confidence.unsqueeze(0)
+    if confidence.ndim != 2 or confidence.shape[1] != count or confidence.shape[0] not in (1, targets.shape[0]):
+        raise IKError(f"confidence has shape {tuple(confidence.shape)}; expected ({targets.shape[0]}, {count}) "
+                      f"or ({count},)")
+    confidence = confidence.expand(targets.shape[0], -1)
+    if not torch.isfinite(confidence).all():
+        frame, target = torch.nonzero(~torch.isfinite(confidence))[0].tolist()
+        raise IKError(f"confidence is NaN or infinite (first at frame {frame}, target {keypoints.names[target]!r}); "
+                      f"use 0 for targets to ignore")
+    if (confidence < 0).any():
+        frame, target = torch.nonzero(confidence < 0)[0].tolist()
+        raise IKError(f"confidence is negative (first at frame {frame}, target {keypoints.names[target]!r})")
+    confidence = torch.where(torch.isfinite(targets).all(-1), confidence, torch.zeros_like(confidence))
+    empty = torch.nonzero((confidence > 0).sum(1) == 0).squeeze(1).tolist()
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        raise IKError(f"{len(empty)} frame(s) have no usable target (all missing or zero confidence): frames "
+                      f"{shown}; drop or interpolate them")
+    return torch.where((confidence > 0).unsqueeze(-1), targets, torch.zeros_like(targets)), confidence
+
+
+def _check_scale(keypoints: KeypointSet, state: IKState, targets: Tensor, confidence: Tensor) -> None:
+    """Refuse targets whose spread is far from the body's: wrong units, or the wrong keypoint set."""
+    points = keypoints.evaluate(state.rotations, state.betas, state.transl)
+    weights = ((confidence > 0).to(points.dtype) / (confidence > 0).sum(1, keepdim=True)).unsqueeze(-1)
+
+    def spread(values: Tensor) -> Tensor:  # RMS distance of the usable points from their centroid
+        centred = values - (weights * values).sum(1, keepdim=True)
+        return (weights * centred * centred).sum((1, 2)).sqrt()
+
+    body, target = spread(points), spread(targets)
+    usable = ((confidence > 0).sum(1) >= 3) & (body > 0.05)
+    ratio = torch.where(usable, target / body.clamp_min(1e-9), torch.ones_like(body))
+    for frames, too_big in ((torch.nonzero(ratio > 8).squeeze(1), True), (torch.nonzero(ratio < 1 / 8).squeeze(1), False)):
+        if len(frames):
+            frame = int(frames[0])
+            factor = float(ratio[frame])
+            if too_big:
+                units = min({"millimetres": 1000, "centimetres": 100, "inches": 39.37, "feet": 3.281}.items(),
+                            key=lambda item: abs(np.log(factor / item[1])))[0]
+                hint = f"are they in {units}? IK targets are in metres"
+            else:
+                hint = "are they in kilometres, or for a different keypoint set? IK targets are in metres"
+            raise IKError(f"targets spread {factor:.3g} times as far as the body's keypoints (frame {frame}, "
+                          f"{len(frames)} frame(s) affected): {hint}")
+
+
+def _warn_far(centre: Tensor, dtype: torch.dtype) -> None:
+    distance = float(centre.norm(dim=-1).max())
+    resolution = torch.finfo(dtype).eps * distance
+    if resolution > 1e-5:
+        warnings.warn(f"targets lie up to {distance:.4g} m from the origin, where {dtype} resolves only "
+                      f"{resolution * 1000:.2g} mm; move them nearer the origin or use a float64 model",
+                      IKWarning, stacklevel=3)
+
+
+def _check_weights(weights: IKWeights) -> None:
+    if weights.robust not in ROBUST:
+        raise IKError(f"unknown robust loss {weights.robust!r}; expected one of {ROBUST}")
+    numbers = {f.name: getattr(weights, f.name) for f in dataclasses.fields(weights) if f.name != "robust"}
+    bad = {name: value for name, value in numbers.items() if not np.isfinite(value) or value < 0}
+    if bad or weights.robust_scale <= 0:
+        raise IKError(f"IK weights must be finite and non-negative (robust_scale positive): {bad or numbers}")
+
+
+def _check_unknowns(unknowns: Sequence[str], model: BodyModel) -> None:
+    wrong = [name for name in unknowns if name not in UNKNOWNS]
+    if wrong:
+        raise IKError(f"unknown IK unknowns {wrong}; expected some of {UNKNOWNS}")
+    if "hands" in unknowns and not _hand_joints(model):
+        raise IKError(f"a {model.kind.name} model has no hand joints to solve")
+    if "betas" in unknowns and not model.num_betas:
+        raise IKError("the body model has no shape components to solve")
+
+
+def _check_betas(betas, model: BodyModel, batch: int) -> Tensor | None:
+    if betas is None:
+        return None
+    betas = torch.as_tensor(betas).to(dtype=model.dtype, device=model.device)
+    betas = betas.unsqueeze(0) if betas.ndim == 1 else betas
+    if betas.ndim != 2 or betas.shape[1] != model.num_betas or betas.shape[0] not in (1, batch):
+        raise IKError(f"betas have shape {tuple(betas.shape)}; expected ({model.num_betas},) or "
+                      f"({batch}, {model.num_betas})")
+    if not torch.isfinite(betas).all():
+        raise IKError("betas contain NaN or infinite values")
+    return betas.expand(batch, -1).clone()
+
+
+def _broadcast(value: Tensor, batch: int, name: str) -> Tensor:
+    if value.shape[0] == batch:
+        return value
+    if value.shape[0] == 1:
+        return value.expand(batch, *value.shape[1:])
+    raise IKError(f"{name} has batch {value.shape[0]}, but the targets have {batch} frames")
+
+
+def _joint_index(model: BodyModel, name: str) -> int:
+    if name not in model.joint_names:
+        raise IKError(f"cannot pin {name!r}: no such joint in a {model.kind.name} model")
+    return model.joint_names.index(name)
+
+
+def _hand_joints(model: BodyModel) -> list[int]:
+    joints, start = [], 0
+    for part, count in model.kind.pose_parts:
+        if part in ("left_hand_pose", "right_hand_pose"):
+            joints.extend(range(start, start + count))
+        start += count
+    return joints

@@ -1,0 +1,391 @@
+"""Batched IK: exact recovery, masks, warm starts, per-frame independence, stages, terms, bad inputs.
+
+Targets come from the same body and prior the solver uses, so the true parameters are an exact
+solution. The prior is a random VPoser made smooth (ik_testing.smooth_prior): a freshly initialised
+one has ReLU kinks everywhere, which slow every optimiser's last digits without testing anything more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+from ik_testing import posed, rest_rotations, small_body, smooth_prior, targets_for
+
+from core.ik import (
+    FirstOrderOptions,
+    IKError,
+    IKResult,
+    IKSolver,
+    IKState,
+    IKWarning,
+    IKWeights,
+    Stage,
+)
+from core.keypoints import KeypointSet, sample_surface
+from core.lm import LMOptions
+from core.rotations import axis_angle_to_matrix
+from core.vposer import VPoser
+
+EXACT = IKWeights(latent=1e-10, joint_limits=0.0)  # (almost) no pull away from the data
+TIGHT = LMOptions(max_iterations=60, relative_tolerance=1e-10, absolute_tolerance=1e-20)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return small_body(tmp_path_factory.mktemp("body"))
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return smooth_prior()
+
+
+@pytest.fixture(scope="module")
+def joints(model):
+    return KeypointSet.named(model, "body22")
+
+
+@pytest.fixture(scope="module")
+def markers(model):
+    return sample_surface(model, 40, offset=0.01)
+
+
+def _turn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Frobenius distance of rotations (about sqrt(2) x the angle between them; exact near 0,
+    unlike an arccos)."""
+    return (a - b).flatten(-2).norm(dim=-1)
+
+
+def _frames(solver: IKSolver, count: int = 4, seed: int = 1, **options):
+    rotations, latent, transl = posed(solver.model, solver.prior, count, seed=seed, **options)
+    return targets_for(solver.keypoints, rotations, transl), rotations, latent, transl
+
+
+# ------------------------------------------------------------------------------ exact recovery
+def test_recovers_a_pose_from_its_joints(model, prior, joints):
+    solver = IKSolver(model, joints, prior, weights=EXACT, lm_options=TIGHT)
+    targets, *_ = _frames(solver)
+    result = solver.solve(targets)
+    assert result.converged.all()
+    assert result.errors.max() < 1e-4
+    torch.testing.assert_close(result.points, targets, atol=1e-4, rtol=0)
+
+
+def test_recovers_parameters_from_offset_surface_markers(model, prior, markers):
+    solver = IKSolver(model, markers, prior, weights=EXACT, lm_options=TIGHT)
+    targets, rotations, latent, transl = _frames(solver)
+    result = solver.solve(targets)
+    assert result.converged.all() and result.errors.max() < 1e-6
+    torch.testing.assert_close(result.latent, latent, atol=1e-4, rtol=0)
+    torch.testing.assert_close(result.transl, transl, atol=1e-6, rtol=0)
+    assert _turn(result.rotations[:, 0], rotations[:, 0]).max() < 1e-5
+
+
+def test_float32_model(tmp_path):
+    model = small_body(tmp_path, torch.float32)
+    prior = smooth_prior(torch.float32)
+    solver = IKSolver(model, KeypointSet.named(model, "body22"), prior, weights=EXACT)
+    targets, *_ = _frames(solver)
+    result = solver.solve(targets)
+    assert result.points.dtype == torch.float32 and result.errors.max() < 1e-4
+
+
+def test_raw_rotations_without_a_prior(model, markers):
+    solver = IKSolver(model, markers, None, weights=EXACT, lm_options=TIGHT)
+    targets, rotations, *_ = _frames(solver)
+    result = solver.solve(targets)
+    assert result.latent is None and result.errors.max() < 1e-6
+    assert _turn(result.rotations[:, :22], rotations[:, :22]).max() < 1e-4
+
+
+def test_hands_and_betas_are_solved_when_asked(model):
+    keypoints = KeypointSet.from_joints(model, model.joint_names)  # body and finger joints
+    solver = IKSolver(model, keypoints, None, weights=dataclasses.replace(EXACT, betas=1e-10),
+                      unknowns=("orient", "transl", "pose", "hands", "betas"), lm_options=TIGHT)
+    rotations, _, transl = posed(model, None, 2)
+    rotations[:, 22:] = axis_angle_to_matrix(0.3 * torch.randn(2, 30, 3, generator=torch.Generator().manual_seed(4),
+                                                               dtype=model.dtype))
+    betas = torch.randn(2, model.num_betas, generator=torch.Generator().manual_seed(3), dtype=model.dtype)
+    targets = targets_for(keypoints, rotations, transl, betas)
+    result = solver.solve(targets)
+    assert result.errors.max() < 1e-5
+    assert solver.solve(targets, betas=betas).errors.max() < 1e-5  # betas given as the start
+    fixed = IKSolver(model, keypoints, None, weights=EXACT).solve(targets)  # hands and shape left alone
+    assert fixed.errors.max() > 1e-3
+
+
+# ------------------------------------------------------------------------------ masks
+def test_missing_targets_are_ignored(model, prior, markers):
+    solver = IKSolver(model, markers, prior)
+    targets, *_ = _frames(solver, count=2)
+    confidence = torch.ones(2, len(markers), dtype=model.dtype)
+    confidence[0, :5] = 0
+    confidence[1, 7] = 0
+    reference = solver.solve(targets, confidence)
+    broken = targets.clone()
+    broken[0, :5] = float("nan")
+    broken[1, 7] = 1e6  # far away, but its confidence is 0
+    result = solver.solve(broken, confidence)
+    torch.testing.assert_close(result.latent, reference.latent)
+    torch.testing.assert_close(result.transl, reference.transl)
+    assert result.errors[0, :5].isnan().all() and result.errors[1, 7].isnan()
+    assert torch.isfinite(result.errors[0, 5:]).all()
+
+
+def test_per_target_confidence_shapes(model, prior, joints):
+    solver = IKSolver(model, joints, prior)
+    targets, *_ = _frames(solver, count=2)
+    per_target = torch.linspace(0.5, 1.0, len(joints), dtype=model.dtype)
+    one = solver.solve(targets, per_target)
+    both = solver.solve(targets, per_target.expand(2, -1))
+    torch.testing.assert_close(one.latent, both.latent)
+    single = solver.solve(targets[0])  # (K, 3): one frame
+    assert single.points.shape == (1, len(joints), 3)
+
+
+# ------------------------------------------------------------------------------ warm start, independence
+def test_warm_start_at_the_solution_converges_at_once(model, prior, markers):
+    solver = IKSolver(model, markers, prior)
+    targets, *_ = _frames(solver)
+    first = IKSolver(model, markers, prior, lm_options=TIGHT).solve(targets)
+    again = solver.solve(targets, init=first)
+    assert (again.iterations <= 2).all() and again.converged.all()
+    torch.testing.assert_close(again.points, first.points, atol=1e-5, rtol=0)
+    nudged = solver.solve(targets + 0.003, init=first)  # the next frame of a live session
+    assert (nudged.iterations <= 5).all() and nudged.converged.all()
+
+
+def test_warm_start_from_a_pose_without_latent(model, prior, markers):
+    """A state with rotations only (e.g. a rotation-transfer retarget) is encoded into the latent."""
+    solver = IKSolver(model, markers, prior, weights=EXACT, lm_options=TIGHT)
+    targets, *_ = _frames(solver, count=2)
+    start = solver.solve(targets).state
+    start.latent = None
+    result = solver.solve(targets, init=start)
+    assert result.latent is not None and result.errors.max() < 1e-6
+
+
+def test_a_bad_frame_does_not_slow_or_change_the_others(model, prior, markers):
+    solver = IKSolver(model, markers, prior)
+    targets, *_ = _frames(solver, count=4)
+    impossible = targets[:1].clone()
+    impossible[0] = 3 * impossible[0, torch.randperm(len(markers), generator=torch.Generator().manual_seed(0))]
+    alone = solver.solve(targets)
+    together = solver.solve(torch.cat([targets[:2], impossible, targets[2:]]))
+    keep = torch.tensor([0, 1, 3, 4])
+    assert together.iterations[keep].tolist() == alone.iterations.tolist()
+    torch.testing.assert_close(together.latent[keep], alone.latent, atol=1e-9, rtol=0)
+    torch.testing.assert_close(together.errors[keep], alone.errors, atol=1e-9, rtol=0)
+    assert together.errors[2].mean() > 100 * alone.errors.mean()
+
+
+# ------------------------------------------------------------------------------ stages and terms
+def test_orientation_and_translation_stage_freezes_the_pose(model, prior, markers):
+    solver = IKSolver(model, markers, prior, weights=EXACT, lm_options=TIGHT)
+    rotations = rest_rotations(model, 3)
+    rotations[:, 1:22] = prior.decode_matrix(torch.zeros(3, 32, dtype=model.dtype))
+    rotations[:, 0] = axis_angle_to_matrix(torch.tensor([[0.3, 2.5, -0.2], [1.0, 0.0, 0.0], [0.0, -3.0, 0.1]],
+                                                        dtype=model.dtype))
+    transl = torch.tensor([[0.5, 1.0, -2.0], [0.0, 0.0, 0.0], [10.0, -3.0, 1.0]], dtype=model.dtype)
+    targets = targets_for(markers, rotations, transl)
+    result = solver.solve(targets, stages=[Stage(("orient", "transl"))])
+    assert (result.latent == 0).all()
+    assert result.errors.max() < 1e-7
+    assert _turn(result.rotations[:, 0], rotations[:, 0]).max() < 1e-6
+    posed_targets, *_ = _frames(solver, count=2)
+    rigid = solver.solve(posed_targets, stages=[Stage(("orient", "transl"), max_iterations=10)])
+    assert (rigid.latent == 0).all()
+
+
+def test_stage_weights_override(model, prior, joints):
+    solver = IKSolver(model, joints, prior)
+    targets, *_ = _frames(solver, count=2, temperature=1.5)
+    loose = solver.solve(targets)
+    strong = solver.solve(targets, stages=[Stage(("orient", "transl"), 10), Stage(weights={"latent": 1.0})])
+    assert strong.latent.norm(dim=-1).max() < 0.5 * loose.latent.norm(dim=-1).min()
+
+
+def test_pinned_joint_keeps_its_rotation(model, joints):
+    solver = IKSolver(model, joints, None, weights=dataclasses.replace(EXACT, pin=1e4))
+    targets, *_ = _frames(solver, count=2)
+    start = solver.solve(_frames(solver, count=2, seed=9)[0])  # some other pose
+    pinned = solver.solve(targets, init=start, pins=("left_elbow", "spine2"))
+    free = solver.solve(targets, init=start)
+    for joint in (model.joint_names.index("left_elbow"), model.joint_names.index("spine2")):
+        assert _turn(pinned.rotations[:, joint], start.rotations[:, joint]).max() < 1e-3
+        assert _turn(free.rotations[:, joint], start.rotations[:, joint]).max() > 1e-2
+    with pytest.raises(IKError, match="cannot pin 'tail'"):
+        solver.solve(targets, pins=("tail",))
+
+
+def test_joint_limits_stop_hyperextension(model, joints):
+    knee = model.joint_names.index("left_knee")
+    rotations, _, transl = posed(model, None, 1)
+    rotations[:, knee] = axis_angle_to_matrix(torch.tensor([[-0.6, 0.0, 0.0]], dtype=model.dtype))  # bent backwards
+    targets = targets_for(joints, rotations, transl)
+
+    def knee_bend(weight: float) -> float:
+        solver = IKSolver(model, joints, None, weights=dataclasses.replace(EXACT, joint_limits=weight))
+        result = solver.solve(targets)
+        local = result.rotations[0, knee]
+        return float(local[2, 1] - local[1, 2]) / 2  # sin(angle) about x
+
+    assert knee_bend(0.0) < -0.5
+    assert knee_bend(100.0) > -0.05
+
+
+def test_smoothness_over_a_sequence(model, prior, joints):
+    """LM's block sweeps (frames coupled by acceleration) smooth the noise and reach a lower value of
+    the whole-sequence objective than LBFGS does on it."""
+    count = 12
+    steps = torch.linspace(0, 1, count, dtype=model.dtype).unsqueeze(1)
+    ends = torch.randn(2, 32, generator=torch.Generator().manual_seed(7), dtype=model.dtype)
+    rotations = rest_rotations(model, count)
+    rotations[:, 1:22] = prior.decode_matrix((1 - steps) * ends[0] + steps * ends[1])
+    transl = torch.cat([steps, 0 * steps, 0 * steps], 1)
+    noise = 0.01 * torch.randn(count, 22, 3, generator=torch.Generator().manual_seed(8), dtype=model.dtype)
+    targets = targets_for(joints, rotations, transl) + noise
+    weights = IKWeights(robust="l2", smoothness=1.0)
+
+    def roughness(result: IKResult) -> float:
+        moved = model.forward_rotations(result.rotations, transl=result.transl, return_vertices=False).joints[:, :22]
+        return float((moved[:-2] - 2 * moved[1:-1] + moved[2:]).norm(dim=-1).mean())
+
+    plain = IKSolver(model, joints, prior, weights=dataclasses.replace(weights, smoothness=0.0)).solve(targets)
+    smooth = IKSolver(model, joints, prior, weights=weights).solve(targets, init=plain)
+    reference = IKSolver(model, joints, prior, weights=weights, method="lbfgs",
+                         first_order=FirstOrderOptions(lbfgs_iterations=200)).solve(targets, init=plain)
+    assert plain.smoothness == 0 and smooth.smoothness > 0
+    assert roughness(smooth) < 0.5 * roughness(plain)
+    assert smooth.converged.all()
+    assert smooth.loss.sum() + smooth.smoothness < reference.loss.sum() + reference.smoothness
+
+
+def test_raw_rotation_stage_after_the_prior(model, prior, markers):
+    """A last stage without the prior refines raw rotations from the prior's solution: lower error,
+    no latent any more."""
+    solver = IKSolver(model, markers, prior, weights=IKWeights(latent=1e-2))
+    targets, *_ = _frames(solver, count=2)
+    with_prior = solver.solve(targets)
+    polished = solver.solve(targets, stages=[Stage(("orient", "transl"), 3), Stage(), Stage(prior=False)])
+    assert polished.latent is None and with_prior.latent is not None
+    assert polished.errors.mean() < 0.5 * with_prior.errors.mean()
+
+
+def test_lm_with_a_kinked_prior(model, markers):
+    """A freshly initialised VPoser is piecewise linear with kinks everywhere: the decoder's Jacobian
+    changes between iterations and LM mixes exact ones with secant updates; it must still converge."""
+    torch.manual_seed(0)
+    prior = VPoser().double().eval().requires_grad_(False)
+    solver = IKSolver(model, markers, prior, weights=EXACT)
+    targets, rotations, latent, transl = _frames(solver, count=3)
+    noise = 0.05 * torch.randn(latent.shape, generator=torch.Generator().manual_seed(1), dtype=model.dtype)
+    result = solver.solve(targets, init=IKState(rotations, transl, latent + noise))  # random priors have
+    assert result.converged.all() and result.errors.max() < 1e-4  # far local minima: start near the truth
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_first_order_methods(model, prior, joints, method):
+    options = FirstOrderOptions(lbfgs_iterations=50, adam_iterations=150, adam_lr=0.03)
+    solver = IKSolver(model, joints, prior, method=method, first_order=options)
+    targets, *_ = _frames(solver, count=2, temperature=0.5)
+    result = solver.solve(targets)
+    assert result.method == method and result.errors.mean() < 5e-3
+    assert (result.iterations > 0).all()
+
+
+def test_result_layout(model, prior, markers):
+    solver = IKSolver(model, markers, prior)
+    targets, *_ = _frames(solver, count=2)
+    result = solver.solve(targets)
+    assert result.global_orient.shape == (2, 3) and result.body_pose.shape == (2, 63)
+    assert result.full_pose().shape == (2, 3 * model.num_joints)
+    again = markers.evaluate(result.rotations, result.betas, result.transl)
+    torch.testing.assert_close(again, result.points)
+    assert result.loss.shape == (2,) and result.iterations.dtype == torch.long
+
+
+# ------------------------------------------------------------------------------ far away and bad inputs
+def test_far_from_the_origin(model, prior, markers):
+    solver = IKSolver(model, markers, prior)
+    targets, *_ = _frames(solver, count=2)
+    near = solver.solve(targets)
+    offset = torch.tensor([1000.0, 0.0, -500.0], dtype=model.dtype)
+    far = solver.solve(targets + offset)
+    torch.testing.assert_close(far.latent, near.latent, atol=1e-8, rtol=0)
+    torch.testing.assert_close(far.transl - offset, near.transl, atol=1e-8, rtol=0)
+
+
+def test_far_from_the_origin_in_float32_warns(tmp_path):
+    model = small_body(tmp_path, torch.float32)
+    keypoints = KeypointSet.named(model, "body22")
+    solver = IKSolver(model, keypoints, None)
+    targets = targets_for(keypoints, *posed(model, None, 1)[::2]) + 5000.0
+    with pytest.warns(IKWarning, match="m from the origin, where torch.float32 resolves only"):
+        solver.solve(targets)
+
+
+@pytest.mark.parametrize("factor, unit", [(1000.0, "millimetres"), (100.0, "centimetres"), (1e-3, "kilometres")])
+def test_wrong_units_are_named(model, prior, joints, factor, unit):
+    solver = IKSolver(model, joints, prior)
+    targets, *_ = _frames(solver, count=2)
+    with pytest.raises(IKError, match=unit):
+        solver.solve(targets * factor)
+
+
+def test_bad_targets_and_confidence(model, prior, joints):
+    solver = IKSolver(model, joints, prior)
+    targets, *_ = _frames(solver, count=3)
+    with pytest.raises(IKError, match=r"expected \(B, 22, 3\)"):
+        solver.solve(targets[..., :2])
+    with pytest.raises(IKError, match=r"expected \(B, 22, 3\)"):
+        solver.solve(targets[:, :5])
+    missing = targets.clone()
+    missing[1] = float("nan")
+    with pytest.raises(IKError, match="no usable target.*frames 1"):
+        solver.solve(missing)
+    confidence = torch.ones(3, 22, dtype=model.dtype)
+    confidence[2, 4] = float("nan")
+    with pytest.raises(IKError, match="confidence is NaN.*frame 2, target 'left_knee'"):
+        solver.solve(targets, confidence)
+    with pytest.raises(IKError, match="confidence is negative"):
+        solver.solve(targets, -torch.ones(22, dtype=model.dtype))
+    with pytest.raises(IKError, match="confidence has shape"):
+        solver.solve(targets, torch.ones(2, 22, dtype=model.dtype))
+    with pytest.raises(IKError, match="betas have shape"):
+        solver.solve(targets, betas=torch.zeros(3))
+    with pytest.raises(IKError, match="init rotations has batch 2"):
+        solver.solve(targets, init=solver.solve(targets[:2]))
+
+
+def test_bad_solver_settings(model, prior, joints, tmp_path):
+    with pytest.raises(IKError, match="unknown method 'newton'"):
+        IKSolver(model, joints, prior, method="newton")
+    with pytest.raises(IKError, match="unknown robust loss"):
+        IKSolver(model, joints, prior, weights=IKWeights(robust="cauchy"))
+    with pytest.raises(IKError, match="finite and non-negative"):
+        IKSolver(model, joints, prior, weights=IKWeights(latent=-1.0))
+    with pytest.raises(IKError, match="unknown IK unknowns"):
+        IKSolver(model, joints, prior, unknowns=("orient", "scale"))
+    with pytest.raises(IKError, match="training mode"):
+        IKSolver(model, joints, smooth_prior().train())
+    with pytest.raises(IKError, match="float32"):
+        IKSolver(model, joints, smooth_prior(torch.float32))
+    other = small_body(tmp_path)
+    with pytest.raises(IKError, match="different body model"):
+        IKSolver(other, joints, prior)
+    solver = IKSolver(model, joints, prior)
+    targets, *_ = _frames(solver, count=1)
+    with pytest.raises(IKError, match="unknown IK unknowns"):
+        solver.solve(targets, stages=[Stage(("wings",))])
+
+
+def test_no_warning_for_ordinary_input(model, prior, joints):
+    solver = IKSolver(model, joints, prior)
+    targets, *_ = _frames(solver, count=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        solver.solve(targets)

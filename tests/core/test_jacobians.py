@@ -1,0 +1,77 @@
+"""Analytic Jacobians of VPoser's decoder and of body keypoints against central differences (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ik_testing import posed, small_body
+
+from core.jacobians import body_jacobians, decoder_jacobian
+from core.keypoints import KeypointSet, sample_surface
+from core.rotations import axis_angle_to_matrix
+from core.vposer import VPoser
+
+F64 = torch.float64
+EPS = 1e-6
+
+
+def _angular(rotations: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+    """Body-frame angular velocity w from R and a nearby rotation: R^T dR = [w]x."""
+    delta = rotations.transpose(-1, -2) @ moved
+    return torch.stack([delta[..., 2, 1], delta[..., 0, 2], delta[..., 1, 0]], dim=-1)
+
+
+def test_decoder_jacobian_matches_differences():
+    torch.manual_seed(0)
+    prior = VPoser().double().eval()
+    z = torch.randn(3, prior.latent_dim, dtype=F64)
+    rotations, omega = decoder_jacobian(prior, z)
+    torch.testing.assert_close(rotations, prior.decode_matrix(z))
+    for column in range(0, prior.latent_dim, 5):
+        dz = torch.zeros_like(z)
+        dz[:, column] = EPS
+        difference = (prior.decode_matrix(z + dz) - prior.decode_matrix(z - dz)) / (2 * EPS)
+        expected = _angular(rotations, difference)
+        torch.testing.assert_close(omega[..., column], expected, atol=1e-7, rtol=1e-6)
+
+
+def test_decoder_jacobian_needs_eval_mode():
+    with pytest.raises(RuntimeError, match="eval mode"):
+        decoder_jacobian(VPoser().double().train(), torch.zeros(1, 32, dtype=F64))
+
+
+@pytest.mark.parametrize("markers", [False, True])
+def test_body_jacobian_matches_differences(tmp_path, markers):
+    """Unknowns: root turned in the world, the 21 body joints turned in their own frames,
+    translation and betas; keypoints are joints or offset surface points (pose correctives on)."""
+    model = small_body(tmp_path)
+    assert model.use_pose_correctives
+    keypoints = (KeypointSet.from_dict(model, {**sample_surface(model, 8, offset=0.02).to_dict(),
+                                               "wrist": {"joint": "left_wrist"}, "v": {"vertex": 5}})
+                 if markers else KeypointSet.named(model, "body22"))
+    batch, num_betas = 2, model.num_betas
+    rotations, _, transl = posed(model, None, batch)
+    betas = 0.5 * torch.randn(batch, num_betas, generator=torch.Generator().manual_seed(2), dtype=F64)
+    size = 3 + 63 + 3 + num_betas
+
+    def points(step: torch.Tensor) -> torch.Tensor:
+        moved = rotations.clone()
+        moved[:, 0] = axis_angle_to_matrix(step[:, :3]) @ rotations[:, 0]
+        moved[:, 1:22] = rotations[:, 1:22] @ axis_angle_to_matrix(step[:, 3:66].unflatten(1, (21, 3)))
+        return keypoints.evaluate(moved, betas + step[:, 69:], transl + step[:, 66:69])
+
+    output = model.forward_rotations(rotations, betas, None, transl, return_vertices=False,
+                                     vertex_ids=keypoints.vertex_ids)
+    world = output.joint_rotations
+    angular = torch.zeros(batch, 22, 3, size, dtype=F64)
+    angular[:, 0, :, :3] = torch.eye(3, dtype=F64)  # exp(h) R: the root turns about world axes
+    for joint in range(1, 22):  # R exp(h): world angular velocity G_j h
+        angular[:, joint, :, 3 * joint:3 * joint + 3] = world[:, joint]
+    d_joints, d_vertices = body_jacobians(
+        model, rotations, world, output.joints, betas, torch.arange(22), angular, num_columns=size,
+        joint_ids=keypoints.joint_ids, vertex_ids=keypoints.vertex_ids,
+        transl_columns=slice(66, 69), betas_columns=slice(69, size))
+    analytic = keypoints.points_jacobian(output.vertices, d_joints, d_vertices)
+    steps = torch.eye(size, dtype=F64).unsqueeze(1).expand(size, batch, size) * EPS
+    numeric = torch.stack([(points(step) - points(-step)) / (2 * EPS) for step in steps], dim=-1)
+    torch.testing.assert_close(analytic, numeric, atol=1e-7, rtol=1e-6)
