@@ -1,0 +1,240 @@
+"""Evaluate a VPoser prior on held-out motion: reconstruction error and sample realism.
+
+    python scripts/eval_prior.py build/mocap/val --json
+    python scripts/eval_prior.py path/to/cmu_asfamc_bvh --subjects 06 49 --json
+    python scripts/eval_prior.py "clips/*.bvh" --weights build/train_run/best.pt
+
+PATH may be a folder of BVH files (the CMU main-set format of the training data), a folder of
+already converted AMASS-style .npz pose files, single files, or glob patterns (several may be
+given). BVH files are converted exactly as scripts/prepare_mocap.py converts them (30 fps,
+near-duplicate frames dropped, no mirroring); .npz files are used as they are.
+
+Metrics (bodies posed on the body model with betas 0, global orientation 0 and flat hands):
+  frames             poses evaluated (all frames of all files)
+  recon_v2v_mm       mean vertex-to-vertex distance, full mesh, pose vs decode(encoder mean)
+  recon_mpjpe_mm     the same for the 22 body joints
+  sample_to_data_mm  over --samples seeded prior samples: MPJPE (22 joints, root-relative) to the
+                     nearest real pose, averaged (do samples look like real poses?)
+  data_to_sample_mm  over the real poses (at most --max-data, evenly spaced): MPJPE to the nearest
+                     sample, averaged (do samples cover the real poses?)
+
+Both sample metrics have a floor set by the data themselves: with --reference TRAIN_DIR the script
+also reports them for --samples real training poses used in place of prior samples
+(reference_sample_to_data_mm, reference_data_to_sample_mm), i.e. what a prior that reproduced its
+training data exactly would score against held-out motion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob as globlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from core.body_model import BodyModel  # noqa: E402
+from core.pose_files import load_pose_file  # noqa: E402
+from core.rotations import axis_angle_to_matrix  # noqa: E402
+from core.train import display_command, full_rotations  # noqa: E402
+from core.vposer import VPoser, default_vposer_path, load_vposer  # noqa: E402
+
+NUM_BODY_JOINTS = 22
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+
+
+def find_files(paths: list[str], subjects: list[str] | None = None) -> list[Path]:
+    """Expand folders (their *.bvh and *.npz, not recursive), files and glob patterns; sorted.
+    `subjects` keeps files whose name starts with '<subject>_'."""
+    found: set[Path] = set()
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found.update(p for p in path.iterdir() if p.suffix.lower() in (".bvh", ".npz"))
+        elif path.is_file():
+            found.add(path)
+        else:
+            matches = [Path(p) for p in globlib.glob(item)]
+            if not matches:
+                raise SystemExit(f"error: {item}: no such file, folder or pattern match")
+            found.update(p for p in matches if p.is_file())
+    files = sorted(found)
+    if subjects:
+        wanted = {str(s) for s in subjects}
+        files = [p for p in files if p.stem.split("_")[0] in wanted]
+    if not files:
+        raise SystemExit("error: no .bvh or .npz files to evaluate")
+    kinds = {p.suffix.lower() for p in files}
+    if len(kinds) > 1:
+        raise SystemExit("error: give either BVH files or .npz files, not both (they would count twice)")
+    return files
+
+
+def _prepare_module():
+    """scripts/prepare_mocap.py, imported as a module (its conversion is the reference)."""
+    scripts = str(REPO / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    import prepare_mocap  # type: ignore[import-not-found]
+
+    return prepare_mocap
+
+
+def load_body_poses(files: list[Path], body: str | None, log=None) -> np.ndarray:
+    """(N, 63) body poses (joints 1..21, axis-angle) from BVH (converted) or .npz files."""
+    chunks = []
+    if files[0].suffix.lower() == ".bvh":
+        prep = _prepare_module()
+        target = prep.load_target(body)
+        preset = prep.load_preset("cmu")
+        for path in files:
+            clip = prep.convert_file(path, target, preset, 30.0, prep.DEFAULT_MIN_CHANGE)
+            chunks.append(clip["poses"][:, 3:66])
+            if log:
+                log(f"  {path.name}: {len(clip['poses'])} frames")
+    else:
+        for path in files:
+            chunks.append(load_pose_file(path).poses[:, 3:66])
+    return np.concatenate(chunks).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+def _pose(body: BodyModel, matrices: torch.Tensor, vertices: bool):
+    out = body.forward_rotations(full_rotations(matrices, body.num_joints), return_vertices=vertices)
+    joints = out.joints[:, :NUM_BODY_JOINTS]
+    return out.vertices, joints - joints[:, :1]
+
+
+def _nearest_mpjpe(queries: torch.Tensor, refs: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """For each query (Q, 22, 3): the smallest MPJPE (mean joint distance) to any ref (R, 22, 3)."""
+    best = []
+    for q in queries.split(chunk):
+        distance = (q[:, None] - refs[None]).norm(dim=-1).mean(-1)  # (chunk, R)
+        best.append(distance.min(dim=1).values)
+    return torch.cat(best)
+
+
+@torch.no_grad()
+def evaluate(
+    model: VPoser,
+    body: BodyModel,
+    poses: np.ndarray,
+    samples: int = 1000,
+    seed: int = 0,
+    max_data: int = 5000,
+    chunk: int = 200,
+    reference: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The metrics described in the module doc, for (N, 63) poses."""
+    model = model.eval()
+    poses_t = torch.as_tensor(poses, dtype=torch.float32)
+    v2v_sum, mpjpe_sum, joints_all = 0.0, 0.0, []
+    for part in poses_t.split(chunk):
+        matrices = axis_angle_to_matrix(part.view(-1, 21, 3))
+        verts, joints = _pose(body, matrices, True)
+        rec_verts, rec_joints = _pose(body, model.decode_matrix(model.encode(part).mean), True)
+        v2v_sum += float((rec_verts - verts).norm(dim=-1).mean(-1).sum())
+        mpjpe_sum += float((rec_joints - joints).norm(dim=-1).mean(-1).sum())
+        joints_all.append(joints)
+    data_joints = torch.cat(joints_all)
+    n = len(poses_t)
+
+    z = model.sample_latent(samples, seed=seed)
+    sample_joints = torch.cat([_pose(body, model.decode_matrix(part), False)[1] for part in z.split(chunk)])
+    subset = data_joints[torch.linspace(0, n - 1, min(n, max_data)).round().long()] if n > max_data else data_joints
+    result = {
+        "frames": n,
+        "recon_v2v_mm": 1000 * v2v_sum / n,
+        "recon_mpjpe_mm": 1000 * mpjpe_sum / n,
+        "sample_to_data_mm": 1000 * float(_nearest_mpjpe(sample_joints, data_joints).mean()),
+        "data_to_sample_mm": 1000 * float(_nearest_mpjpe(subset, sample_joints).mean()),
+        "samples": samples,
+        "data_poses_for_coverage": len(subset),
+    }
+    if reference is not None:
+        # The same two numbers for `samples` real poses drawn from other data (e.g. the training
+        # set) in place of prior samples: what a prior that reproduced that data exactly would get.
+        pick = torch.randperm(len(reference), generator=torch.Generator().manual_seed(seed))[:samples]
+        ref = torch.as_tensor(reference[pick.numpy()], dtype=torch.float32)
+        ref_joints = torch.cat([_pose(body, axis_angle_to_matrix(part.view(-1, 21, 3)), False)[1]
+                                for part in ref.split(chunk)])
+        result["reference_sample_to_data_mm"] = 1000 * float(_nearest_mpjpe(ref_joints, data_joints).mean())
+        result["reference_data_to_sample_mm"] = 1000 * float(_nearest_mpjpe(subset, ref_joints).mean())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="folder(s), file(s) or glob pattern(s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--weights", default=None, help="VPoser weights (default: the shipped open prior)")
+    parser.add_argument("--body", default=None, help="body model .npz (default: the open adult body)")
+    parser.add_argument("--subjects", nargs="*", default=None, help="only files named '<subject>_*'")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-data", type=int, default=5000, help="real poses used for data_to_sample_mm")
+    parser.add_argument("--reference", nargs="+", default=None, metavar="PATH",
+                        help="real poses (e.g. the training folder) to compute the same sample metrics for "
+                             "--samples poses drawn from them instead of from the prior: a floor for comparison")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    start = time.perf_counter()
+    files = find_files(args.paths, args.subjects)
+    say = None if args.json else print
+    if say:
+        say(f"{len(files)} {files[0].suffix.lower()[1:].upper()} files")
+    poses = load_body_poses(files, args.body, log=say)
+    weights = Path(args.weights) if args.weights else default_vposer_path()
+    model = load_vposer(weights)
+    body = BodyModel.open_default("adult") if args.body is None else BodyModel.from_file(args.body)
+    body = body.eval().requires_grad_(False)
+    reference = None
+    if args.reference:
+        reference = load_body_poses(find_files(args.reference), args.body)
+    metrics = evaluate(model, body, poses, samples=args.samples, seed=args.seed, max_data=args.max_data,
+                       reference=reference)
+    metrics.update(
+        weights=display_command([str(weights)]),
+        body="open default (adult)" if args.body is None else display_command([args.body]),
+        files=len(files),
+        seed=args.seed,
+        seconds=round(time.perf_counter() - start, 1),
+    )
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        print(
+            f"{metrics['frames']} poses from {len(files)} files; weights {metrics['weights']}\n"
+            f"  reconstruction (encoder mean -> decode): {metrics['recon_v2v_mm']:.1f} mm per vertex, "
+            f"{metrics['recon_mpjpe_mm']:.1f} mm per joint\n"
+            f"  {args.samples} samples (seed {args.seed}): nearest real pose {metrics['sample_to_data_mm']:.1f} mm "
+            f"MPJPE on average\n"
+            f"  real poses ({metrics['data_poses_for_coverage']}): nearest sample "
+            f"{metrics['data_to_sample_mm']:.1f} mm MPJPE on average\n"
+            f"  ({metrics['seconds']:.0f} s)"
+        )
+        if reference is not None:
+            print(f"  reference: {args.samples} real poses from {' '.join(args.reference)} in place of samples: "
+                  f"{metrics['reference_sample_to_data_mm']:.1f} mm and {metrics['reference_data_to_sample_mm']:.1f} mm")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
