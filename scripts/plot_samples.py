@@ -1,7 +1,7 @@
 """Render seeded samples from a VPoser prior on the open body as a grid of meshes (PNG).
 
     python scripts/plot_samples.py                                  # docs/images/vposer_samples.png
-    python scripts/plot_samples.py --weights build/train_run/best.pt --out /tmp/samples.png --seed 3
+    python scripts/plot_samples.py --weights build/train_run/best.pt --out samples.png --seed 3
 
 Each cell is one draw z ~ N(0, temperature^2 I) decoded to a body pose, shown from the front
 (Y up, global orientation 0, flat hands, betas 0), drawn with the matplotlib mesh renderer of
