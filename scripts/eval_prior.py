@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:
 from core.body_model import BodyModel  # noqa: E402
 from core.pose_files import load_pose_file  # noqa: E402
 from core.rotations import axis_angle_to_matrix  # noqa: E402
-from core.train import display_command, full_rotations  # noqa: E402
+from core.train import display_path, full_rotations  # noqa: E402
 from core.vposer import VPoser, default_vposer_path, load_vposer  # noqa: E402
 
 NUM_BODY_JOINTS = 22
@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = evaluate(model, body, poses, samples=args.samples, seed=args.seed, max_data=args.max_data,
                        reference=reference)
     metrics.update(
-        weights=display_command([str(weights)]),
-        body="open default (adult)" if args.body is None else display_command([args.body]),
+        weights=display_path(weights),
+        body="open default (adult)" if args.body is None else display_path(args.body),
         files=len(files),
         seed=args.seed,
         seconds=round(time.perf_counter() - start, 1),

@@ -1,6 +1,9 @@
 """Train VPoser v2 on folders of AMASS-style pose files (see core/train.py for the objective).
 
     python scripts/train_vposer.py build/mocap/train build/mocap/val --out build/train_run --max-minutes 50
+    # the shipped open prior (core/data/vposer_open.md): official objective, KL weight 0.001, 7 deg noise
+    python scripts/train_vposer.py build/mocap/train build/mocap/val --out build/train_run_n7 \\
+        --max-minutes 30 --rotation-noise-deg 7 --kl-weight 0.001 --threads 1
     python scripts/train_vposer.py build/mocap/train build/mocap/val --out build/train_run \\
         --resume build/train_run/last_state.pt --max-minutes 20
 
@@ -55,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="augmentation: std of random rotation noise per joint, degrees (default off)")
     parser.add_argument("--denoise", action="store_true",
                         help="with --rotation-noise-deg: noise on the encoder's input only, clean target")
-    parser.add_argument("--no-reset-at-switch", action="store_true",
-                        help="keep one best validation loss across the epoch where the extra terms stop (official)")
+    parser.add_argument("--reset-at-switch", action="store_true",
+                        help="restart best-model, early-stopping and plateau tracking when the extra loss "
+                             "terms stop (default: one best across it, as the official trainer)")
     parser.add_argument("--frame-stride", type=int, default=1, help="keep every n-th frame of each file")
     parser.add_argument("--val-max-frames", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         rotation_noise_deg=args.rotation_noise_deg,
         kl_weight=args.kl_weight,
         denoise=args.denoise,
-        reset_at_switch=not args.no_reset_at_switch,
+        reset_at_switch=args.reset_at_switch,
         frame_stride=args.frame_stride,
         val_max_frames=args.val_max_frames,
         resume=args.resume,

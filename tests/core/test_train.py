@@ -88,7 +88,7 @@ def test_geodesic_mean_is_the_rotation_angle():
 def test_training_lowers_loss_writes_outputs_and_resumes(setup, tmp_path):
     root, body = setup
     out = tmp_path / "run"
-    summary = train_module.train(_config(root, body, out, epochs=3, plot=True))
+    summary = train_module.train(_config(root, body, out, epochs=3, plot=True, reset_at_switch=True))
     assert summary["epochs"] == 3
     for name in ("best.pt", "last_state.pt", "history.json", "loss_curves.png"):
         assert (out / name).is_file(), name
@@ -107,7 +107,8 @@ def test_training_lowers_loss_writes_outputs_and_resumes(setup, tmp_path):
     assert state["epoch"] == 3 and len(state["history"]) == 3
 
     # Resume for two more epochs: the history continues from the saved epoch.
-    resumed = train_module.train(_config(root, body, out, epochs=5, resume=str(out / "last_state.pt")))
+    resumed = train_module.train(_config(root, body, out, epochs=5, resume=str(out / "last_state.pt"),
+                                         reset_at_switch=True))
     assert resumed["epochs"] == 5
     history2 = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history2] == [1, 2, 3, 4, 5]
