@@ -6,7 +6,7 @@
 
 PATH may be a folder of BVH files (the CMU main-set format of the training data), a folder of
 already converted AMASS-style .npz pose files, single files, or glob patterns (several may be
-given). BVH files are converted exactly as scripts/prepare_mocap.py converts them (30 fps,
+given). BVH files are converted exactly as scripts/prepare_mocap.py converts them (core/mocap/convert.py) (30 fps,
 near-duplicate frames dropped, no mirroring); .npz files are used as they are.
 
 Metrics (bodies posed on the body model with betas 0, global orientation 0 and flat hands):
@@ -41,6 +41,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.body_model import BodyModel  # noqa: E402
+from core.mocap.convert import DEFAULT_MIN_CHANGE, convert_file, load_target  # noqa: E402
+from core.mocap.skeletons import load_preset  # noqa: E402
 from core.pose_files import load_pose_file  # noqa: E402
 from core.rotations import axis_angle_to_matrix  # noqa: E402
 from core.train import display_path, full_rotations  # noqa: E402
@@ -80,25 +82,14 @@ def find_files(paths: list[str], subjects: list[str] | None = None) -> list[Path
     return files
 
 
-def _prepare_module():
-    """scripts/prepare_mocap.py, imported as a module (its conversion is the reference)."""
-    scripts = str(REPO / "scripts")
-    if scripts not in sys.path:
-        sys.path.insert(0, scripts)
-    import prepare_mocap  # type: ignore[import-not-found]
-
-    return prepare_mocap
-
-
 def load_body_poses(files: list[Path], body: str | None, log=None) -> np.ndarray:
     """(N, 63) body poses (joints 1..21, axis-angle) from BVH (converted) or .npz files."""
     chunks = []
     if files[0].suffix.lower() == ".bvh":
-        prep = _prepare_module()
-        target = prep.load_target(body)
-        preset = prep.load_preset("cmu")
+        target = load_target(body)
+        preset = load_preset("cmu")
         for path in files:
-            clip = prep.convert_file(path, target, preset, 30.0, prep.DEFAULT_MIN_CHANGE)
+            clip = convert_file(path, target, preset, 30.0, DEFAULT_MIN_CHANGE)
             chunks.append(clip["poses"][:, 3:66])
             if log:
                 log(f"  {path.name}: {len(clip['poses'])} frames")

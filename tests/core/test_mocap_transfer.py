@@ -13,6 +13,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from core.mocap.convert import keep_changed, subsample_indices
 from core.mocap.bvh import format_bvh, parse_bvh
 from core.mocap.skeletons import (
     SMPL_BODY_JOINT_NAMES,
@@ -423,16 +424,15 @@ def test_prepare_mocap_end_to_end(tmp_path, capsys):
 
 
 def test_subsample_and_near_duplicates():
-    script = _load_script()
-    assert script.subsample_indices(9, 120.0, 30.0).tolist() == [0, 4, 8]
-    assert script.subsample_indices(10, 120.00048, 30.0).tolist() == [0, 4, 8]
-    assert script.subsample_indices(8, 100.0, 30.0).tolist() == [0, 3, 7]
-    assert script.subsample_indices(5, 30.0, 30.0).tolist() == [0, 1, 2, 3, 4]
+    assert subsample_indices(9, 120.0, 30.0).tolist() == [0, 4, 8]
+    assert subsample_indices(10, 120.00048, 30.0).tolist() == [0, 4, 8]
+    assert subsample_indices(8, 100.0, 30.0).tolist() == [0, 3, 7]
+    assert subsample_indices(5, 30.0, 30.0).tolist() == [0, 1, 2, 3, 4]
     joints = torch.zeros(6, 2, 3, dtype=torch.float64)
     joints[:, 1, 0] = torch.tensor([0, 0.004, 0.008, 0.012, 0.012, 0.05])
     # compared with the last kept frame, so slow drifts are not lost
-    assert script.keep_changed(joints, 0.01).tolist() == [0, 3, 5]
-    assert script.keep_changed(joints, 0).tolist() == list(range(6))
+    assert keep_changed(joints, 0.01).tolist() == [0, 3, 5]
+    assert keep_changed(joints, 0).tolist() == list(range(6))
 
 
 def test_twist_flips_are_undone():

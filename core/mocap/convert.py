@@ -1,0 +1,82 @@
+"""Converting one BVH clip to the body's pose layout, the way the training data is made.
+
+Shared by scripts/prepare_mocap.py (which writes the training set) and scripts/eval_prior.py
+(which must convert held-out clips identically): subsample to a frame rate, transfer rotations
+through a skeleton preset, undo the data's twist flips, drop near-duplicate frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..body_model import BodyModel
+from ..rotations import matrix_to_axis_angle
+from .bvh import read_bvh
+from .skeletons import SMPL_BODY_JOINT_NAMES, default_target_names
+from .transfer import fix_twist_flips, retarget_bvh, skeleton_fk
+
+DEFAULT_MIN_CHANGE = 0.01  # metres
+
+
+def load_target(body: str | None):
+    """(rest joints (J, 3) float64, parents (J,), joint names) of the body at betas = 0."""
+    if body:
+        model = BodyModel.from_file(body, dtype=torch.float64)
+    else:
+        model = BodyModel.open_default("adult", dtype=torch.float64)
+    with torch.no_grad():
+        rest = model.rest_joints()[0]
+    names = list(getattr(model, "joint_names", None) or default_target_names(rest.shape[0]))
+    return rest, model.parents.clone(), names
+
+
+def subsample_indices(num_frames: int, source_fps: float, fps: float) -> np.ndarray:
+    """Nearest source frame for each output frame at `fps` (every 4th for 120 -> 30)."""
+    if fps >= source_fps - 1e-6:
+        return np.arange(num_frames)
+    ratio = source_fps / fps
+    count = int(np.floor((num_frames - 1) / ratio + 1e-9)) + 1
+    return np.minimum(np.round(np.arange(count) * ratio).astype(np.int64), num_frames - 1)
+
+
+def keep_changed(joints: torch.Tensor, min_change: float) -> np.ndarray:
+    """Greedy near-duplicate filter: indices of frames whose joints (T, J, 3) moved >= min_change
+    (max over joints, metres) from the last kept frame. The first frame is always kept."""
+    if min_change <= 0 or joints.shape[0] == 0:
+        return np.arange(joints.shape[0])
+    p = joints.numpy()
+    kept = [0]
+    last = p[0]
+    for i in range(1, len(p)):
+        if np.sqrt(((p[i] - last) ** 2).sum(-1)).max() >= min_change:
+            kept.append(i)
+            last = p[i]
+    return np.asarray(kept, dtype=np.int64)
+
+
+def convert_file(path: Path, target, preset, fps: float, min_change: float, fix_flips: bool = True) -> dict:
+    """One BVH -> dict(poses (T, 3J) float64, trans (T, 3), source_frames, counts)."""
+    rest, parents, names = target
+    motion = read_bvh(path)
+    frames = subsample_indices(motion.num_frames, motion.fps, fps)
+    result = retarget_bvh(motion, preset, rest, parents, names, frames=frames)
+    local, flips = fix_twist_flips(result.local, names, parents, rest) if fix_flips else (result.local, 0)
+    # Body-relative joints (root rotation and translation removed) for the near-duplicate test.
+    body = [names.index(n) for n in SMPL_BODY_JOINT_NAMES if n in names]
+    relative = local.clone()
+    relative[:, int((parents < 0).nonzero()[0])] = torch.eye(3, dtype=local.dtype)
+    joints, _ = skeleton_fk(relative, rest, parents)
+    keep = keep_changed(joints[:, body], min_change)
+    poses = matrix_to_axis_angle(local[keep])
+    return {
+        "poses": poses.reshape(len(keep), -1).numpy(),
+        "trans": result.trans[keep].numpy(),
+        "source_frames": frames[keep],
+        "num_source": motion.num_frames,
+        "num_subsampled": len(frames),
+        "align_deg": result.setup.align_angles_deg(),
+        "flips": flips,
+    }
