@@ -95,6 +95,7 @@ class BodyModel(nn.Module):
         for part, mean in arrays.hand_means.items():
             buffer(f"{part}_mean", np.zeros_like(mean) if flat_hand_mean else mean)
         self._levels = _depth_levels(arrays.parents)
+        self._prefix_levels: dict[int, list[tuple[Tensor, Tensor]]] = {}
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -180,12 +181,15 @@ class BodyModel(nn.Module):
         return_vertices: bool = True,
         vertex_ids: Tensor | None = None,
     ) -> BodyOutput:
-        """Pose from local rotation matrices (B, J, 3, 3), unchecked: the fast path for solvers."""
-        batch = rotations.shape[0]
+        """Pose from local rotation matrices (B, J, 3, 3), unchecked: the fast path for solvers.
+        Without vertices, rotations may cover only the first J' joints (every parent among them,
+        e.g. SMPL's 22 body joints): only those are posed."""
+        batch, count = rotations.shape[:2]
         shape = self._shape_coefficients(betas, expression, batch)
         rest_joints = self.rest_joints_template.expand(batch, -1, -1)
         if shape is not None:
             rest_joints = rest_joints + (shape @ self.joint_shape_basis).view(batch, self.num_joints, 3)
+        rest_joints = rest_joints[:, :count]
         world_rotations, joints = self._forward_kinematics(rotations, rest_joints)
         vertices = None
         if return_vertices or vertex_ids is not None:
@@ -234,12 +238,23 @@ class BodyModel(nn.Module):
         joints = torch.empty_like(rest_joints)
         world_rotations[:, 0] = rotations[:, 0]
         joints[:, 0] = rest_joints[:, 0]
-        for children, parents in self._levels:
+        for children, parents in self._levels_below(rotations.shape[1]):
             parent_rotations = world_rotations[:, parents]
             world_rotations[:, children] = parent_rotations @ rotations[:, children]
             offsets = (rest_joints[:, children] - rest_joints[:, parents]).unsqueeze(-1)
             joints[:, children] = (parent_rotations @ offsets).squeeze(-1) + joints[:, parents]
         return world_rotations, joints
+
+    def _levels_below(self, count: int) -> list[tuple[Tensor, Tensor]]:
+        """The depth levels restricted to the first `count` joints."""
+        if count == self.num_joints:
+            return self._levels
+        if count not in self._prefix_levels:
+            if any(int(p) >= count for p in self.parents[1:count]):
+                raise BodyModelError(f"the first {count} joints do not contain all their parents")
+            self._prefix_levels[count] = [(children[children < count], parents[children < count])
+                                          for children, parents in self._levels if bool((children < count).any())]
+        return self._prefix_levels[count]
 
     def _skin(
         self,

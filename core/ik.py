@@ -250,7 +250,11 @@ class IKSolver:
             final = Stage(self.unknowns, max_iterations=self.lm_options.max_iterations)
             stages = [final] if init is not None else [Stage(("orient", "transl"), max_iterations=3), final]
         pin_ids = torch.tensor([_joint_index(model, name) for name in pins], dtype=torch.long, device=model.device)
-        pinned = state.rotations[:, pin_ids].clone()
+        start = state.rotations
+        if init is not None:  # pins keep the rotations as given, not the prior's re-encoding of a pose made elsewhere
+            given = init.state if isinstance(init, IKResult) else init
+            start = _broadcast(given.rotations, batch, "init rotations").to(model.v_template)
+        pinned = start[:, pin_ids].clone()
         iterations = torch.zeros(batch, dtype=torch.long, device=model.device)
         converged = torch.zeros(batch, dtype=torch.bool, device=model.device)
         problem = None
@@ -515,14 +519,19 @@ class _Problem:
                 derivative = (derivative @ self._select_angular(local, ids)).squeeze(-2)
             terms.append((root * bend * active, derivative))
         if len(self.pin_ids) and weights.pin > 0:
-            rotations = point.rotations[:, self.pin_ids]
-            root = weights.pin ** 0.5
-            value = root * (rotations - self.pinned[rows]).flatten(1)
+            # 2 sqrt(2) sin(angle / 2) * axis of each pinned joint's turn from its start: 3 residuals
+            # per joint whose squares add up to ||R - R_start||^2 and grow all the way to 180 degrees.
+            turn = self.pinned[rows].transpose(-1, -2) @ point.rotations[:, self.pin_ids]
+            sine = _skew_part(turn)  # sin(angle) * axis
+            cosine = 0.5 * (1 + turn.diagonal(dim1=-2, dim2=-1).sum(-1)).clamp_min(1e-12).sqrt()  # cos(angle / 2)
+            root = (8 * weights.pin) ** 0.5
             derivative = None
-            if local is not None:
-                tangents = rotation_tangents(rotations).flatten(-2).transpose(-1, -2)  # (b, P, 9, 3)
-                derivative = root * (tangents @ self._select_angular(local, self.pin_ids)).flatten(1, 2)
-            terms.append((value, derivative))
+            if local is not None:  # d sine / d w_local, and d cos(angle / 2) / d w_local = -sine / (4 cos)
+                slopes = _skew_part(rotation_tangents(turn)).transpose(-1, -2)  # (b, P, 3, 3)
+                half = (slopes / (2 * cosine[..., None, None])
+                        + sine.unsqueeze(-1) * sine.unsqueeze(-2) / (8 * cosine[..., None, None] ** 3))
+                derivative = root * (half @ self._select_angular(local, self.pin_ids)).flatten(1, 2)
+            terms.append((root * (sine / (2 * cosine.unsqueeze(-1))).flatten(1), derivative))
         return terms
 
     def _select_angular(self, local: Tensor, joints: Tensor) -> Tensor:

@@ -132,20 +132,24 @@ def body_jacobians(
     Returns d joints[:, joint_ids] (B, Kj, 3, N) and d vertices[:, vertex_ids] (B, V', 3, N) or None.
     """
     dtype, device = rotations.dtype, rotations.device
-    ancestors = _ancestor_table(tuple(model.parents.tolist()), dtype, device)
-    moving_positions = joints[:, moving]
-    # xi_i = sum of w_j over j in ancestors-or-self(i); psi_i = sum of w_j x p_j over the same joints.
-    xi = torch.einsum("im,bmcn->bicn", ancestors[:, moving], angular)
-    psi = torch.einsum("im,bmcn->bicn", ancestors[:, moving], cross_columns(angular, moving_positions))
+    count = joints.shape[1]  # the posed joints: all, or the first few (see BodyModel.forward_rotations)
+    ancestors = _ancestor_table(tuple(model.parents.tolist()), dtype, device)[:count, :count]
     parent_ids = model.parents.to(device)[joint_ids]
     has_parent = (parent_ids >= 0).to(dtype)[None, :, None, None]
     safe_parent = parent_ids.clamp_min(0)
-    keypoint_joints = joints[:, joint_ids]
-    d_joints = (cross_columns(xi[:, safe_parent], keypoint_joints) - psi[:, safe_parent]) * has_parent
+    # xi_i = sum of w_j over j in ancestors-or-self(i); psi_i = sum of w_j x p_j over the same joints;
+    # needed at the keypoint joints' parents, and at every joint when vertices are skinned.
+    rows = safe_parent if vertex_ids is None else torch.arange(count, device=device)
+    table = ancestors[rows][:, moving]  # (R, M)
+    batch = angular.shape[0]
+    sums = table @ torch.cat([angular, cross_columns(angular, joints[:, moving])], dim=-1).reshape(batch, len(moving), -1)
+    xi, psi = sums.view(batch, len(rows), 3, -1).chunk(2, dim=-1)
+    at_parents = (xi, psi) if vertex_ids is None else (xi[:, safe_parent], psi[:, safe_parent])
+    d_joints = (cross_columns(at_parents[0], joints[:, joint_ids]) - at_parents[1]) * has_parent
     shape_positions = None
     if betas_columns is not None:
-        rest_shift = model.joint_shape_basis[: model.num_betas].view(-1, model.num_joints, 3).permute(1, 2, 0)
-        safe_parents = model.parents.to(device).clamp_min(0)
+        rest_shift = model.joint_shape_basis[: model.num_betas].view(-1, model.num_joints, 3).permute(1, 2, 0)[:count]
+        safe_parents = model.parents.to(device)[:count].clamp_min(0)
         local = torch.einsum("bicd,idn->bicn", world_rotations[:, safe_parents], rest_shift - rest_shift[safe_parents])
         local[:, 0] = rest_shift[0]  # (B, J, 3, K): each bone's change, rotated into the world
         shape_positions = torch.einsum("ij,bjcn->bicn", ancestors, local)

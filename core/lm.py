@@ -175,7 +175,13 @@ def _sweeps(problem: LeastSquaresProblem, frames: Tensor, groups: list[Tensor], 
 
 
 def _damped_step(jacobian: Tensor, gradient: Tensor, damping: Tensor) -> tuple[Tensor, Tensor]:
-    """Step h (b, n) from (J^T J + mu D) h = -g, and the decrease the linear model predicts."""
+    """Step h (b, n) from (J^T J + mu D) h = -g, and the decrease the linear model predicts.
+    Unknowns no residual depends on in any frame (a joint with no target below it) get h = 0
+    and stay out of the factorisation, whose cost grows with n^3."""
+    live = torch.nonzero(jacobian.abs().amax((0, 1)) > 0).squeeze(1)
+    if len(live) < jacobian.shape[-1]:
+        step, predicted = _damped_step(jacobian[..., live], gradient[:, live], damping)
+        return jacobian.new_zeros(gradient.shape).index_copy_(1, live, step), predicted
     normal = (jacobian.transpose(1, 2) @ jacobian).double()
     diagonal = normal.diagonal(dim1=-2, dim2=-1)
     scale = diagonal.clamp_min(1e-9 * diagonal.amax(-1, keepdim=True).clamp_min(1e-30))

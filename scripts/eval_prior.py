@@ -27,7 +27,6 @@ training data exactly would score against held-out motion.
 from __future__ import annotations
 
 import argparse
-import glob as globlib
 import json
 import sys
 import time
@@ -41,7 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.body_model import BodyModel  # noqa: E402
-from core.mocap.convert import DEFAULT_MIN_CHANGE, convert_file, load_target  # noqa: E402
+from core.mocap.convert import DEFAULT_MIN_CHANGE, convert_file, find_mocap_files, load_target  # noqa: E402
 from core.mocap.skeletons import load_preset  # noqa: E402
 from core.pose_files import load_pose_file  # noqa: E402
 from core.rotations import axis_angle_to_matrix  # noqa: E402
@@ -56,28 +55,11 @@ NUM_BODY_JOINTS = 22
 
 
 def find_files(paths: list[str], subjects: list[str] | None = None) -> list[Path]:
-    """Expand folders (their *.bvh and *.npz, not recursive), files and glob patterns; sorted.
-    `subjects` keeps files whose name starts with '<subject>_'."""
-    found: set[Path] = set()
-    for item in paths:
-        path = Path(item)
-        if path.is_dir():
-            found.update(p for p in path.iterdir() if p.suffix.lower() in (".bvh", ".npz"))
-        elif path.is_file():
-            found.add(path)
-        else:
-            matches = [Path(p) for p in globlib.glob(item)]
-            if not matches:
-                raise SystemExit(f"error: {item}: no such file, folder or pattern match")
-            found.update(p for p in matches if p.is_file())
-    files = sorted(found)
-    if subjects:
-        wanted = {str(s) for s in subjects}
-        files = [p for p in files if p.stem.split("_")[0] in wanted]
-    if not files:
-        raise SystemExit("error: no .bvh or .npz files to evaluate")
-    kinds = {p.suffix.lower() for p in files}
-    if len(kinds) > 1:
+    try:
+        files = find_mocap_files(paths, subjects, (".bvh", ".npz"))
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    if len({p.suffix.lower() for p in files}) > 1:
         raise SystemExit("error: give either BVH files or .npz files, not both (they would count twice)")
     return files
 

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import bpy
 
-from . import operators, panels, preferences, properties
+from . import operators, panels, preferences, properties, targets
 
-_CLASSES: tuple[type, ...] = (*preferences.CLASSES, *properties.CLASSES, *operators.CLASSES, *panels.CLASSES)
+_CLASSES: tuple[type, ...] = (
+    *preferences.CLASSES, *properties.CLASSES, *targets.CLASSES, *operators.CLASSES, *panels.CLASSES
+)
 
 
 def register() -> None:
     for cls in _CLASSES:
         bpy.utils.register_class(cls)
     properties.attach()
+    targets.attach()
     preferences.register_extra_site_packages()
 
 
 def unregister() -> None:
+    targets.detach()
     properties.detach()
     for cls in reversed(_CLASSES):
         bpy.utils.unregister_class(cls)

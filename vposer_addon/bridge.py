@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import bpy
 import numpy as np
-from bpy_extras.anim_utils import action_get_channelbag_for_slot
+from bpy_extras.anim_utils import action_ensure_channelbag_for_slot, action_get_channelbag_for_slot
 from mathutils import Matrix
 
 Y_UP_TO_Z_UP = Matrix.Rotation(math.pi / 2, 4, "X")
@@ -66,6 +66,13 @@ def set_pose(rig: bpy.types.Object, joint_names: list[str], quaternions: np.ndar
     pose_bones[joint_names[0]].location = np.asarray(translation, dtype=np.float64)
 
 
+def get_pose(rig: bpy.types.Object, joint_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The rig's current pose in set_pose's form: (J, 4) quaternions and the root's (3,) location."""
+    pose_bones = rig.pose.bones
+    quaternions = np.array([pose_bones[name].rotation_quaternion for name in joint_names], dtype=np.float64)
+    return quaternions, np.array(pose_bones[joint_names[0]].location, dtype=np.float64)
+
+
 def evaluated_vertices(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> np.ndarray:
     """(V, 3) positions of the deformed mesh in the object's local space (model space for a body)."""
     mesh = obj.evaluated_get(depsgraph).data
@@ -104,33 +111,117 @@ def write_action(
     translations: np.ndarray,
     frame_start: int,
     name: str,
+    frame_step: int = 1,
 ) -> bpy.types.Action:
     """Key a whole clip into a new slotted action and assign it to the rig; returns the action.
 
     quaternions (T, J, 4) are local joint rotations (w, x, y, z), translations (T, 3) the root's
-    location; frame t lands on frame_start + t. Curves are written whole with foreach_set (orders of
-    magnitude faster than keyframe_insert) and interpolate linearly, as sampled mocap should.
+    location; frame t lands on frame_start + t * frame_step. Curves are written whole with
+    foreach_set (orders of magnitude faster than keyframe_insert) and interpolate linearly, as
+    sampled mocap should.
     """
     quaternions = continuous_quaternions(np.asarray(quaternions, dtype=np.float64))
     translations = np.asarray(translations, dtype=np.float64)
-    frames = frame_start + np.arange(len(quaternions), dtype=np.float64)
+    frames = frame_start + frame_step * np.arange(len(quaternions), dtype=np.float64)
 
     action = bpy.data.actions.new(name)
     slot = action.slots.new(id_type="OBJECT", name=rig.name)
     strip = action.layers.new("Layer").strips.new(type="KEYFRAME")
     channelbag = strip.channelbag(slot, ensure=True)
-    for joint, joint_name in enumerate(joint_names):
-        path = _bone_path(joint_name, "rotation_quaternion")
-        for component in range(4):
-            _write_curve(channelbag, path, component, joint_name, frames, quaternions[:, joint, component])
-    root_path = _bone_path(joint_names[0], "location")
-    for axis in range(3):
-        _write_curve(channelbag, root_path, axis, joint_names[0], frames, translations[:, axis])
+    values = _channel_values(quaternions, translations)
+    for (bone, path, index), column in zip(_pose_channels(joint_names), values.T):
+        _add_keys(channelbag.fcurves.new(path, index=index, group_name=bone), frames, column)
 
     animation_data = rig.animation_data or rig.animation_data_create()
     animation_data.action = action
     animation_data.action_slot = slot
     return action
+
+
+def keep_current_action(rig: bpy.types.Object) -> bpy.types.Action | None:
+    """Give the rig's assigned action a fake user before a new one takes its place, so it stays in
+    the action browser and is saved with the file; returns it (None when the rig has none)."""
+    action = rig.animation_data.action if rig.animation_data else None
+    if action is not None:
+        action.use_fake_user = True
+    return action
+
+
+def keyed_frames(rig: bpy.types.Object, joint_names: list[str]) -> np.ndarray:
+    """Sorted frames at which any of the joints' pose channels has a key in the rig's action."""
+    frames = [_key_frames(curve) for curve in _existing_pose_curves(rig, joint_names)]
+    return np.unique(np.concatenate(frames)) if frames else np.empty(0)
+
+
+def delete_keys_between(rig: bpy.types.Object, joint_names: list[str], start: float, end: float) -> None:
+    """Remove the keys strictly between frames start and end from the joints' pose channels (keys
+    at start and end themselves stay)."""
+    for curve in _existing_pose_curves(rig, joint_names):
+        points = curve.keyframe_points
+        frames = _key_frames(curve)
+        doomed = np.flatnonzero((frames > start) & (frames < end))
+        for index in doomed[::-1]:  # from the back, so earlier indices stay valid
+            points.remove(points[int(index)], fast=True)
+        if doomed.size:
+            curve.update()
+
+
+def insert_keys(
+    rig: bpy.types.Object,
+    joint_names: list[str],
+    quaternions: np.ndarray,
+    translations: np.ndarray,
+    frames: np.ndarray,
+) -> None:
+    """Key poses ((T, J, 4) quaternions, (T, 3) root locations) into the rig's assigned action at
+    `frames`, never replacing a key: where a channel already has a key at one of the frames, that
+    key stays. A channel without a curve gets one. New keys interpolate linearly, as write_action's
+    do; the quaternions' signs are the caller's to make continuous with the neighbouring keys."""
+    animation_data = rig.animation_data
+    channelbag = action_ensure_channelbag_for_slot(animation_data.action, animation_data.action_slot)
+    values = _channel_values(np.asarray(quaternions, dtype=np.float64), np.asarray(translations, dtype=np.float64))
+    frames = np.asarray(frames, dtype=np.float64)
+    for (bone, path, index), column in zip(_pose_channels(joint_names), values.T):
+        _add_keys(channelbag.fcurves.ensure(path, index=index, group_name=bone), frames, column)
+
+
+def new_action(obj: bpy.types.Object, name: str) -> tuple[bpy.types.Action, bpy.types.ActionChannelbag]:
+    """A new slotted action (one layer, one keyframe strip, a slot for `obj`) assigned to `obj`, and
+    the channelbag its curves go in; the object's previous action is only unassigned."""
+    action = bpy.data.actions.new(name)
+    slot = action.slots.new(id_type="OBJECT", name=obj.name)
+    strip = action.layers.new("Layer").strips.new(type="KEYFRAME")
+    channelbag = strip.channelbag(slot, ensure=True)
+    animation_data = obj.animation_data or obj.animation_data_create()
+    animation_data.action = action
+    animation_data.action_slot = slot
+    return action, channelbag
+
+
+def write_curve(
+    channelbag: bpy.types.ActionChannelbag,
+    path: str,
+    index: int,
+    group: str,
+    frames: np.ndarray,
+    values: np.ndarray,
+    hold: np.ndarray | None = None,
+) -> bpy.types.FCurve:
+    """A new F-curve keyed whole at `frames` (linear keys); where `hold` (one bool per key) is True
+    the key keeps its value until the next one (CONSTANT), e.g. across a gap in sampled data."""
+    curve = channelbag.fcurves.new(path, index=index, group_name=group)
+    _add_keys(curve, np.asarray(frames, dtype=np.float64), np.asarray(values, dtype=np.float64))
+    if hold is not None:
+        modes = np.where(np.asarray(hold, dtype=bool), _CONSTANT, _LINEAR).astype(np.int32)
+        curve.keyframe_points.foreach_set("interpolation", modes)
+    return curve
+
+
+def set_scene_frame_rate(scene: bpy.types.Scene, frame_rate: float) -> None:
+    """Play a clip at its recorded speed: Blender's rate is fps / fps_base, with an integer fps."""
+    render = scene.render
+    render.fps = max(1, round(frame_rate))
+    render.fps_base = render.fps / frame_rate
 
 
 def read_action(
@@ -259,18 +350,44 @@ def _bone_path(bone: str, prop: str) -> str:
     return f'pose.bones["{bpy.utils.escape_identifier(bone)}"].{prop}'
 
 
+def _pose_channels(joint_names: list[str]) -> list[tuple[str, str, int]]:
+    """(bone, data path, index) of every curve a pose is keyed on: each joint's quaternion
+    (w, x, y, z), then the root's location; the columns of _channel_values, in order."""
+    channels = [(name, _bone_path(name, "rotation_quaternion"), c) for name in joint_names for c in range(4)]
+    return channels + [(joint_names[0], _bone_path(joint_names[0], "location"), axis) for axis in range(3)]
+
+
+def _channel_values(quaternions: np.ndarray, translations: np.ndarray) -> np.ndarray:
+    """(T, J, 4) quaternions and (T, 3) root locations -> (T, 4J + 3), one column per pose channel."""
+    return np.concatenate([quaternions.reshape(len(quaternions), -1), translations], axis=1)
+
+
 _LINEAR = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items["LINEAR"].value
+_CONSTANT = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items["CONSTANT"].value
 
 
-def _write_curve(
-    channelbag: bpy.types.ActionChannelbag, path: str, index: int, group: str, frames: np.ndarray, values: np.ndarray
-) -> None:
-    curve = channelbag.fcurves.new(path, index=index, group_name=group)
+def _add_keys(curve: bpy.types.FCurve, frames: np.ndarray, values: np.ndarray) -> None:
+    """Linear keys at the frames the curve does not key yet, written in one foreach_set per
+    attribute (the existing keys are read and written back unchanged); update() sorts them in."""
     points = curve.keyframe_points
-    points.add(len(frames))
-    points.foreach_set("co", np.column_stack([frames, values]).astype(np.float32).ravel())
-    points.foreach_set("interpolation", np.full(len(frames), _LINEAR, dtype=np.int32))
+    count = len(points)
+    new = ~np.isin(frames, _key_frames(curve))
+    co = np.empty(2 * count, dtype=np.float32)
+    points.foreach_get("co", co)
+    interpolation = np.empty(count, dtype=np.int32)
+    points.foreach_get("interpolation", interpolation)
+    added = int(new.sum())
+    points.add(added)
+    added_co = np.column_stack([frames[new], values[new]]).astype(np.float32).ravel()
+    points.foreach_set("co", np.concatenate([co, added_co]))
+    points.foreach_set("interpolation", np.concatenate([interpolation, np.full(added, _LINEAR, dtype=np.int32)]))
     curve.update()
+
+
+def _key_frames(curve: bpy.types.FCurve) -> np.ndarray:
+    co = np.empty(2 * len(curve.keyframe_points), dtype=np.float32)
+    curve.keyframe_points.foreach_get("co", co)
+    return co[0::2]
 
 
 def _sample_curve(curve: bpy.types.FCurve, frames: np.ndarray) -> np.ndarray:
@@ -296,3 +413,9 @@ def _active_curves(rig: bpy.types.Object) -> dict[tuple[str, int], bpy.types.FCu
     if channelbag is None:
         return {}
     return {(curve.data_path, curve.array_index): curve for curve in channelbag.fcurves}
+
+
+def _existing_pose_curves(rig: bpy.types.Object, joint_names: list[str]) -> list[bpy.types.FCurve]:
+    """The curves of the joints' pose channels that the rig's action animates."""
+    curves = _active_curves(rig)
+    return [curves[path, index] for _, path, index in _pose_channels(joint_names) if (path, index) in curves]

@@ -6,6 +6,7 @@ import bpy
 
 from .dependencies import TORCH_MISSING_HELP, torch_available
 from .properties import SOURCE_ITEMS, active_body
+from .targets import driven_body, mapped_targets, pinned_joints
 
 _SOURCE_NAMES = {identifier: name for identifier, name, _ in SOURCE_ITEMS}
 
@@ -62,4 +63,99 @@ class VPOSER_PT_body(bpy.types.Panel):
         row.operator("vposer.export_poses", icon="EXPORT")
 
 
-CLASSES: tuple[type, ...] = (VPOSER_PT_main, VPOSER_PT_body)
+class VPOSER_PT_pose(bpy.types.Panel):
+    bl_label = "Pose"
+    bl_idname = "VPOSER_PT_pose"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "VPoser"
+    bl_parent_id = "VPOSER_PT_main"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return torch_available()
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.operator_menu_enum("vposer.add_targets", "preset", text="Add Targets", icon="EMPTY_AXIS")
+        row = layout.row(align=True)
+        row.operator("vposer.solve_pose", icon="ARMATURE_DATA")
+        row.operator("vposer.solve_pose", text="Solve & Key", icon="KEY_HLT").insert_keyframes = True
+        layout.prop(context.scene, "vposer_live", toggle=True, icon="PLAY")
+        rig = driven_body(context)
+        if rig is None:
+            layout.label(text="Select a body or one of its targets")
+        else:
+            count, pins = len(mapped_targets(context.scene, rig)), len(pinned_joints(rig))
+            layout.label(text=f"{rig.name}: {count} targets, {pins} pinned joints", icon="ARMATURE_DATA")
+        if context.mode == "POSE":
+            row = layout.row(align=True)
+            row.operator("vposer.pin_bones", text="Pin", icon="PINNED").pin = True
+            row.operator("vposer.pin_bones", text="Unpin", icon="UNPINNED").pin = False
+        obj = context.active_object
+        if obj is not None and (obj.type == "EMPTY" or obj.vposer_target.body):
+            target = obj.vposer_target
+            box = layout.box()
+            box.label(text=f"Target: {obj.name}", icon="EMPTY_AXIS")
+            box.prop(target, "body")
+            row = box.row()
+            row.enabled = target.body is not None
+            row.prop(target, "joint")
+            box.prop(target, "weight")
+
+
+class VPOSER_PT_retarget(bpy.types.Panel):
+    bl_label = "Retarget"
+    bl_idname = "VPOSER_PT_retarget"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "VPoser"
+    bl_parent_id = "VPOSER_PT_main"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return torch_available()
+
+    def draw(self, context: bpy.types.Context) -> None:
+        self.layout.label(text="Coming soon")
+
+
+class VPOSER_PT_generate(bpy.types.Panel):
+    bl_label = "Generate"
+    bl_idname = "VPOSER_PT_generate"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "VPoser"
+    bl_parent_id = "VPOSER_PT_main"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return torch_available()
+
+    def draw(self, context: bpy.types.Context) -> None:
+        """The fields are each operator's last-used settings (Blender's own pattern for tool
+        settings): the buttons run with what is shown here, and the redo panel edits the same."""
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        window_manager = context.window_manager
+
+        sample = window_manager.operator_properties_last("vposer.sample_poses")
+        column = layout.column(align=True)
+        for name in ("count", "spacing", "seed", "temperature"):
+            column.prop(sample, name)
+        layout.prop(sample, "keep_root")
+        layout.operator("vposer.sample_poses", icon="RNDCURVE")
+
+        layout.separator()
+        fill = window_manager.operator_properties_last("vposer.inbetweens")
+        layout.prop(fill, "use_frames")
+        column = layout.column(align=True)
+        column.enabled = fill.use_frames
+        column.prop(fill, "frame_a")
+        column.prop(fill, "frame_b")
+        layout.prop(fill, "replace_existing")
+        layout.operator("vposer.inbetweens", icon="IPO_EASE_IN_OUT")
+
+
+CLASSES: tuple[type, ...] = (VPOSER_PT_main, VPOSER_PT_body, VPOSER_PT_pose, VPOSER_PT_retarget, VPOSER_PT_generate)

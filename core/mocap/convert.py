@@ -7,6 +7,7 @@ through a skeleton preset, undo the data's twist flips, drop near-duplicate fram
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,29 @@ def convert_file(path: Path, target, preset, fps: float, min_change: float, fix_
         "align_deg": result.setup.align_angles_deg(),
         "flips": flips,
     }
+
+
+def find_mocap_files(paths: list[str], subjects: list[str] | None = None,
+                     suffixes: tuple[str, ...] = (".bvh",)) -> list[Path]:
+    """Folders (their files with these suffixes, not recursive), files and glob patterns, sorted.
+    `subjects` keeps files named '<subject>_...' (CMU's naming). ValueError when nothing is found."""
+    found: set[Path] = set()
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found.update(p for p in path.iterdir() if p.suffix.lower() in suffixes)
+        elif path.is_file():
+            found.add(path)
+        else:
+            matches = [Path(p) for p in glob.glob(item)]
+            if not matches:
+                raise ValueError(f"{item}: no such file, folder or pattern match")
+            found.update(p for p in matches if p.is_file())
+    files = sorted(found)
+    if subjects:
+        wanted = {str(s) for s in subjects}
+        files = [p for p in files if p.stem.split("_")[0] in wanted]
+    if not files:
+        raise ValueError(f"no {' or '.join(suffixes)} files in {' '.join(map(str, paths))}"
+                         + (f" for subjects {' '.join(subjects)}" if subjects else ""))
+    return files

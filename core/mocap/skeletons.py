@@ -9,6 +9,11 @@ A preset is plain data:
   source joint, gives the bone direction used to align the two rest poses. The target direction
   is the segment from the SMPL joint to its child in `TARGET_DIRECTION_CHILD`. Joints absent here
   (or whose target has no such child) inherit their parent's alignment (identity at the root).
+* ``landmarks``: the SMPL joints whose (first) source joint sits where the SMPL joint does, so
+  its position can be a keypoint target for the IK (None: every mapped joint). Rotations of the
+  others still transfer; only their positions are left out, where the two skeletons place the
+  joint differently (CMU's root sits ~10 cm above its hip joints, the open body's pelvis level
+  with them).
 * ``unit_scale``: metres per source unit, where known.
 * ``axes``: how SMPL's axes read in the source's, e.g. ("+x", "+y", "+z") for a Y-up source that
   faces +Z with its left at +X (SMPL's own), ("+x", "+z", "-y") for a Z-up source facing -Y. None:
@@ -109,6 +114,7 @@ class SkeletonPreset:
     unit_scale: float | None = None
     axes: tuple[str, str, str] | None = None
     description: str = ""
+    landmarks: tuple[str, ...] | None = None
 
     def __post_init__(self):
         for smpl, src in self.joints.items():
@@ -119,6 +125,15 @@ class SkeletonPreset:
             raise ValueError(f"preset {self.name!r}: directions for unmapped SMPL joints {bad}")
         if self.axes is not None:
             _check_axes(self.axes)
+        if self.landmarks is not None:
+            object.__setattr__(self, "landmarks", tuple(self.landmarks))
+            unmapped = [k for k in self.landmarks if k not in self.joints]
+            if unmapped:
+                raise ValueError(f"preset {self.name!r}: landmarks name unmapped SMPL joints {unmapped}")
+
+    def landmark_joints(self) -> list[str]:
+        """SMPL joints whose source position is a keypoint target, in the preset's order."""
+        return [name for name in self.joints if self.landmarks is None or name in self.landmarks]
 
     def sources(self, smpl_name: str) -> tuple[str, ...]:
         """Source joint names driving an SMPL joint (empty when unmapped)."""
@@ -141,7 +156,7 @@ class SkeletonPreset:
 
         joints = {k: (fix(v) if isinstance(v, str) else tuple(fix(x) for x in v)) for k, v in self.joints.items()}
         directions = {k: fix(v) for k, v in self.directions.items()}
-        return SkeletonPreset(self.name, joints, directions, self.unit_scale, self.axes, self.description)
+        return SkeletonPreset(self.name, joints, directions, self.unit_scale, self.axes, self.description, self.landmarks)
 
     def to_dict(self) -> dict:
         return {
@@ -151,14 +166,15 @@ class SkeletonPreset:
             "unit_scale": self.unit_scale,
             "axes": list(self.axes) if self.axes else None,
             "description": self.description,
+            "landmarks": list(self.landmarks) if self.landmarks is not None else None,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "SkeletonPreset":
-        """From a dict with keys joints (required), directions, unit_scale, axes, name, description."""
+        """From a dict with keys joints (required), directions, unit_scale, axes, name, description, landmarks."""
         if "joints" not in data:
             raise ValueError("a skeleton preset needs a 'joints' mapping (SMPL name -> source name)")
-        unknown = set(data) - {"name", "joints", "directions", "unit_scale", "axes", "description"}
+        unknown = set(data) - {"name", "joints", "directions", "unit_scale", "axes", "description", "landmarks"}
         if unknown:
             raise ValueError(f"unknown preset keys {sorted(unknown)}")
         joints = {k: (v if isinstance(v, str) else tuple(v)) for k, v in data["joints"].items()}
@@ -170,6 +186,7 @@ class SkeletonPreset:
             unit_scale=data.get("unit_scale"),
             axes=tuple(axes) if axes else None,
             description=data.get("description", ""),
+            landmarks=tuple(data["landmarks"]) if data.get("landmarks") is not None else None,
         )
 
 
@@ -206,6 +223,11 @@ def _check_axes(axes) -> None:
 #   placed landmarks (its head joint sits forward of its neck joint) would bake a constant bend
 #   into every pose.
 # * 1 unit = 1/0.45 inch = 56.44 mm (ASF ":units length 0.45").
+# * Landmarks (joints whose position is an IK target): the limbs and the head. The root sits ~10 cm
+#   above the hip joints, LowerBack/Spine/Spine1 start at the root / mid-back / chest where SMPL's
+#   spine joints are spaced differently, Neck starts at the base of the neck and the clavicles at
+#   the sternum: fitted on held-out takes those keep 30-70 mm apart whatever the pose, the limb
+#   joints and head 3-15 mm.
 CMU = SkeletonPreset(
     name="cmu",
     description="CMU ASF/AMC converted to BVH with cgspeed MotionBuilder-style names (31 joints)",
@@ -226,6 +248,8 @@ CMU = SkeletonPreset(
             "{s}_hip": "{S}Leg", "{s}_knee": "{S}Foot", "{s}_shoulder": "{S}ForeArm", "{s}_elbow": "{S}FingerBase",
         }
     ),
+    landmarks=tuple(f"{side}_{joint}" for side in ("left", "right")
+                    for joint in ("hip", "knee", "ankle", "foot", "shoulder", "elbow", "wrist")) + ("head",),
 )  # fmt: skip
 
 # Mixamo rigs (names as exported by Mixamo, prefix "mixamorig:"; some downloads use "mixamorig1:",

@@ -35,7 +35,13 @@ import torch
 from torch import Tensor
 
 from .bvh import BVHMotion, forward_kinematics, rest_positions
-from .skeletons import TARGET_DIRECTION_CHILD, SkeletonPreset, default_target_names, load_preset
+from .skeletons import (
+    SMPL_BODY_JOINT_NAMES,
+    TARGET_DIRECTION_CHILD,
+    SkeletonPreset,
+    default_target_names,
+    load_preset,
+)
 from ..rotations import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_quaternion, quaternion_to_matrix
 
 __all__ = [
@@ -220,7 +226,13 @@ def build_transfer(
     if "pelvis" not in preset.joints:
         raise ValueError(f"preset {preset.name!r} maps no pelvis")
     tindex = {n: i for i, n in enumerate(target_names)}
-    sources: list[tuple[int, ...]] = [tuple(src(n) for n in preset.sources(name)) for name in target_names]
+    # Body joints must find their sources; hand joints a skeleton lacks (no fingers) stay at rest.
+    body = set(SMPL_BODY_JOINT_NAMES)
+    sources: list[tuple[int, ...]] = [
+        tuple(src(n) for n in preset.sources(name))
+        if name in body or all(n in index for n in preset.sources(name)) else ()
+        for name in target_names
+    ]
     align = torch.eye(3, dtype=dtype).expand(Jt, 3, 3).clone()
     own = [False] * Jt
     plist = parents.tolist()
@@ -229,7 +241,7 @@ def build_transfer(
         names = preset.sources(name)
         child_s = preset.directions.get(name)
         child_t = TARGET_DIRECTION_CHILD.get(name)
-        if names and child_s and child_t in tindex:
+        if sources[j] and child_s and child_t in tindex and (name in body or child_s in index):
             d_src = rest_smpl[src(child_s)] - rest_smpl[src(names[0])]
             d_tgt = target_rest[tindex[child_t]] - target_rest[j]
             if d_src.norm() > 1e-9 and d_tgt.norm() > 1e-9:

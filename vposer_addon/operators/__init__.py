@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from . import body, io
+from . import body, generate, io, markers, pose, retarget
 
-CLASSES: tuple[type, ...] = (*body.CLASSES, *io.CLASSES)
+CLASSES: tuple[type, ...] = (*body.CLASSES, *io.CLASSES, *pose.CLASSES, *retarget.CLASSES, *markers.CLASSES,
+                             *generate.CLASSES)

@@ -13,7 +13,8 @@ from ..dependencies import torch_available
 from ..properties import MAX_BETAS, active_body
 
 
-def _poll_body(cls: type[bpy.types.Operator], context: bpy.types.Context, need_action: bool = False) -> bool:
+def poll_body(cls: type[bpy.types.Operator], context: bpy.types.Context, need_action: bool = False) -> bool:
+    """Operators on the active body need torch and a body; the poll message says which is missing."""
     if not torch_available():
         cls.poll_message_set("PyTorch is missing: the VPoser tab says how to install it")
         return False
@@ -49,7 +50,7 @@ class VPOSER_OT_import_poses(bpy.types.Operator, ImportHelper):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return _poll_body(cls, context)
+        return poll_body(cls, context)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         import torch
@@ -72,9 +73,7 @@ class VPOSER_OT_import_poses(bpy.types.Operator, ImportHelper):
         axis_angles = torch.from_numpy(sequence.poses[:, : 3 * num_joints].reshape(sequence.num_frames, num_joints, 3))
         quaternions = axis_angle_to_quaternion(axis_angles).numpy()
 
-        previous = rig.animation_data.action if rig.animation_data else None
-        if previous is not None:
-            previous.use_fake_user = True  # kept, listed in the action browser, saved with the file
+        previous = bridge.keep_current_action(rig)
         action = bridge.write_action(
             rig, joint_names, quaternions, sequence.trans, context.scene.frame_current, Path(self.filepath).stem
         )
@@ -108,7 +107,7 @@ class VPOSER_OT_export_poses(bpy.types.Operator, ExportHelper):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return _poll_body(cls, context, need_action=True)
+        return poll_body(cls, context, need_action=True)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         import torch

@@ -1,0 +1,260 @@
+"""Mocap clip -> body poses: keypoint targets from the source, one body shape fitted to the clip,
+then per-frame IK in batches.
+
+A skeleton clip (BVH) carries rotations as well as positions: the rotation transfer
+(core.mocap.transfer) gives every frame a close start, twist about the bones included, and the IK
+only closes the gap between the source's joint positions and the body's, solving raw joint
+rotations (the prior would only pull a pose the data already determines). A marker clip (C3D) has
+positions only: every frame starts from the prior's mean pose and is solved through the prior.
+
+Sources and bodies differ in proportions, so the shape (betas) is first solved on a spread of
+frames and its mean then held fixed for the whole clip: one body, as the user would build it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .body_model import BodyModel
+from .ik import IKResult, IKSolver, IKState, IKWeights, Stage
+from .keypoints import NUM_BODY_JOINTS, KeypointSet
+from .lm import LMOptions
+from .mocap.bvh import BVHMotion, forward_kinematics, rest_positions
+from .mocap.skeletons import SkeletonPreset, load_preset
+from .mocap.transfer import build_transfer, transfer_rotations, transfer_translation
+from .vposer import VPoser
+
+POSE = ("orient", "transl", "pose")
+
+
+class RetargetError(ValueError):
+    """The clip cannot be retargeted as asked; the message says why."""
+
+
+@dataclass
+class ClipTargets:
+    """What to fit: keypoints on the body, their target positions per frame (T, K, 3) in model
+    space metres (NaN where missing), and where available a start state per frame."""
+
+    keypoints: KeypointSet
+    positions: Tensor
+    fps: float
+    init: IKState | None = None
+    source_frames: np.ndarray | None = None  # the source frame of each row
+
+
+def bvh_targets(motion: BVHMotion, preset: SkeletonPreset | str | dict, model: BodyModel,
+                frames: np.ndarray | None = None) -> ClipTargets:
+    """Targets from a BVH clip (its zero-rotation pose as the rest), see skeleton_targets."""
+    frames = np.arange(motion.num_frames) if frames is None else np.asarray(frames)
+    rotations, positions = forward_kinematics(motion, frames=frames)
+    return skeleton_targets(preset, motion.names, rest_positions(motion), None, rotations, positions, model,
+                            motion.fps, frames, motion.source)
+
+
+def skeleton_targets(preset: SkeletonPreset | str | dict, names: list[str], rest: Tensor | np.ndarray,
+                     rest_rotations: Tensor | np.ndarray | None, rotations: Tensor, positions: Tensor,
+                     model: BodyModel, fps: float, frames: np.ndarray | None = None,
+                     source: str = "skeleton") -> ClipTargets:
+    """Targets from any animated skeleton (a BVH, an armature sampled in Blender): the preset's
+    landmark joints (body joints only) at their source joints' positions, and the rotation transfer
+    of every frame as the start. Source data in its own units and axes (the preset's): joint names,
+    rest positions (Js, 3) and world rotations at rest (Js, 3, 3) (None: identity, as BVH's
+    zero-rotation pose), and per frame world rotations (T, Js, 3, 3) and positions (T, Js, 3)."""
+    preset = load_preset(preset)
+    body_names = list(model.joint_names)
+    with torch.no_grad():
+        body_rest = model.rest_joints()[0].double().cpu()
+    rotations = torch.as_tensor(np.asarray(rotations), dtype=torch.float64)
+    positions = torch.as_tensor(np.asarray(positions), dtype=torch.float64)
+    try:
+        setup = build_transfer(preset, list(names), rest, body_rest, model.parents.cpu(), body_names,
+                               source_rest_global=rest_rotations)
+    except (KeyError, ValueError) as error:
+        raise RetargetError(f"{source}: {error.args[0]}") from None
+    local, world = transfer_rotations(setup, rotations)
+    transl = transfer_translation(setup, positions[:, setup.root_source], "hips", positions,
+                                  world[:, body_names.index("pelvis")])
+    body = set(body_names[:NUM_BODY_JOINTS])
+    landmarks = [name for name in preset.landmark_joints() if name in body]
+    if len(landmarks) < 3:
+        raise RetargetError(f"{source}: preset {preset.name!r} gives {len(landmarks)} body landmark(s); "
+                            f"the IK needs at least 3")
+    sources = [setup.sources[body_names.index(name)][0] for name in landmarks]
+    like = {"dtype": model.dtype, "device": model.device}
+    targets = setup.scale * positions[:, sources] @ setup.axes.T
+    init = IKState(local.to(**like), transl.to(**like))
+    return ClipTargets(KeypointSet.from_joints(model, landmarks), targets.to(**like), fps, init, frames)
+
+
+MIN_MARKERS = 6  # visible markers a frame needs to be solved
+
+
+def marker_targets(model: BodyModel, layout: str | Path, labels: Sequence[str], positions: np.ndarray,
+                   fps: float, source: str = "markers") -> ClipTargets:
+    """Targets from marker trajectories already in model space (T, M, 3) metres, NaN where a marker
+    was not seen, and a layout (JSON, see core.keypoints) naming where each label sits on the body.
+    Markers the layout does not know are ignored; frames with fewer than MIN_MARKERS visible
+    layout markers are left out (`source_frames` keeps the others' indices)."""
+    full = KeypointSet.from_json(model, layout)
+    entries = full.to_dict()
+    known = [label for label in full.names if label in set(labels)]
+    if len(known) < MIN_MARKERS:
+        raise RetargetError(f"{source}: only {len(known)} of its markers are in the layout {Path(layout).name} "
+                            f"(it names {', '.join(full.names[:8])}, ...); a layout for this marker set is needed")
+    columns = [list(labels).index(label) for label in known]
+    chosen = np.asarray(positions, dtype=np.float64)[:, columns]
+    visible = np.isfinite(chosen).all(-1).sum(1)
+    frames = np.flatnonzero(visible >= MIN_MARKERS)
+    if not len(frames):
+        raise RetargetError(f"{source}: no frame shows {MIN_MARKERS} or more of the layout's markers")
+    keypoints = KeypointSet.from_dict(model, {label: entries[label] for label in known}, source=str(layout))
+    like = {"dtype": model.dtype, "device": model.device}
+    return ClipTargets(keypoints, torch.as_tensor(chosen[frames]).to(**like), fps, None, frames)
+
+
+@dataclass(frozen=True)
+class RetargetOptions:
+    """batch_size: frames per solve (progress is reported per batch); fit_shape: solve one shape
+    for the clip on `shape_frames` spread frames first; max_iterations: LM iterations per frame.
+    The prior is used only for frames without a start state (markers). With a start state,
+    `stay` weighs each joint's rotation change from it (as IKWeights.pin): positions leave some
+    rotations free (twist about a bone, how a spine without targets bends), and those keep the
+    source's."""
+
+    batch_size: int = 1000
+    fit_shape: bool = True
+    shape_frames: int = 64
+    max_iterations: int = 3
+    stay: float = 1e-4
+    weights: IKWeights = field(default_factory=IKWeights)
+
+
+@dataclass
+class RetargetResult:
+    """Per frame: every joint's local rotation as axis-angle (T, 3 J) ('poses', AMASS layout),
+    root translation (T, 3), the clip's shape (num_betas,), distances to the targets (T, K) in
+    metres (NaN where missing), LM iterations (T,)."""
+
+    poses: Tensor
+    transl: Tensor
+    betas: Tensor
+    errors: Tensor
+    iterations: Tensor
+    keypoint_names: tuple[str, ...]
+    fps: float
+    seconds: float
+
+    @property
+    def mpjpe_mm(self) -> float:
+        return float(self.errors.nanmean()) * 1000
+
+    def per_keypoint_mm(self) -> dict[str, float]:
+        return {name: float(value) * 1000 for name, value in zip(self.keypoint_names, self.errors.nanmean(0))}
+
+
+class Retarget:
+    """A clip's retarget as steps, so callers can show progress and cancel between batches:
+
+        run = Retarget(model, targets, prior)
+        for done, total in run: ...   # frames solved so far
+        run.result()
+
+    The shape fit, when asked for, happens in the first step."""
+
+    def __init__(self, model: BodyModel, targets: ClipTargets, prior: VPoser | None = None,
+                 options: RetargetOptions = RetargetOptions()) -> None:
+        if targets.init is None and prior is None:
+            raise RetargetError("a clip without start poses (markers) needs the prior")
+        if options.batch_size < 1 or options.max_iterations < 1:
+            raise RetargetError(f"batch_size and max_iterations must be positive, got {options}")
+        self.model, self.targets, self.prior, self.options = model, targets, prior, options
+        frames = targets.positions.shape[0]
+        self.poses = torch.zeros(frames, 3 * model.num_joints, dtype=model.dtype, device=model.device)
+        self.transl = torch.zeros(frames, 3, dtype=model.dtype, device=model.device)
+        self.errors = torch.full((frames, len(targets.keypoints)), float("nan"), dtype=model.dtype, device=model.device)
+        self.iterations = torch.zeros(frames, dtype=torch.long, device=model.device)
+        self.betas: Tensor | None = None
+        self.seconds = 0.0
+        self._done = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        total = self.targets.positions.shape[0]
+        while self._done < total:
+            start = time.perf_counter()
+            if self.betas is None:
+                self.betas = self._fit_shape()
+            rows = torch.arange(self._done, min(total, self._done + self.options.batch_size), device=self.model.device)
+            result = self._solve(rows, self.betas)
+            self.poses[rows] = result.full_pose()
+            self.transl[rows] = result.transl
+            self.errors[rows] = result.errors
+            self.iterations[rows] = result.iterations
+            self._done = int(rows[-1]) + 1
+            self.seconds += time.perf_counter() - start
+            yield self._done, total
+
+    def result(self) -> RetargetResult:
+        if self._done < self.targets.positions.shape[0]:
+            raise RetargetError(f"the retarget stopped after {self._done} of {self.targets.positions.shape[0]} frames")
+        return RetargetResult(self.poses, self.transl, self.betas, self.errors, self.iterations,
+                              self.targets.keypoints.names, self.targets.fps, self.seconds)
+
+    def _fit_shape(self) -> Tensor:
+        """The mean of per-frame shapes solved on spread frames (zeros when not asked for)."""
+        model = self.model
+        zeros = torch.zeros(model.num_betas, dtype=model.dtype, device=model.device)
+        if not self.options.fit_shape or not model.num_betas:
+            return zeros
+        total = self.targets.positions.shape[0]
+        count = min(total, self.options.shape_frames)
+        rows = torch.as_tensor(np.unique(np.linspace(0, total - 1, count).round().astype(np.int64)), device=model.device)
+        result = self._solve(rows, zeros.expand(len(rows), -1), solve_betas=True)
+        usable = torch.isfinite(result.errors).any(1)
+        return result.betas[usable].mean(0)
+
+    def _solve(self, rows: Tensor, betas: Tensor, solve_betas: bool = False) -> IKResult:
+        unknowns = POSE + ("betas",) if solve_betas else POSE
+        keypoints, init, targets = self.targets.keypoints, self.targets.init, self.targets.positions[rows]
+        lm = LMOptions(max_iterations=self.options.max_iterations)
+        if init is not None:  # a close start: raw rotations only, held near it where the targets allow
+            weights = dataclasses.replace(self.options.weights, pin=self.options.stay)
+            solver = IKSolver(self.model, keypoints, None, weights=weights, unknowns=unknowns, lm_options=lm)
+            # The root first: a start off by a rigid shift would otherwise be taken up by the joints.
+            stages = [Stage(("orient", "transl"), 2, prior=False), Stage(unknowns, self.options.max_iterations, prior=False)]
+            return solver.solve(targets, init=init.select(rows), betas=betas, pins=_moving_joints(keypoints), stages=stages)
+        solver = IKSolver(self.model, keypoints, self.prior, weights=self.options.weights, unknowns=unknowns,
+                          lm_options=lm)
+        return solver.solve(targets, betas=betas)
+
+
+def _moving_joints(keypoints: KeypointSet) -> tuple[str, ...]:
+    """Body joints below the root whose rotation moves a keypoint joint (its strict ancestors)."""
+    model = keypoints.model
+    parents = model.parents.tolist()
+    moving = set()
+    for joint in keypoints.joint_ids.tolist():
+        joint = parents[joint]
+        while joint > 0:
+            moving.add(joint)
+            joint = parents[joint]
+    return tuple(model.joint_names[joint] for joint in sorted(moving))
+
+
+def retarget(model: BodyModel, targets: ClipTargets, prior: VPoser | None = None,
+             options: RetargetOptions = RetargetOptions(),
+             progress: Callable[[int, int], None] | None = None) -> RetargetResult:
+    """Run a whole retarget, calling progress(frames done, total) after each batch."""
+    run = Retarget(model, targets, prior, options)
+    for done, total in run:
+        if progress is not None:
+            progress(done, total)
+    return run.result()

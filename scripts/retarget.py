@@ -1,0 +1,126 @@
+"""Retarget a motion-capture clip onto the body: BVH skeletons or C3D markers -> AMASS-style poses.
+
+    python scripts/retarget.py CLIP.bvh --skeleton cmu --out clip_poses.npz
+    python scripts/retarget.py TRIAL.c3d --markers core/data/markers_plugin_gait_open.json --out trial.npz
+    python scripts/retarget.py CLIP.bvh --blend clip.blend        # also a Blender scene and a preview PNG
+
+A BVH clip is read at --fps (default: its own rate), its joints mapped to the body by the skeleton
+preset (cmu, mixamo, smpl_like, or a JSON file), and each frame solved from the rotation transfer
+with the preset's landmark joints as targets; one body shape is fitted to the whole clip. A C3D
+clip's markers (labels as in the marker layout; lab Z up unless --up y) are solved through the
+prior from its mean pose. Frames showing too few markers are left out (see "source_frames").
+
+Prints one JSON object: frames, seconds (solve time), frames_per_s, mpjpe_mm (fitted keypoints vs
+the source's), per_joint_mm, and what was written. With --blend, Blender (the bpy module) builds
+the body, keys the result on it as an action next to the imported source clip, saves the .blend,
+and writes a plotted preview PNG beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from core.body_model import BodyModel  # noqa: E402
+from core.mocap.bvh import BVHError, read_bvh  # noqa: E402
+from core.mocap.c3d import C3DError, read_c3d, to_model_space  # noqa: E402
+from core.mocap.convert import subsample_indices  # noqa: E402
+from core.pose_files import PoseSequence, save_pose_file  # noqa: E402
+from core.retarget import ClipTargets, Retarget, RetargetError, RetargetOptions, bvh_targets, marker_targets  # noqa: E402
+from core.vposer import load_default_vposer, load_vposer  # noqa: E402
+
+DEFAULT_LAYOUT = REPO / "core" / "data" / "markers_plugin_gait_open.json"
+
+
+def load_targets(args: argparse.Namespace, model: BodyModel) -> ClipTargets:
+    path = Path(args.input)
+    if path.suffix.lower() == ".bvh":
+        motion = read_bvh(path)
+        frames = subsample_indices(motion.num_frames, motion.fps, args.fps) if args.fps else None
+        targets = bvh_targets(motion, args.skeleton, model, frames)
+        if args.fps:
+            targets.fps = min(args.fps, motion.fps)
+        return targets
+    if path.suffix.lower() == ".c3d":
+        clip = read_c3d(path, units=args.units)
+        positions = to_model_space(clip.positions, args.up)
+        frames = subsample_indices(clip.num_frames, clip.frame_rate, args.fps) if args.fps else np.arange(clip.num_frames)
+        targets = marker_targets(model, args.markers or DEFAULT_LAYOUT, clip.labels, positions[frames],
+                                 min(args.fps or clip.frame_rate, clip.frame_rate), source=str(path))
+        targets.source_frames = frames[targets.source_frames]
+        return targets
+    raise SystemExit(f"error: {path}: expected a .bvh or .c3d file")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", metavar="INPUT", help="a .bvh or .c3d clip")
+    parser.add_argument("--out", type=Path, help="AMASS-style .npz to write (default: INPUT's name + _poses.npz)")
+    parser.add_argument("--skeleton", default="cmu", help="BVH skeleton preset: cmu, mixamo, smpl_like or a .json")
+    parser.add_argument("--markers", type=Path, help="C3D marker layout .json (default: the shipped Plug-in Gait)")
+    parser.add_argument("--up", default="z", choices=("z", "y"), help="C3D lab up axis (default z)")
+    parser.add_argument("--units", choices=("mm", "cm", "m"), help="override the C3D file's POINT:UNITS")
+    parser.add_argument("--fps", type=float, help="resample to this frame rate (default: the clip's own)")
+    parser.add_argument("--body", type=Path, help="SMPL-family .npz (default: the open adult body)")
+    parser.add_argument("--prior", type=Path, help="VPoser weights or official folder (default: the shipped one)")
+    parser.add_argument("--no-shape", action="store_true", help="keep the body's default shape (betas 0)")
+    parser.add_argument("--batch", type=int, default=1000, help="frames solved together")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--blend", type=Path, help="also save a Blender scene with the body keyed (needs bpy)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but this PyTorch sees no CUDA device")
+    out = args.out or Path(args.input).with_name(Path(args.input).stem + "_poses.npz")
+
+    model = BodyModel.from_file(args.body) if args.body else BodyModel.open_default("adult")
+    model = model.to(args.device)
+    try:
+        targets = load_targets(args, model)
+        prior = None
+        if targets.init is None:
+            prior = (load_vposer(args.prior) if args.prior else load_default_vposer()).to(args.device).eval()
+        run = Retarget(model, targets, prior, RetargetOptions(batch_size=args.batch, fit_shape=not args.no_shape))
+        with tqdm(total=targets.positions.shape[0], unit="frame", file=sys.stderr, leave=False) as bar:
+            for done, _ in run:
+                bar.update(done - bar.n)
+        result = run.result()
+    except (OSError, BVHError, C3DError, RetargetError, KeyError, ValueError) as error:
+        raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
+
+    sequence = PoseSequence(result.poses.cpu().double().numpy(), result.transl.cpu().double().numpy(),
+                            result.betas.cpu().double().numpy(), framerate=result.fps)
+    save_pose_file(out, sequence, source_frames=np.asarray(targets.source_frames))
+    frames = result.poses.shape[0]
+    report = {
+        "input": str(args.input),
+        "frames": frames,
+        "seconds": round(result.seconds, 3),
+        "frames_per_s": frames / result.seconds,
+        "mpjpe_mm": result.mpjpe_mm,
+        "per_joint_mm": result.per_keypoint_mm(),
+        "device": args.device,
+        "out": str(out),
+    }
+    if args.blend:
+        from blender_scene import save_scene  # a bpy job; imported only when asked for
+
+        report.update(save_scene(Path(args.input), out, args.blend, body=args.body, skeleton=args.skeleton))
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

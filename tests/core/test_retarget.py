@@ -1,0 +1,130 @@
+"""core.retarget: a BVH clip written from known body poses and a known shape is recovered."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from core.body_model import BodyModel
+from core.ik import IKWeights
+from core.keypoints import EFFECTORS, KeypointSet
+from core.mocap.bvh import format_bvh, parse_bvh
+from core.mocap.skeletons import SMPL_BODY_JOINT_NAMES, SMPL_BODY_PARENTS, SkeletonPreset, get_preset
+from core.retarget import ClipTargets, Retarget, RetargetError, RetargetOptions, bvh_targets, retarget
+from core.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
+FRAMES = 12
+
+
+@pytest.fixture(scope="module")
+def body() -> BodyModel:
+    return BodyModel.open_default("adult", dtype=torch.float64)
+
+
+def _depth_first() -> list[int]:
+    order: list[int] = []
+
+    def visit(joint: int) -> None:
+        order.append(joint)
+        for child in range(22):
+            if SMPL_BODY_PARENTS[child] == joint:
+                visit(child)
+
+    visit(0)
+    return order
+
+
+def smpl_clip(body: BodyModel, betas: torch.Tensor, seed: int = 0) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """BVH text of an SMPL-named skeleton with the shaped body's bones, posed by random body
+    rotations; and those rotations (T, 22, 3, 3) and root translations (T, 3)."""
+    generator = torch.Generator().manual_seed(seed)
+    axis_angles = 0.35 * torch.randn(FRAMES, 22, 3, generator=generator, dtype=torch.float64)
+    axis_angles[:, 0] = torch.tensor([0.2, 2.0, -0.1], dtype=torch.float64)  # turned to face sideways
+    rotations = axis_angle_to_matrix(axis_angles)
+    transl = torch.randn(FRAMES, 3, generator=generator, dtype=torch.float64)
+    rest = body.rest_joints(betas.unsqueeze(0))[0, :22].numpy()
+    offsets = rest.copy()
+    offsets[1:] -= rest[list(SMPL_BODY_PARENTS[1:])]
+    order = _depth_first()
+    euler = Rotation.from_matrix(rotations.reshape(-1, 3, 3).numpy()).as_euler("XYZ", degrees=True).reshape(FRAMES, 22, 3)
+    root_position = rest[0] + transl.numpy()  # the body's pelvis joint, as the BVH root
+    columns = [root_position] + [euler[:, joint] for joint in order]
+    position = ("Xposition", "Yposition", "Zposition")
+    rotation = ("Xrotation", "Yrotation", "Zrotation")
+    text = format_bvh(
+        [SMPL_BODY_JOINT_NAMES[joint] for joint in order],
+        [order.index(SMPL_BODY_PARENTS[joint]) if joint else -1 for joint in order],
+        np.where(np.arange(22)[:, None] == 0, 0.0, offsets)[order],
+        [position + rotation if joint == 0 else rotation for joint in order],
+        np.concatenate(columns, axis=1),
+        1 / 30,
+    )
+    return text, rotations, transl
+
+
+def test_known_poses_and_shape_are_recovered(body):
+    betas = torch.zeros(body.num_betas, dtype=torch.float64)
+    betas[:4] = torch.tensor([1.5, -1.0, 0.8, 0.5])
+    text, rotations, transl = smpl_clip(body, betas)
+    targets = bvh_targets(parse_bvh(text, "known.bvh"), "smpl_like", body)
+    assert targets.keypoints.names == tuple(SMPL_BODY_JOINT_NAMES)
+    # The start (rotation transfer) already holds the poses: perturb it so the IK has work to do.
+    targets.init.rotations[:, 1:22] = targets.init.rotations[:, 1:22] @ axis_angle_to_matrix(
+        torch.full((FRAMES, 21, 3), 0.05, dtype=torch.float64))
+    # Random rotations bend knees and elbows backwards: no joint limits, or they would be corrected.
+    options = RetargetOptions(max_iterations=20, weights=IKWeights(joint_limits=0.0))
+    result = retarget(body, targets, options=options)
+
+    assert result.poses.shape == (FRAMES, 3 * body.num_joints)
+    assert result.mpjpe_mm < 1.0
+    with torch.no_grad():
+        truth = body.forward_rotations(rotations, betas.expand(FRAMES, -1), None, transl, return_vertices=False).joints
+    fitted = body(betas=result.betas.expand(FRAMES, -1), global_orient=result.poses[:, :3],
+                  body_pose=result.poses[:, 3:66], transl=result.transl, return_vertices=False).joints
+    assert (fitted[:, :22] - truth).norm(dim=-1).max() < 5e-3
+    solved = axis_angle_to_matrix(result.poses.view(FRAMES, -1, 3)[:, :22])
+    # Positions fix every rotation but twists about single bones and the leaves (feet, wrists,
+    # head); those stay near the 5-degree-off start instead of drifting.
+    angle = matrix_to_axis_angle(solved.transpose(-1, -2) @ rotations).norm(dim=-1)
+    assert angle.max() < np.radians(8)
+
+
+def test_fitting_the_shape_beats_the_default_shape(body):
+    betas = torch.zeros(body.num_betas, dtype=torch.float64)
+    betas[0] = 2.5
+    text, _, _ = smpl_clip(body, betas, seed=1)
+    targets = bvh_targets(parse_bvh(text, "tall.bvh"), "smpl_like", body)
+    fitted = retarget(body, targets)
+    fixed = retarget(body, targets, options=RetargetOptions(fit_shape=False))
+    assert fitted.mpjpe_mm < 0.5 * fixed.mpjpe_mm
+    assert fixed.betas.abs().max() == 0
+
+
+def test_steps_report_progress_and_refuse_an_unfinished_result(body):
+    text, _, _ = smpl_clip(body, torch.zeros(body.num_betas, dtype=torch.float64), seed=2)
+    targets = bvh_targets(parse_bvh(text, "steps.bvh"), "smpl_like", body)
+    run = Retarget(body, targets, options=RetargetOptions(batch_size=5, fit_shape=False))
+    steps = iter(run)
+    assert next(steps) == (5, FRAMES)
+    with pytest.raises(RetargetError, match="after 5 of 12 frames"):
+        run.result()
+    assert list(steps) == [(10, FRAMES), (12, FRAMES)]
+    assert torch.isfinite(run.result().errors).all()
+
+
+def test_markers_without_start_poses_need_the_prior(body):
+    targets = ClipTargets(KeypointSet.from_joints(body, EFFECTORS), torch.zeros(3, 6, 3, dtype=torch.float64), 30.0)
+    with pytest.raises(RetargetError, match="needs the prior"):
+        Retarget(body, targets)
+
+
+def test_cmu_landmarks_leave_out_the_trunk():
+    landmarks = get_preset("cmu").landmark_joints()
+    assert "left_wrist" in landmarks and "head" in landmarks
+    assert not {"pelvis", "spine1", "spine2", "spine3", "neck", "left_collar"} & set(landmarks)
+    preset = SkeletonPreset.from_dict(get_preset("cmu").to_dict())
+    assert preset.landmark_joints() == landmarks
+    with pytest.raises(ValueError, match="unmapped"):
+        SkeletonPreset("x", {"pelvis": "a"}, landmarks=("head",))

@@ -1,0 +1,271 @@
+"""Targets that pose a body: which object drives which joint, pins, the solve, and Live Posing.
+
+Any object can be a target: `Object.vposer_target` names the body it drives, the joint and a
+weight; `PoseBone.vposer_pinned` marks joints whose rotation a solve keeps. A solve reads the
+targets' world positions, takes them into model space through the inverse of the rig's world
+matrix, runs core's IK with the prior, and writes the body joints' pose bones.
+
+Each body remembers the prior latent of its last solve (for this session only). When the rig
+still shows that solve's pose, the next solve starts from the latent, so repeated solves and live
+drags go on smoothly; when the pose was changed by other means it is encoded afresh, which the
+prior may turn a little.
+
+Live Posing is a `depsgraph_update_post` handler that re-solves a body, with a few iterations,
+whenever one of its targets moves. It is persistent, so it keeps working across file loads; it
+only acts on scenes whose Live Posing is on, and its latents are checked against the rig's pose
+before use, so nothing it remembers can go stale across loads or undo. The update that undo and
+redo cause is skipped, so they restore the pose instead of re-solving it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import bpy
+import numpy as np
+from bpy.app.handlers import persistent
+
+from . import bridge
+from .properties import active_body
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+LIVE_ITERATIONS = 5  # per live update; the next update goes on from where this one stopped
+
+
+class TargetError(ValueError):
+    """The targets of a body cannot be solved as they are; the message names the object and says why."""
+
+
+def _is_body(_target: VPoserTarget, obj: bpy.types.Object) -> bool:
+    return obj.type == "ARMATURE" and obj.vposer_body.is_body
+
+
+def _joint_search(self: VPoserTarget, _context: bpy.types.Context, _text: str) -> list[str]:
+    return self.body.vposer_body.joint_names() if self.body else []
+
+
+class VPoserTarget(bpy.types.PropertyGroup):
+    """Set on an object (usually an empty) that drives a joint of a body."""
+
+    body: bpy.props.PointerProperty(
+        name="Body", type=bpy.types.Object, poll=_is_body, description="The VPoser body this object drives"
+    )
+    joint: bpy.props.StringProperty(
+        name="Joint", description="The body joint this object pulls on", search=_joint_search, search_options=set()
+    )
+    weight: bpy.props.FloatProperty(
+        name="Weight",
+        description="How strongly this target pulls, relative to the others (0 ignores it)",
+        default=1.0,
+        min=0.0,
+        soft_max=10.0,
+    )
+
+
+def driven_body(context: bpy.types.Context) -> bpy.types.Object | None:
+    """The body of the active object, or the body the active target drives."""
+    rig = active_body(context)
+    obj = context.active_object
+    if rig is None and obj is not None and obj.vposer_target.body:
+        rig = obj.vposer_target.body
+    return rig
+
+
+def mapped_targets(scene: bpy.types.Scene, rig: bpy.types.Object) -> list[bpy.types.Object]:
+    """The scene's objects that drive one of the rig's joints (a body and a joint set)."""
+    return [obj for obj in scene.objects if obj.vposer_target.body == rig and obj.vposer_target.joint]
+
+
+def pinned_joints(rig: bpy.types.Object) -> list[str]:
+    """The body's joints whose pose bones are pinned, in model order."""
+    pose_bones = rig.pose.bones
+    return [name for name in rig.vposer_body.joint_names() if pose_bones[name].vposer_pinned]
+
+
+def solve(
+    context: bpy.types.Context,
+    rig: bpy.types.Object,
+    targets: list[bpy.types.Object],
+    iterations: int | None = None,
+) -> np.ndarray:
+    """Pose the rig's body joints so its joints reach the targets, and write the pose bones.
+
+    Returns the distances (metres, in the scene) from each target to its joint, NaN for targets of
+    weight 0. iterations: LM iterations (core's default when None). Raises TargetError for bad
+    mappings and core's IKError / BodyModelError / VPoserLoadError when the solve cannot run; the
+    pose is only written once the solve succeeded.
+    """
+    import torch
+
+    from ..core.ik import IKSolver, IKState
+    from ..core.keypoints import NUM_BODY_JOINTS, KeypointSet
+    from ..core.lm import LMOptions
+    from ..core.rotations import matrix_to_quaternion, quaternion_to_matrix
+    from .prior import load_prior
+
+    body = rig.vposer_body
+    joints = _target_joints(rig, targets)
+    weights = np.array([obj.vposer_target.weight for obj in targets])
+    if not (weights > 0).any():
+        raise TargetError(f"every target of {rig.name} has weight 0: give at least one a weight")
+    model = body.body_model()
+    prior = load_prior(context, like=model)
+    names = body.joint_names()
+
+    world = np.array([obj.matrix_world.translation for obj in targets])
+    to_model = np.array(rig.matrix_world.inverted())
+    positions = world @ to_model[:3, :3].T + to_model[:3, 3]
+    quaternions, transl = _read_pose(rig, names)
+    start = IKState(
+        quaternion_to_matrix(torch.as_tensor(quaternions, dtype=model.dtype))[None],
+        torch.as_tensor(transl, dtype=model.dtype)[None],
+        latent=_remembered_latent(rig, quaternions[:NUM_BODY_JOINTS], transl),
+    )
+    options = LMOptions(max_iterations=iterations) if iterations else None
+    solver = IKSolver(model, KeypointSet.from_joints(model, joints), prior, lm_options=options)
+    result = solver.solve(
+        torch.as_tensor(positions, dtype=model.dtype),
+        torch.as_tensor(weights, dtype=model.dtype),
+        init=start,
+        betas=torch.as_tensor(body.betas_array(), dtype=model.dtype),
+        pins=pinned_joints(rig),
+    )
+
+    solved = matrix_to_quaternion(result.rotations[0, :NUM_BODY_JOINTS]).double().numpy()
+    # Keep each quaternion on the side of the one it replaces, so keys interpolate the short way.
+    solved = bridge.continuous_quaternions(np.stack([quaternions[:NUM_BODY_JOINTS], solved]))[1]
+    bridge.set_pose(rig, names[:NUM_BODY_JOINTS], solved, result.transl[0].double().numpy())
+    _remember(rig, result.latent, names[:NUM_BODY_JOINTS])
+
+    matrix = np.array(rig.matrix_world)
+    reached = result.points[0].double().numpy() @ matrix[:3, :3].T + matrix[:3, 3]
+    return np.where(weights > 0, np.linalg.norm(reached - world, axis=1), np.nan)
+
+
+def _target_joints(rig: bpy.types.Object, targets: list[bpy.types.Object]) -> list[str]:
+    """The joint each target drives; refuses unknown joints and two targets on one joint."""
+    if not targets:
+        raise TargetError(f"{rig.name} has no targets: add some with Add Targets, or map an empty to a joint")
+    known = set(rig.vposer_body.joint_names())
+    owner: dict[str, str] = {}
+    for obj in targets:
+        joint = obj.vposer_target.joint
+        if joint not in known:
+            raise TargetError(f"target '{obj.name}' names joint '{joint}', which {rig.name} does not have")
+        if joint in owner:
+            raise TargetError(f"targets '{owner[joint]}' and '{obj.name}' both drive {joint} of {rig.name}: "
+                              f"unmap one of them")
+        owner[joint] = obj.name
+    return list(owner)
+
+
+def _read_pose(rig: bpy.types.Object, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The rig's current pose: (J, 4) pose-bone quaternions in joint order and the root's location."""
+    pose_bones = rig.pose.bones
+    quaternions = np.array([pose_bones[name].rotation_quaternion for name in names], dtype=np.float64)
+    return quaternions, np.array(pose_bones[names[0]].location, dtype=np.float64)
+
+
+# rig session id -> (latent of its last solve, the body pose written then as one flat float32 array)
+_latents: dict[int, tuple[Tensor, np.ndarray]] = {}
+
+
+def _pose_key(body_quaternions: np.ndarray, transl: np.ndarray) -> np.ndarray:
+    return np.concatenate([body_quaternions.ravel(), transl]).astype(np.float32)
+
+
+def _remember(rig: bpy.types.Object, latent: Tensor | None, body_names: list[str]) -> None:
+    """Keep the solve's latent together with the body pose as Blender stored it, for the check."""
+    if latent is None:
+        return
+    quaternions, transl = _read_pose(rig, body_names)
+    _latents[rig.session_uid] = (latent.detach().clone(), _pose_key(quaternions, transl))
+
+
+def _remembered_latent(rig: bpy.types.Object, body_quaternions: np.ndarray, transl: np.ndarray) -> Tensor | None:
+    """The last solve's latent if the rig still shows the pose it wrote, else None (encode afresh)."""
+    entry = _latents.get(rig.session_uid)
+    if entry is None or not np.allclose(entry[1], _pose_key(body_quaternions, transl), rtol=0.0, atol=1e-6):
+        return None
+    return entry[0]
+
+
+# ------------------------------------------------------------------------------------- Live Posing
+_busy = False  # re-entry guard: writing the pose triggers another depsgraph update
+_restoring = False  # set by undo and redo: the update that follows restores the scene, it is no drag
+
+
+@persistent
+def _on_undo_redo(*_args: object) -> None:
+    """undo_post / redo_post: the restored targets report a transform update, which must not re-solve
+    the body (it would overwrite the pose the undo just brought back)."""
+    global _restoring
+    _restoring = True
+
+
+def _moved_bodies(depsgraph: bpy.types.Depsgraph) -> list[bpy.types.Object]:
+    """Bodies with a target among the objects whose transform this update changed."""
+    bodies: dict[int, bpy.types.Object] = {}
+    for update in depsgraph.updates:
+        if not (update.is_updated_transform and isinstance(update.id, bpy.types.Object)):
+            continue
+        target = update.id.original.vposer_target
+        if target.body and target.joint and target.body.mode != "EDIT":
+            bodies[target.body.session_uid] = target.body
+    return list(bodies.values())
+
+
+@persistent
+def live_update(scene: bpy.types.Scene, depsgraph: bpy.types.Depsgraph) -> None:
+    """depsgraph_update_post: re-solve each body whose target moved. Never raises: a failure is
+    printed once and turns Live Posing off, since a handler has no operator to report through."""
+    global _busy, _restoring
+    restoring, _restoring = _restoring, False
+    if restoring or _busy or not scene.vposer_live:
+        return
+    bodies = _moved_bodies(depsgraph)
+    if not bodies:
+        return
+    _busy = True
+    try:
+        for rig in bodies:
+            solve(bpy.context, rig, mapped_targets(scene, rig), iterations=LIVE_ITERATIONS)
+    except Exception as error:  # noqa: BLE001 - anything escaping a handler would repeat on every update
+        scene.vposer_live = False
+        print(f"VPoser: Live Posing turned off in scene '{scene.name}': {error}")
+    finally:
+        _busy = False
+
+
+_HANDLERS = (
+    (bpy.app.handlers.depsgraph_update_post, live_update),
+    (bpy.app.handlers.undo_post, _on_undo_redo),
+    (bpy.app.handlers.redo_post, _on_undo_redo),
+)
+
+
+def attach() -> None:
+    bpy.types.Object.vposer_target = bpy.props.PointerProperty(type=VPoserTarget)
+    bpy.types.PoseBone.vposer_pinned = bpy.props.BoolProperty(
+        name="Pinned", description="Solving keeps this joint's rotation", default=False
+    )
+    bpy.types.Scene.vposer_live = bpy.props.BoolProperty(
+        name="Live Posing", description="Re-solve a body while its targets are moved", default=False
+    )
+    for handlers, handler in _HANDLERS:
+        handlers.append(handler)
+
+
+def detach() -> None:
+    for handlers, handler in _HANDLERS:
+        while handler in handlers:
+            handlers.remove(handler)
+    _latents.clear()
+    del bpy.types.Scene.vposer_live
+    del bpy.types.PoseBone.vposer_pinned
+    del bpy.types.Object.vposer_target
+
+
+CLASSES: tuple[type, ...] = (VPoserTarget,)
