@@ -47,6 +47,7 @@ ROBUST = ("gm", "huber", "l2")
 # w being sin(angle) * axis of its local rotation (SMPL frames; SMPLify's angle prior, as a hinge).
 HYPEREXTENSION = (("left_knee", 0, -1.0), ("right_knee", 0, -1.0), ("left_elbow", 1, 1.0), ("right_elbow", 1, -1.0))
 BODY = slice(1, NUM_BODY_JOINTS)  # the 21 joints VPoser poses
+LIVE_ITERATIONS = 5  # LM iterations per live-posing update, warm-started: the next update goes on from there
 
 
 class IKError(ValueError):
@@ -182,7 +183,7 @@ class IKSolver:
 
     prior=None solves raw joint rotations (no learned prior); method is "lm" (default), "lbfgs" or
     "adam"; unknowns are what the last stage solves ("hands" and "betas" are opt-in). For live
-    posing, warm-start each update from the last result with lm_options=LMOptions(max_iterations=5):
+    posing, warm-start each update from the last result with lm_options=LMOptions(LIVE_ITERATIONS):
     the next update goes on from where this one stopped.
     """
 

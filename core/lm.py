@@ -185,8 +185,8 @@ def _damped_step(jacobian: Tensor, gradient: Tensor, damping: Tensor) -> tuple[T
     normal = (jacobian.transpose(1, 2) @ jacobian).double()
     diagonal = normal.diagonal(dim1=-2, dim2=-1)
     scale = diagonal.clamp_min(1e-9 * diagonal.amax(-1, keepdim=True).clamp_min(1e-30))
-    system = normal + torch.diag_embed(damping.unsqueeze(-1) * scale)
-    factor, info = torch.linalg.cholesky_ex(system)
+    diagonal += damping.unsqueeze(-1) * scale  # in place: normal becomes J^T J + mu D
+    factor, info = torch.linalg.cholesky_ex(normal)
     gradient64 = gradient.double()
     step = -torch.cholesky_solve(gradient64.unsqueeze(-1), factor).squeeze(-1)
     step = torch.where((info == 0).unsqueeze(-1) & torch.isfinite(step), step, torch.zeros_like(step))

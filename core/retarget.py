@@ -33,6 +33,7 @@ from .mocap.transfer import build_transfer, transfer_rotations, transfer_transla
 from .vposer import VPoser
 
 POSE = ("orient", "transl", "pose")
+WARM_ITERATIONS = 3  # from the rotation transfer, a few steps reach the targets
 
 
 class RetargetError(ValueError):
@@ -124,7 +125,8 @@ def marker_targets(model: BodyModel, layout: str | Path, labels: Sequence[str], 
 @dataclass(frozen=True)
 class RetargetOptions:
     """batch_size: frames per solve (progress is reported per batch); fit_shape: solve one shape
-    for the clip on `shape_frames` spread frames first; max_iterations: LM iterations per frame.
+    for the clip on `shape_frames` spread frames first; max_iterations: LM iterations per frame
+    (None: 3 from a start state, which is close, and 30 from the prior's mean pose).
     The prior is used only for frames without a start state (markers). With a start state,
     `stay` weighs each joint's rotation change from it (as IKWeights.pin): positions leave some
     rotations free (twist about a bone, how a spine without targets bends), and those keep the
@@ -133,7 +135,7 @@ class RetargetOptions:
     batch_size: int = 1000
     fit_shape: bool = True
     shape_frames: int = 64
-    max_iterations: int = 3
+    max_iterations: int | None = None
     stay: float = 1e-4
     weights: IKWeights = field(default_factory=IKWeights)
 
@@ -174,7 +176,7 @@ class Retarget:
                  options: RetargetOptions = RetargetOptions()) -> None:
         if targets.init is None and prior is None:
             raise RetargetError("a clip without start poses (markers) needs the prior")
-        if options.batch_size < 1 or options.max_iterations < 1:
+        if options.batch_size < 1 or (options.max_iterations is not None and options.max_iterations < 1):
             raise RetargetError(f"batch_size and max_iterations must be positive, got {options}")
         self.model, self.targets, self.prior, self.options = model, targets, prior, options
         frames = targets.positions.shape[0]
@@ -224,12 +226,13 @@ class Retarget:
     def _solve(self, rows: Tensor, betas: Tensor, solve_betas: bool = False) -> IKResult:
         unknowns = POSE + ("betas",) if solve_betas else POSE
         keypoints, init, targets = self.targets.keypoints, self.targets.init, self.targets.positions[rows]
-        lm = LMOptions(max_iterations=self.options.max_iterations)
+        iterations = self.options.max_iterations or (WARM_ITERATIONS if init is not None else LMOptions.max_iterations)
+        lm = LMOptions(max_iterations=iterations)
         if init is not None:  # a close start: raw rotations only, held near it where the targets allow
             weights = dataclasses.replace(self.options.weights, pin=self.options.stay)
             solver = IKSolver(self.model, keypoints, None, weights=weights, unknowns=unknowns, lm_options=lm)
             # The root first: a start off by a rigid shift would otherwise be taken up by the joints.
-            stages = [Stage(("orient", "transl"), 2, prior=False), Stage(unknowns, self.options.max_iterations, prior=False)]
+            stages = [Stage(("orient", "transl"), 2, prior=False), Stage(unknowns, iterations, prior=False)]
             return solver.solve(targets, init=init.select(rows), betas=betas, pins=_moving_joints(keypoints), stages=stages)
         solver = IKSolver(self.model, keypoints, self.prior, weights=self.options.weights, unknowns=unknowns,
                           lm_options=lm)

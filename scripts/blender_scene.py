@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +39,27 @@ def _start_blender():
     return bpy
 
 
+@contextmanager
+def _blender_output_to_stderr() -> Iterator[None]:
+    """Blender prints progress on the process's standard output; keep that free for the JSON report."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def save_scene(clip: Path, poses: Path, blend: Path, body: Path | None = None, skeleton: str = "cmu") -> dict:
     """Build and save the scene; returns the paths written."""
+    with _blender_output_to_stderr():
+        return _save_scene(clip, poses, blend, body, skeleton)
+
+
+def _save_scene(clip: Path, poses: Path, blend: Path, body: Path | None, skeleton: str) -> dict:
     bpy = _start_blender()
     from core.mocap.skeletons import load_preset
     from core.pose_files import load_pose_file
@@ -64,12 +85,46 @@ def save_scene(clip: Path, poses: Path, blend: Path, body: Path | None = None, s
     scene.frame_end = max(scene.frame_end, sequence.num_frames)
     blend.parent.mkdir(parents=True, exist_ok=True)
     bpy.ops.wm.save_as_mainfile(filepath=str(blend.resolve()))
-    preview = blend.with_suffix(".png")
-    _plot_preview(bpy, scene, rig, source, sequence.num_frames, preview)
-    return {"blend": str(blend), "preview": str(preview)}
+    frames = np.unique(np.linspace(1, sequence.num_frames, PREVIEW_FRAMES).round().astype(int))
+    render, fit = blend.with_suffix(".png"), blend.with_name(blend.stem + "_fit.png")
+    render_strip(bpy, scene, rig, frames, render)
+    _plot_preview(bpy, scene, rig, source, frames, fit)
+    return {"blend": str(blend), "preview": str(render), "fit_plot": str(fit)}
 
 
-def _plot_preview(bpy, scene, rig, source, num_frames: int, path: Path) -> None:
+def render_strip(bpy, scene, rig, frames, path: Path, height: int = 360) -> None:
+    """Workbench renders of the body at `frames`, side by side in one PNG: an orthographic camera
+    in front of the body (world -Y), re-centred on it at every frame."""
+    import matplotlib.image
+
+    bridge = importlib.import_module(f"{EXTENSION_ID}.vposer_addon.bridge")
+    camera = bpy.data.objects.new("Preview Camera", bpy.data.cameras.new("Preview Camera"))
+    scene.collection.objects.link(camera)
+    camera.data.type = "ORTHO"
+    camera.rotation_euler = (np.pi / 2, 0.0, 0.0)  # looking along +Y, Z up
+    scene.camera = camera
+    scene.render.engine = "BLENDER_WORKBENCH"
+    scene.render.resolution_x, scene.render.resolution_y = height * 2 // 3, height
+    scene.render.film_transparent = False
+    mesh_object = rig.vposer_body.mesh
+    tiles = []
+    with tempfile.TemporaryDirectory() as folder:
+        for frame in frames:
+            scene.frame_set(int(frame))
+            world = np.array(mesh_object.matrix_world)
+            points = bridge.evaluated_vertices(mesh_object, bpy.context.evaluated_depsgraph_get()) @ world[:3, :3].T
+            points = points + world[:3, 3]
+            low, high = points.min(0), points.max(0)
+            camera.location = ((low[0] + high[0]) / 2, low[1] - 5.0, (low[2] + high[2]) / 2)
+            camera.data.ortho_scale = 1.15 * max(high[2] - low[2], 1.5 * (high[0] - low[0]))
+            scene.render.filepath = str(Path(folder) / f"{frame:05d}.png")
+            bpy.ops.render.render(write_still=True)
+            tiles.append(matplotlib.image.imread(scene.render.filepath))
+    bpy.data.objects.remove(camera)
+    matplotlib.image.imsave(path, np.concatenate(tiles, axis=1))
+
+
+def _plot_preview(bpy, scene, rig, source, frames, path: Path) -> None:
     """Blender's own evaluated body mesh (grey) and the source's joints or markers (red) at a few
     frames, seen from the front (world X right, Z up)."""
     import matplotlib
@@ -78,7 +133,6 @@ def _plot_preview(bpy, scene, rig, source, num_frames: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     bridge = importlib.import_module(f"{EXTENSION_ID}.vposer_addon.bridge")
-    frames = np.unique(np.linspace(1, num_frames, PREVIEW_FRAMES).round().astype(int))
     figure, axes = plt.subplots(1, len(frames), figsize=(2.2 * len(frames), 4.2), sharey=True)
     mesh_object = rig.vposer_body.mesh
     for axis, frame in zip(np.atleast_1d(axes), frames):

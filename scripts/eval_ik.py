@@ -13,8 +13,9 @@ Every clip is read at --fps (30 by default, as the prior's training data).
       and posed on the open body; only pelvis, head, wrists and ankles of that body given as targets
       (cold start from the T-pose), error over all 22 body joints against the converted pose, with
       the prior and with raw joint rotations; on --sparse-frames frames spread over all clips
-  interactive_ms  median time of a warm-started single-frame solve with those 6 effectors (the
-      previous frame's solution as the start, capped at 5 LM iterations as Live Posing runs)
+  interactive_ms, interactive_error_mm  median time of a warm-started single-frame solve with those
+      6 effectors (the previous frame's solution as the start, capped at core.ik.LIVE_ITERATIONS LM
+      iterations as Live Posing runs), and the effectors' mean distance to their targets after it
 
 Keys are stable: other tools read them.
 """
@@ -35,7 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.body_model import BodyModel  # noqa: E402
-from core.ik import IKSolver  # noqa: E402
+from core.ik import LIVE_ITERATIONS, IKSolver  # noqa: E402
 from core.keypoints import EFFECTORS, NUM_BODY_JOINTS, KeypointSet  # noqa: E402
 from core.lm import LMOptions  # noqa: E402
 from core.mocap.bvh import read_bvh  # noqa: E402
@@ -45,8 +46,6 @@ from core.retarget import bvh_targets, retarget  # noqa: E402
 from core.rotations import axis_angle_to_matrix  # noqa: E402
 from core.train import display_path  # noqa: E402
 from core.vposer import default_vposer_path, load_vposer  # noqa: E402
-
-LIVE_ITERATIONS = 5
 
 
 def evaluate_full(model: BodyModel, files: list[Path], fps: float, log) -> dict:
@@ -98,25 +97,26 @@ def evaluate_sparse(model: BodyModel, prior, files: list[Path], fps: float, coun
         result[key] = 1000 * float((joints[:, :NUM_BODY_JOINTS] - truth[rows]).norm(dim=-1).mean())
         if log:
             log(f"  {key}: {result[key]:.1f} mm over {len(rows)} frames")
-    result["interactive_ms"] = interactive_latency(model, prior, effectors, truth[:, ids], counts)
+    result.update(interactive_latency(model, prior, effectors, truth[:, ids], counts))
     return result
 
 
 def interactive_latency(model: BodyModel, prior, effectors: KeypointSet, targets: torch.Tensor, counts: list[int],
-                        solves: int = 200) -> float:
+                        solves: int = 200) -> dict:
     """Median ms of single-frame solves, each warm-started from the previous frame's solution
-    along the clips (one cold solve per clip to start, not timed)."""
+    along the clips (one cold solve per clip to start, not timed), and their mean effector error."""
     solver = IKSolver(model, effectors, prior, lm_options=LMOptions(max_iterations=LIVE_ITERATIONS))
     per_clip = max(2, solves // len(counts) + 1)
-    times, start = [], 0
+    times, errors, start = [], [], 0
     for frames in counts:
         last = solver.solve(targets[start])
         for frame in range(start + 1, start + min(frames, per_clip)):
             tick = time.perf_counter()
             last = solver.solve(targets[frame], init=last)
             times.append(time.perf_counter() - tick)
+            errors.append(float(last.errors.mean()))
         start += frames
-    return 1000 * float(np.median(times))
+    return {"interactive_ms": 1000 * float(np.median(times)), "interactive_error_mm": 1000 * float(np.mean(errors))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ prior from its mean pose. Frames showing too few markers are left out (see "sour
 Prints one JSON object: frames, seconds (solve time), frames_per_s, mpjpe_mm (fitted keypoints vs
 the source's), per_joint_mm, and what was written. With --blend, Blender (the bpy module) builds
 the body, keys the result on it as an action next to the imported source clip, saves the .blend,
-and writes a plotted preview PNG beside it.
+and writes beside it a rendered preview PNG (Workbench) and a plot of the fit (OUT_fit.png).
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ from .properties import active_body
 if TYPE_CHECKING:
     from torch import Tensor
 
-LIVE_ITERATIONS = 5  # per live update; the next update goes on from where this one stopped
 
 
 class TargetError(ValueError):
@@ -230,6 +229,8 @@ def live_update(scene: bpy.types.Scene, depsgraph: bpy.types.Depsgraph) -> None:
         return
     _busy = True
     try:
+        from ..core.ik import LIVE_ITERATIONS
+
         for rig in bodies:
             solve(bpy.context, rig, mapped_targets(scene, rig), iterations=LIVE_ITERATIONS)
     except Exception as error:  # noqa: BLE001 - anything escaping a handler would repeat on every update

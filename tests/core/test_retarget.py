@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,30 @@ def test_cmu_landmarks_leave_out_the_trunk():
     assert preset.landmark_joints() == landmarks
     with pytest.raises(ValueError, match="unmapped"):
         SkeletonPreset("x", {"pelvis": "a"}, landmarks=("head",))
+
+
+def test_markers_from_a_known_pose_are_fitted_and_gaps_masked(tmp_path):
+    from core.retarget import MIN_MARKERS, marker_targets
+    from core.vposer import load_default_vposer
+
+    body32 = BodyModel.open_default("adult")
+    prior = load_default_vposer()
+    layout = Path(__file__).resolve().parents[2] / "core" / "data" / "markers_plugin_gait_open.json"
+    keypoints = KeypointSet.from_json(body32, layout)
+    rotations = torch.eye(3).expand(4, body32.num_joints, 3, 3).clone()
+    with torch.no_grad():
+        latent = 0.7 * torch.randn(4, prior.latent_dim, generator=torch.Generator().manual_seed(7))
+        rotations[:, 1:22] = prior.decode_matrix(latent)
+        positions = keypoints.evaluate(rotations, None, torch.tensor([[0.3, 0.9, -2.0]]).expand(4, 3)).numpy()
+    labels = ["NOT_IN_LAYOUT", *keypoints.names]
+    positions = np.concatenate([np.zeros((4, 1, 3)), positions], axis=1)
+    positions[1, 5:9] = np.nan  # occluded markers on frame 1
+    positions[3, 1 + MIN_MARKERS:] = np.nan
+    positions[3, 1:1 + MIN_MARKERS] = np.nan  # frame 3 shows no layout marker at all
+    targets = marker_targets(body32, layout, labels, positions, 100.0, source="trial.c3d")
+    assert targets.keypoints.names == keypoints.names and list(targets.source_frames) == [0, 1, 2]
+    result = retarget(body32, targets, prior)
+    assert np.isnan(result.errors[1, 4:8].numpy()).all() and np.isfinite(result.errors[0].numpy()).all()
+    assert result.mpjpe_mm < 10
+    with pytest.raises(RetargetError, match="only 2 of its markers are in the layout"):
+        marker_targets(body32, layout, ["LFHD", "RFHD", "XYZ"], positions[:, :3], 100.0)

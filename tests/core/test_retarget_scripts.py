@@ -1,0 +1,53 @@
+"""scripts/retarget.py and scripts/eval_ik.py on the shipped CMU walk (BVH), as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from core.pose_files import load_pose_file
+
+REPO = Path(__file__).resolve().parents[2]
+CLIP = REPO / "examples" / "cmu_02_01_walk.bvh"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_retarget_writes_poses_and_reports_the_fit(tmp_path):
+    out = tmp_path / "walk.npz"
+    result = run("scripts/retarget.py", str(CLIP), "--skeleton", "cmu", "--fps", "30", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["frames"] == 86  # 343 frames at 120 fps, every 4th
+    assert report["mpjpe_mm"] < 15
+    assert set(report["per_joint_mm"]) >= {"left_wrist", "right_ankle", "head"}
+    assert report["frames_per_s"] > 0 and report["seconds"] > 0
+    sequence = load_pose_file(out)
+    assert sequence.poses.shape == (86, 52 * 3) and sequence.framerate == 30
+    assert np.abs(sequence.betas).max() > 0  # a shape was fitted to the subject
+    assert np.isfinite(sequence.poses).all() and np.isfinite(sequence.trans).all()
+
+
+def test_retarget_refuses_unknown_inputs_clearly(tmp_path):
+    wrong = tmp_path / "clip.fbx"
+    wrong.write_text("x")
+    result = run("scripts/retarget.py", str(wrong))
+    assert result.returncode != 0 and "expected a .bvh or .c3d file" in result.stderr
+    result = run("scripts/retarget.py", str(CLIP), "--skeleton", "mixamo", "--out", str(tmp_path / "x.npz"))
+    assert result.returncode != 0 and "mixamorig:Hips" in result.stderr
+
+
+def test_eval_ik_prints_the_stable_keys():
+    result = run("scripts/eval_ik.py", str(CLIP), "--sparse-frames", "20", "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    for key in ("full_mpjpe_mm", "full_frames_per_s", "sparse_mpjpe_mm", "sparse_noprior_mpjpe_mm", "interactive_ms"):
+        assert np.isfinite(metrics[key]), key
+    assert metrics["full_mpjpe_mm"] < 15
+    assert metrics["sparse_mpjpe_mm"] < metrics["sparse_noprior_mpjpe_mm"]
