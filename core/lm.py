@@ -178,18 +178,20 @@ def _damped_step(jacobian: Tensor, gradient: Tensor, damping: Tensor) -> tuple[T
     """Step h (b, n) from (J^T J + mu D) h = -g, and the decrease the linear model predicts.
     Unknowns no residual depends on in any frame (a joint with no target below it) get h = 0
     and stay out of the factorisation, whose cost grows with n^3."""
-    live = torch.nonzero(jacobian.abs().amax((0, 1)) > 0).squeeze(1)
-    if len(live) < jacobian.shape[-1]:
-        step, predicted = _damped_step(jacobian[..., live], gradient[:, live], damping)
-        return jacobian.new_zeros(gradient.shape).index_copy_(1, live, step), predicted
     normal = (jacobian.transpose(1, 2) @ jacobian).double()
+    gradient64 = gradient.double()
+    live = torch.nonzero(normal.diagonal(dim1=-2, dim2=-1).amax(0) > 0).squeeze(1)
+    pruned = len(live) < gradient.shape[1]
+    if pruned:
+        normal, gradient64 = normal[:, live][:, :, live], gradient64[:, live]
     diagonal = normal.diagonal(dim1=-2, dim2=-1)
     scale = diagonal.clamp_min(1e-9 * diagonal.amax(-1, keepdim=True).clamp_min(1e-30))
     diagonal += damping.unsqueeze(-1) * scale  # in place: normal becomes J^T J + mu D
     factor, info = torch.linalg.cholesky_ex(normal)
-    gradient64 = gradient.double()
     step = -torch.cholesky_solve(gradient64.unsqueeze(-1), factor).squeeze(-1)
     step = torch.where((info == 0).unsqueeze(-1) & torch.isfinite(step), step, torch.zeros_like(step))
     # L(0) - L(h) = -g.h - h.(J^T J)h / 2 = h.(mu D h - g) / 2
     predicted = 0.5 * (step * (damping.unsqueeze(-1) * scale * step - gradient64)).sum(-1)
+    if pruned:
+        step = step.new_zeros(gradient.shape).index_copy_(1, live, step)
     return step.to(jacobian.dtype), predicted

@@ -134,7 +134,7 @@ class RetargetOptions:
 
     batch_size: int = 1000
     fit_shape: bool = True
-    shape_frames: int = 64
+    shape_frames: int = 32
     max_iterations: int | None = None
     stay: float = 1e-4
     weights: IKWeights = field(default_factory=IKWeights)
