@@ -51,3 +51,30 @@ def test_eval_ik_prints_the_stable_keys():
         assert np.isfinite(metrics[key]), key
     assert metrics["full_mpjpe_mm"] < 15
     assert metrics["sparse_mpjpe_mm"] < metrics["sparse_noprior_mpjpe_mm"]
+
+
+def test_retarget_fits_a_c3d_trial_written_from_a_known_pose(tmp_path):
+    import torch
+    from test_c3d import write_c3d
+
+    from core.body_model import BodyModel
+    from core.keypoints import KeypointSet
+    from core.mocap.c3d import lab_to_model_rotation
+    from core.vposer import load_default_vposer
+
+    body, prior = BodyModel.open_default("adult"), load_default_vposer()
+    markers = KeypointSet.from_json(body, REPO / "core" / "data" / "markers_plugin_gait_open.json")
+    rotations = torch.eye(3).expand(3, body.num_joints, 3, 3).clone()
+    with torch.no_grad():
+        rotations[:, 1:22] = prior.decode_matrix(0.6 * torch.randn(3, prior.latent_dim, generator=torch.Generator().manual_seed(2)))
+        model_space = markers.evaluate(rotations, None, torch.tensor([[1.0, 0.9, 0.5]]).expand(3, 3)).numpy()
+    lab_mm = 1000 * model_space @ lab_to_model_rotation("z")  # the inverse rotation, as row vectors
+    invalid = np.zeros(lab_mm.shape[:2], bool)
+    invalid[1, :4] = True  # four markers occluded on frame 1
+    trial = write_c3d(tmp_path / "trial.c3d", list(markers.names), lab_mm, invalid=invalid, rate=100.0)
+    out = tmp_path / "trial.npz"
+    result = run("scripts/retarget.py", str(trial), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["frames"] == 3 and report["mpjpe_mm"] < 10
+    assert load_pose_file(out).framerate == 100
