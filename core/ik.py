@@ -441,7 +441,7 @@ class _Problem:
         if output is None:
             output = model.forward_rotations(point.rotations, point.betas, None, point.transl,
                                              return_vertices=False, vertex_ids=keypoints.vertex_ids)
-        points = keypoints.points(output.joints, output.vertices)
+        points = keypoints.points(output.joints, output.vertices, output.joint_rotations)
         error = points - self.targets[rows]
         rho, irls = _robust(weights.robust, weights.robust_scale, (error * error).sum(-1))
         confidence = self.confidence[rows]
@@ -454,12 +454,13 @@ class _Problem:
             residuals.append(((confidence * irls).sqrt().unsqueeze(-1) * error).flatten(1))
             local, evaluation.exact = self._local_angular(rows, point)
             world = output.joint_rotations[:, self.moving] @ local
-            joint_ids = keypoints.joint_ids
+            joint_ids, levers = keypoints.joint_ids, keypoints.joint_points(output.joints, output.joint_rotations)
             if self.smooth:
                 joint_ids = torch.cat([joint_ids, torch.arange(NUM_BODY_JOINTS, device=model.device)])
+                levers = torch.cat([levers, output.joints[:, :NUM_BODY_JOINTS]], dim=1)
             d_joints, d_vertices = body_jacobians(
                 model, point.rotations, output.joint_rotations, output.joints, point.betas, self.moving, world,
-                num_columns=self.size, joint_ids=joint_ids, vertex_ids=keypoints.vertex_ids,
+                num_columns=self.size, joint_ids=joint_ids, joint_points=levers, vertex_ids=keypoints.vertex_ids,
                 transl_columns=self.columns.get("transl"), betas_columns=self.columns.get("betas"))
             d_points = keypoints.points_jacobian(output.vertices, d_joints[:, : len(keypoints.joint_ids)], d_vertices)
             jacobians.append(((confidence * irls).sqrt()[..., None, None] * d_points).flatten(1, 2))

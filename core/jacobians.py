@@ -120,6 +120,7 @@ def body_jacobians(
     num_columns: int,
     joint_ids: Tensor,
     vertex_ids: Tensor | None,
+    joint_points: Tensor | None = None,
     transl_columns: slice | None = None,
     betas_columns: slice | None = None,
 ) -> tuple[Tensor, Tensor | None]:
@@ -129,6 +130,8 @@ def body_jacobians(
     point. moving (M,): the joints whose rotation depends on the unknowns; angular (B, M, 3, N):
     their world angular velocities per unknown. transl_columns / betas_columns: where translation
     (3) and betas (model.num_betas) sit among the N columns, if they are unknowns.
+    joint_points (B, Kj, 3): where the keypoints of joint_ids are, when offset from the joints along
+    their parent segments (see KeypointSet's `local`); default the joints themselves.
     Returns d joints[:, joint_ids] (B, Kj, 3, N) and d vertices[:, vertex_ids] (B, V', 3, N) or None.
     """
     dtype, device = rotations.dtype, rotations.device
@@ -145,7 +148,9 @@ def body_jacobians(
     sums = table @ torch.cat([angular, cross_columns(angular, joints[:, moving])], dim=-1).reshape(batch, len(moving), -1)
     xi, psi = sums.view(batch, len(rows), 3, -1).chunk(2, dim=-1)
     at_parents = (xi, psi) if vertex_ids is None else (xi[:, safe_parent], psi[:, safe_parent])
-    d_joints = (cross_columns(at_parents[0], joints[:, joint_ids]) - at_parents[1]) * has_parent
+    # A point carried by a joint's parent segment moves as that segment does: w x (point) - sum w_a x p_a.
+    levers = joints[:, joint_ids] if joint_points is None else joint_points
+    d_joints = (cross_columns(at_parents[0], levers) - at_parents[1]) * has_parent
     shape_positions = None
     if betas_columns is not None:
         rest_shift = model.joint_shape_basis[: model.num_betas].view(-1, model.num_joints, 3).permute(1, 2, 0)[:count]

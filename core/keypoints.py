@@ -12,10 +12,13 @@ Marker layout files are JSON:
      "markers": {
          "LFHD":   {"triangle": 1234, "barycentric": [0.2, 0.3, 0.5], "offset": 0.01},
          "C7":     {"vertex": 3470},
-         "pelvis": {"joint": "pelvis"}}}
+         "pelvis": {"joint": "pelvis"},
+         "LKNE_joint": {"joint": "left_knee", "local": [0.0, 0.02, 0.0]}}}
 
 `offset` is in metres along the triangle's normal (outward for counter-clockwise winding, as SMPL
-meshes are), default 0; barycentric coordinates are non-negative and sum to 1.
+meshes are), default 0; barycentric coordinates are non-negative and sum to 1. `local` puts a joint
+keypoint at a fixed offset (metres, model axes at rest) from the joint, carried by the joint's parent
+segment: where another skeleton places the same joint (see core.retarget's calibration).
 """
 
 from __future__ import annotations
@@ -42,14 +45,16 @@ class KeypointError(ValueError):
 
 @dataclass(frozen=True)
 class Keypoint:
-    """One attachment: kind "joint" (index = joint), "vertex" (index = vertex) or "surface"
-    (index = triangle, with barycentric coordinates and an offset in metres along its normal)."""
+    """One attachment: kind "joint" (index = joint, optionally `local`: an offset in its parent's
+    frame), "vertex" (index = vertex) or "surface" (index = triangle, with barycentric coordinates
+    and an offset in metres along its normal)."""
 
     name: str
     kind: str
     index: int
     barycentric: tuple[float, float, float] = (1.0, 0.0, 0.0)
     offset: float = 0.0
+    local: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 class KeypointSet:
@@ -80,6 +85,9 @@ class KeypointSet:
         long = {"dtype": torch.long, "device": model.device}
         real = {"dtype": model.dtype, "device": model.device}
         self.joint_ids = torch.tensor([point.index for point in joints], **long)
+        self._joint_parents = model.parents[self.joint_ids].clamp_min(0)
+        self._joint_locals = torch.tensor([point.local for point in joints], **real).view(-1, 3)
+        self.has_locals = bool(self._joint_locals.abs().sum() > 0)
         self.vertex_ids = torch.tensor(needed, **long) if needed else None
         self._vertex_slots = torch.tensor([slot[point.index] for point in vertices], **long)
         self._corner_slots = torch.tensor([[slot[int(v)] for v in tri] for tri in corners], **long).view(-1, 3)
@@ -139,6 +147,8 @@ class KeypointSet:
         for point in self.keypoints:
             if point.kind == "joint":
                 out[point.name] = {"joint": self.model.joint_names[point.index]}
+                if any(point.local):
+                    out[point.name]["local"] = list(point.local)
             elif point.kind == "vertex":
                 out[point.name] = {"vertex": point.index}
             else:
@@ -158,11 +168,20 @@ class KeypointSet:
         output = self.model.forward_rotations(
             rotations, betas, expression, transl, return_vertices=False, vertex_ids=self.vertex_ids
         )
-        return self.points(output.joints, output.vertices)
+        return self.points(output.joints, output.vertices, output.joint_rotations)
 
-    def points(self, joints: Tensor, vertices: Tensor | None) -> Tensor:
-        """Points (B, K, 3) from posed joints (B, J, 3) and the posed `vertex_ids` vertices (B, V', 3)."""
-        parts = [joints[:, self.joint_ids]]
+    def joint_points(self, joints: Tensor, joint_rotations: Tensor | None) -> Tensor:
+        """(B, Kj, 3) the joint keypoints: the joints, moved by their `local` offsets if any."""
+        points = joints[:, self.joint_ids]
+        if self.has_locals:
+            carried = joint_rotations[:, self._joint_parents] @ self._joint_locals.unsqueeze(-1)
+            points = points + carried.squeeze(-1)
+        return points
+
+    def points(self, joints: Tensor, vertices: Tensor | None, joint_rotations: Tensor | None = None) -> Tensor:
+        """Points (B, K, 3) from posed joints (B, J, 3) and their world rotations (B, J, 3, 3) (needed
+        for `local` offsets) and the posed `vertex_ids` vertices (B, V', 3)."""
+        parts = [self.joint_points(joints, joint_rotations)]
         if vertices is not None:
             parts.append(vertices[:, self._vertex_slots])
             if len(self._offsets):
@@ -236,11 +255,18 @@ def _parse_entry(model: BodyModel, name: str, entry: Mapping, source: str) -> Ke
     if not isinstance(entry, Mapping):
         raise KeypointError(f"{where}: expected an object, got {entry!r}")
     keys = set(entry)
-    if keys == {"joint"}:
+    if keys in ({"joint"}, {"joint", "local"}):
         joint = entry["joint"]
         if joint not in model.joint_names:
             raise KeypointError(f"{where}: unknown joint {joint!r} for a {model.kind.name} model")
-        return Keypoint(name, "joint", model.joint_names.index(joint))
+        raw = entry.get("local", [0.0, 0.0, 0.0])
+        try:
+            local = np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError):
+            local = np.zeros(0)
+        if local.shape != (3,) or not np.isfinite(local).all():
+            raise KeypointError(f"{where}: 'local' must be 3 numbers (metres), got {raw!r}")
+        return Keypoint(name, "joint", model.joint_names.index(joint), local=tuple(float(v) for v in local))
     if keys == {"vertex"}:
         return Keypoint(name, "vertex", _integer(entry["vertex"], f"{where}: 'vertex'"))
     if "triangle" in keys and keys <= {"triangle", "barycentric", "offset"}:
@@ -278,6 +304,8 @@ def _check_keypoint(point: Keypoint, model: BodyModel, faces: np.ndarray, source
     if not 0 <= point.index < limits[point.kind]:
         what = {"joint": "joint", "vertex": "vertex", "surface": "triangle"}[point.kind]
         raise KeypointError(f"{where}: {what} index {point.index} is outside 0..{limits[point.kind] - 1}")
+    if point.kind == "joint" and any(point.local) and int(model.parents[point.index]) < 0:
+        raise KeypointError(f"{where}: the root joint has no parent segment to carry a 'local' offset")
     if point.kind == "surface":
         corners = model.v_template[torch.as_tensor(faces[point.index].astype(np.int64), device=model.device)]
         if _unit_normal(corners.double())[1] < 1e-12:

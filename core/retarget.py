@@ -127,6 +127,12 @@ class RetargetOptions:
     """batch_size: frames per solve (progress is reported per batch); fit_shape: solve one shape
     for the clip on `shape_frames` spread frames first; max_iterations: LM iterations per frame
     (None: 3 from a start state, which is close, and 30 from the prior's mean pose).
+    shape_prior weighs ||betas||^2 in the shape fit (as IKWeights.betas): strong enough to keep a
+    natural body, which no skeleton's landmarks should talk out of its proportions.
+    calibrate: for joint landmarks, also find where each source joint sits relative to the body's
+    (a constant offset along the parent segment per landmark, as mocap solvers calibrate markers):
+    skeletons place joints differently (CMU's shoulder sits above SMPL's), and without it those
+    constant differences would show as error or bend every pose.
     The prior is used only for frames without a start state (markers). With a start state,
     `stay` weighs each joint's rotation change from it (as IKWeights.pin): positions leave some
     rotations free (twist about a bone, how a spine without targets bends), and those keep the
@@ -135,6 +141,8 @@ class RetargetOptions:
     batch_size: int = 1000
     fit_shape: bool = True
     shape_frames: int = 32
+    shape_prior: float = 1e-4
+    calibrate: bool = True
     max_iterations: int | None = None
     stay: float = 1e-4
     weights: IKWeights = field(default_factory=IKWeights)
@@ -154,6 +162,7 @@ class RetargetResult:
     keypoint_names: tuple[str, ...]
     fps: float
     seconds: float
+    offsets: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # calibrated, metres
 
     @property
     def mpjpe_mm(self) -> float:
@@ -170,10 +179,11 @@ class Retarget:
         for done, total in run: ...   # frames solved so far
         run.result()
 
-    The shape fit, when asked for, happens in the first step."""
+    The shape fit, when asked for, happens in the first step; without it the clip is solved with
+    `betas` (the shape the body already has; None: the mean shape, zeros)."""
 
     def __init__(self, model: BodyModel, targets: ClipTargets, prior: VPoser | None = None,
-                 options: RetargetOptions = RetargetOptions()) -> None:
+                 options: RetargetOptions = RetargetOptions(), betas: Tensor | None = None) -> None:
         if targets.init is None and prior is None:
             raise RetargetError("a clip without start poses (markers) needs the prior")
         if options.batch_size < 1 or (options.max_iterations is not None and options.max_iterations < 1):
@@ -185,6 +195,8 @@ class Retarget:
         self.errors = torch.full((frames, len(targets.keypoints)), float("nan"), dtype=model.dtype, device=model.device)
         self.iterations = torch.zeros(frames, dtype=torch.long, device=model.device)
         self.betas: Tensor | None = None
+        self._fixed_betas = (torch.zeros(model.num_betas, dtype=model.dtype, device=model.device) if betas is None
+                             else torch.as_tensor(betas, dtype=model.dtype, device=model.device).reshape(model.num_betas))
         self.seconds = 0.0
         self._done = 0
 
@@ -194,6 +206,8 @@ class Retarget:
             start = time.perf_counter()
             if self.betas is None:
                 self.betas = self._fit_shape()
+                if self.options.calibrate and self.targets.keypoints.only_joints:
+                    self._calibrate()
             rows = torch.arange(self._done, min(total, self._done + self.options.batch_size), device=self.model.device)
             result = self._solve(rows, self.betas)
             self.poses[rows] = result.full_pose()
@@ -207,34 +221,65 @@ class Retarget:
     def result(self) -> RetargetResult:
         if self._done < self.targets.positions.shape[0]:
             raise RetargetError(f"the retarget stopped after {self._done} of {self.targets.positions.shape[0]} frames")
+        offsets = {point.name: point.local for point in self.targets.keypoints.keypoints if any(point.local)}
         return RetargetResult(self.poses, self.transl, self.betas, self.errors, self.iterations,
-                              self.targets.keypoints.names, self.targets.fps, self.seconds)
+                              self.targets.keypoints.names, self.targets.fps, self.seconds, offsets)
 
     def _fit_shape(self) -> Tensor:
-        """The mean of per-frame shapes solved on spread frames (zeros when not asked for)."""
+        """The mean of per-frame shapes solved on spread frames (the fixed shape when not asked for)."""
         model = self.model
-        zeros = torch.zeros(model.num_betas, dtype=model.dtype, device=model.device)
         if not self.options.fit_shape or not model.num_betas:
-            return zeros
-        total = self.targets.positions.shape[0]
-        count = min(total, self.options.shape_frames)
-        rows = torch.as_tensor(np.unique(np.linspace(0, total - 1, count).round().astype(np.int64)), device=model.device)
+            return self._fixed_betas
+        zeros = torch.zeros(model.num_betas, dtype=model.dtype, device=model.device)
+        rows = self._spread_rows()
         result = self._solve(rows, zeros.expand(len(rows), -1), solve_betas=True)
         usable = torch.isfinite(result.errors).any(1)
         return result.betas[usable].mean(0)
+
+    def _spread_rows(self) -> Tensor:
+        total = self.targets.positions.shape[0]
+        count = min(total, self.options.shape_frames)
+        return torch.as_tensor(np.unique(np.linspace(0, total - 1, count).round().astype(np.int64)),
+                               device=self.model.device)
+
+    def _calibrate(self, rounds: int = 2) -> None:
+        """Move each landmark keypoint by the mean offset, in its parent segment's frame, between
+        the body's joint and the source's on spread frames; re-solve those frames and repeat."""
+        model, keypoints = self.model, self.targets.keypoints
+        rows = self._spread_rows()
+        targets = self.targets.positions[rows]
+        parents = model.parents[keypoints.joint_ids].clamp_min(0)
+        locals_ = torch.tensor([point.local for point in keypoints.keypoints], dtype=model.dtype, device=model.device)
+        movable = (model.parents[keypoints.joint_ids] >= 0).unsqueeze(-1)
+        for _ in range(rounds):
+            result = self._solve(rows, self.betas)
+            with torch.no_grad():
+                output = model.forward_rotations(result.rotations, self.betas.expand(len(rows), -1), None,
+                                                 result.transl, return_vertices=False)
+                points = keypoints.points(output.joints, None, output.joint_rotations)
+                frames = output.joint_rotations[:, parents]  # (t, K, 3, 3)
+                gap = (frames.transpose(-1, -2) @ (targets - points).unsqueeze(-1)).squeeze(-1)
+                locals_ = locals_ + torch.where(movable, gap.nanmean(0), torch.zeros_like(locals_))
+            keypoints = KeypointSet(model, [dataclasses.replace(point, local=tuple(map(float, local)))
+                                            for point, local in zip(keypoints.keypoints, locals_.tolist())],
+                                    source="calibrated landmarks")
+            self.targets.keypoints = keypoints
 
     def _solve(self, rows: Tensor, betas: Tensor, solve_betas: bool = False) -> IKResult:
         unknowns = POSE + ("betas",) if solve_betas else POSE
         keypoints, init, targets = self.targets.keypoints, self.targets.init, self.targets.positions[rows]
         iterations = self.options.max_iterations or (WARM_ITERATIONS if init is not None else LMOptions.max_iterations)
         lm = LMOptions(max_iterations=iterations)
+        weights = self.options.weights
+        if solve_betas:
+            weights = dataclasses.replace(weights, betas=self.options.shape_prior)
         if init is not None:  # a close start: raw rotations only, held near it where the targets allow
-            weights = dataclasses.replace(self.options.weights, pin=self.options.stay)
+            weights = dataclasses.replace(weights, pin=self.options.stay)
             solver = IKSolver(self.model, keypoints, None, weights=weights, unknowns=unknowns, lm_options=lm)
             # The root first: a start off by a rigid shift would otherwise be taken up by the joints.
             stages = [Stage(("orient", "transl"), 2, prior=False), Stage(unknowns, iterations, prior=False)]
             return solver.solve(targets, init=init.select(rows), betas=betas, pins=_moving_joints(keypoints), stages=stages)
-        solver = IKSolver(self.model, keypoints, self.prior, weights=self.options.weights, unknowns=unknowns,
+        solver = IKSolver(self.model, keypoints, self.prior, weights=weights, unknowns=unknowns,
                           lm_options=lm)
         return solver.solve(targets, betas=betas)
 

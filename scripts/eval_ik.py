@@ -7,8 +7,9 @@ Every clip is read at --fps (30 by default, as the prior's training data).
 
   full_mpjpe_mm, full_frames_per_s  core.retarget on each whole clip: the CMU preset's landmark
       joints (hips, knees, ankles, feet, shoulders, elbows, wrists, head) as targets at the
-      source skeleton's joint positions, one fitted shape per clip, started from the rotation
-      transfer; mean distance to the targets, and frames per second of solve time (shape fit included)
+      source skeleton's joint positions, one fitted shape and one calibrated landmark offset per
+      joint per clip (core.retarget), started from the rotation transfer; mean distance to the
+      targets, and frames per second of solve time (shape fit and calibration included)
   sparse_mpjpe_mm, sparse_noprior_mpjpe_mm  the clips converted as for training (core/mocap/convert.py)
       and posed on the open body; only pelvis, head, wrists and ankles of that body given as targets
       (cold start from the T-pose), error over all 22 body joints against the converted pose, with

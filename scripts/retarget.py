@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         "frames_per_s": frames / result.seconds,
         "mpjpe_mm": result.mpjpe_mm,
         "per_joint_mm": result.per_keypoint_mm(),
+        "landmark_offsets_mm": {name: [round(1000 * v, 1) for v in local] for name, local in result.offsets.items()},
+        "betas": [round(float(b), 3) for b in result.betas],
         "device": args.device,
         "out": str(out),
     }

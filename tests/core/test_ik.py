@@ -392,17 +392,18 @@ def test_no_warning_for_ordinary_input(model, prior, joints):
         solver.solve(targets)
 
 
-def test_pin_term_jacobian_matches_differences(model):
-    """The pin residuals (far-turned joints included) and their analytic Jacobian agree."""
+def _problem_jacobian_check(model, keypoints, weights, pins=(), pinned=None):
+    """The IK problem's analytic Jacobian against central differences, at a random pose."""
     generator = torch.Generator().manual_seed(3)
-    solver = IKSolver(model, KeypointSet.named(model, "effectors"), None,
-                      weights=IKWeights(data=0.0, joint_limits=0.0, pin=1.0))
+    solver = IKSolver(model, keypoints, None, weights=weights)
     state = IKState(axis_angle_to_matrix(0.8 * torch.randn(2, model.num_joints, 3, generator=generator, dtype=model.dtype)),
                     torch.zeros(2, 3, dtype=model.dtype))
-    pins = torch.tensor([model.joint_names.index("left_knee"), model.joint_names.index("right_elbow")])
-    pinned = axis_angle_to_matrix(2.5 * torch.randn(2, 2, 3, generator=generator, dtype=model.dtype))
-    problem = _Problem(solver, torch.zeros(2, 6, 3, dtype=model.dtype), torch.ones(2, 6, dtype=model.dtype),
-                       torch.zeros(2, 3, dtype=model.dtype), state, Stage(prior=False), solver.weights, pins, pinned)
+    pins = torch.tensor([model.joint_names.index(name) for name in pins], dtype=torch.long)
+    pinned = torch.zeros(2, 0, 3, 3, dtype=model.dtype) if pinned is None else pinned
+    count = len(keypoints)
+    targets = torch.randn(2, count, 3, generator=generator, dtype=model.dtype)
+    problem = _Problem(solver, targets, torch.ones(2, count, dtype=model.dtype), torch.zeros(2, 3, dtype=model.dtype),
+                       state, Stage(prior=False), solver.weights, pins, pinned)
     rows = torch.arange(2)
     _, jacobian, _, _ = problem.linearize(rows)
     numeric = torch.zeros_like(jacobian)
@@ -413,3 +414,20 @@ def test_pin_term_jacobian_matches_differences(model):
         behind = problem.evaluate(rows, problem.moved(rows, -step)[0], jacobian=True).residuals
         numeric[..., column] = (ahead - behind) / 2e-6
     torch.testing.assert_close(jacobian, numeric, atol=1e-7, rtol=0)
+
+
+def test_pin_term_jacobian_matches_differences(model):
+    """The pin residuals (far-turned joints included) and their analytic Jacobian agree."""
+    pinned = axis_angle_to_matrix(2.5 * torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(4), dtype=model.dtype))
+    _problem_jacobian_check(model, KeypointSet.named(model, "effectors"),
+                            IKWeights(data=0.0, joint_limits=0.0, pin=1.0), ("left_knee", "right_elbow"), pinned)
+
+
+def test_offset_joint_keypoints_jacobian_matches_differences(model):
+    """Joint keypoints moved by `local` offsets along their parent segments differentiate right."""
+    keypoints = KeypointSet.from_dict(model, {
+        "knee": {"joint": "left_knee", "local": [0.03, -0.02, 0.05]},
+        "wrist": {"joint": "right_wrist", "local": [0.0, 0.04, -0.01]},
+        "head": {"joint": "head"},
+    })
+    _problem_jacobian_check(model, keypoints, IKWeights(robust="l2", joint_limits=0.0))

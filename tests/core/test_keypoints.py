@@ -146,3 +146,21 @@ def test_degenerate_triangles_and_duplicates_are_refused(model):
         KeypointSet(model, [Keypoint("a", "vertex", 1), Keypoint("a", "vertex", 2)])
     with pytest.raises(KeypointError, match="no keypoints"):
         KeypointSet.from_dict(model, {})
+
+
+def test_local_offsets_ride_on_the_parent_segment(model, pose, tmp_path):
+    rotations, betas, transl = pose
+    keypoints = KeypointSet.from_dict(model, {"elbow": {"joint": "left_elbow", "local": [0.01, 0.02, -0.03]},
+                                              "wrist": {"joint": "left_wrist"}})
+    output = model.forward_rotations(rotations, betas, None, transl, return_vertices=False)
+    parent = model.parents[model.joint_names.index("left_elbow")]
+    expected = output.joints[:, model.joint_names.index("left_elbow")] + (
+        output.joint_rotations[:, parent] @ torch.tensor([0.01, 0.02, -0.03], dtype=model.dtype))
+    torch.testing.assert_close(keypoints.evaluate(rotations, betas, transl)[:, 0], expected)
+    layout = tmp_path / "local.json"
+    layout.write_text(json.dumps({"markers": keypoints.to_dict()}))
+    assert KeypointSet.from_json(model, layout).keypoints == keypoints.keypoints
+    with pytest.raises(KeypointError, match="root joint has no parent segment"):
+        KeypointSet.from_dict(model, {"p": {"joint": "pelvis", "local": [0.0, 0.1, 0.0]}})
+    with pytest.raises(KeypointError, match="'local' must be 3 numbers"):
+        KeypointSet.from_dict(model, {"p": {"joint": "head", "local": [0.0, 0.1]}})

@@ -1,0 +1,254 @@
+"""Render the user guide's pictures with the extension's own operators, as a user would click them.
+
+    OMP_NUM_THREADS=1 python scripts/render_guide.py [--out docs/images]
+
+Blender runs headless as the bpy module, with the extension registered from this checkout (see
+blender_scene.py). Each picture starts from an empty scene:
+
+- guide_pose.png: Add Body, Add Targets (Effectors), the six targets moved to a natural pose, Solve
+  Pose; front and side views with the targets shown as coloured spheres.
+- guide_samples.png: Sample Poses (5 poses, fixed seed), one render per keyed pose.
+- guide_inbetweens.png: two sampled poses and the In-betweens that fill the frames between them.
+- guide_retarget.png: the shipped CMU walk imported with Blender's BVH importer, retargeted by
+  scripts/retarget.py and keyed on a body with Import Poses; side views over one stride.
+
+Renders use Workbench. Seeds are fixed, so every run gives the same pictures. Prints the files written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from blender_scene import EXTENSION_ID, REPO, _blender_output_to_stderr, _start_blender, render_strip
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+CLIP = REPO / "examples" / "cmu_02_01_walk.bvh"
+CMU_UNIT = 0.05644  # metres per CMU BVH length unit
+RETARGET_FPS = 30
+WALK_STEP = 6  # frames between the retarget picture's tiles: six tiles cover about one stride
+POSE_SEED = 9  # the prior sample whose effector positions the targets are moved to
+POSE_TEMPERATURE = 0.8
+SAMPLE_SEED = 0  # Sample Poses' own default
+SAMPLE_COUNT, SAMPLE_SPACING = 5, 10
+INBETWEEN_SEED = 11
+INBETWEEN_SPACING = 5  # keys on frames 1 and 6: four in-between frames
+TARGET_RADIUS = 0.035  # metres
+XRAY_ALPHA = 0.6  # body opacity in the posing picture
+POSE_HEIGHT = 480  # pixels
+STRIP_HEIGHT = 360  # as render_strip's default
+BACKGROUND = (0.8, 0.8, 0.82)  # linear RGB: a light grey that reads on light and dark pages
+# Sphere colours by side: the body's left blue, its right red, the middle yellow.
+TARGET_COLOURS = {"left": (0.15, 0.35, 0.95, 1.0), "right": (0.9, 0.15, 0.1, 1.0), "middle": (0.95, 0.75, 0.1, 1.0)}
+VIEWS = {"front": (np.pi / 2, 0.0, 0.0), "side": (np.pi / 2, 0.0, np.pi / 2)}  # camera Euler angles (XYZ)
+
+
+def _run(bpy, operator: str, **properties) -> None:
+    """Run an operator as a button would; stop if it fails (Blender prints the operator's report)."""
+    group, name = operator.split(".")
+    result = getattr(getattr(bpy.ops, group), name)("EXEC_DEFAULT", **properties)
+    if result != {"FINISHED"}:
+        raise SystemExit(f"error: {operator} returned {result}")
+
+
+def _new_scene(bpy):
+    """An empty scene with the Workbench look all pictures share."""
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    scene.frame_start = scene.frame_current = 1
+    shading = scene.display.shading
+    shading.light = "STUDIO"
+    shading.color_type = "MATERIAL"
+    shading.show_cavity = True
+    scene.view_settings.view_transform = "Standard"  # colours as given, not tone-mapped
+    scene.world = bpy.data.worlds.new("Guide Background")
+    scene.world.color = BACKGROUND
+    return scene
+
+
+def _add_body(bpy):
+    """Add Body with the open adult body at the origin; returns the rig (the active object)."""
+    _run(bpy, "vposer.add_body", source="ADULT")
+    return bpy.context.view_layer.objects.active
+
+
+def guide_pose(bpy, out: Path) -> Path:
+    """Add Body, Add Targets (Effectors), move the targets, Solve Pose. Three tiles: the targets
+    moved away from the rest pose (front), then the solved pose from the front and the side."""
+    scene = _new_scene(bpy)
+    shading = scene.display.shading
+    shading.show_xray, shading.xray_alpha = True, XRAY_ALPHA  # the pelvis and head targets sit inside the body
+    rig = _add_body(bpy)
+    _run(bpy, "vposer.add_targets", preset="EFFECTORS")
+    targets = [obj for obj in scene.objects if obj.vposer_target.body == rig]
+    goals = _natural_effectors(rig, [obj.vposer_target.joint for obj in targets])
+    for obj, goal in zip(targets, goals):
+        obj.location = goal
+    bpy.context.view_layer.update()  # the targets' world matrices follow their new locations
+    shown = [rig.vposer_body.mesh, *(_target_sphere(bpy, scene, obj) for obj in targets)]
+    tiles = _render_shots(bpy, scene, shown, [(1, "front")], POSE_HEIGHT)
+    bpy.context.view_layer.objects.active = rig
+    _run(bpy, "vposer.solve_pose")
+    tiles += _render_shots(bpy, scene, shown, [(1, "front"), (1, "side")], POSE_HEIGHT)
+    return _save_strip(tiles, out / "guide_pose.png")
+
+
+def _natural_effectors(rig, joints: list[str]) -> np.ndarray:
+    """World positions of `joints` in a pose the shipped prior decodes from a seeded latent, posed
+    with core's own body model and carried into the scene by the rig's world matrix."""
+    import torch
+
+    from core.body_model import BodyModel
+    from core.vposer import load_default_vposer
+
+    model = BodyModel.open_default("adult")
+    with torch.no_grad():
+        pose = load_default_vposer().sample(1, seed=POSE_SEED, temperature=POSE_TEMPERATURE)
+        points = model(body_pose=pose, return_vertices=False).joints[0].numpy()
+    chosen = points[[model.joint_names.index(joint) for joint in joints]]
+    matrix = np.array(rig.matrix_world)
+    return chosen @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def _target_sphere(bpy, scene, target):
+    """A small UV-sphere mesh at a target empty (empties do not render), coloured by body side."""
+    import bmesh
+
+    mesh = bpy.data.meshes.new(f"{target.name} Sphere")
+    sphere = bmesh.new()
+    bmesh.ops.create_uvsphere(sphere, u_segments=24, v_segments=12, radius=TARGET_RADIUS)
+    sphere.to_mesh(mesh)
+    sphere.free()
+    joint = target.vposer_target.joint
+    side = next((side for side in ("left", "right") if joint.startswith(side)), "middle")
+    material = bpy.data.materials.new(f"Target {side}")
+    material.diffuse_color = TARGET_COLOURS[side]
+    mesh.materials.append(material)
+    for polygon in mesh.polygons:
+        polygon.use_smooth = True
+    obj = bpy.data.objects.new(mesh.name, mesh)
+    obj.location = target.matrix_world.translation
+    scene.collection.objects.link(obj)
+    return obj
+
+
+def _render_shots(bpy, scene, objects, shots: list[tuple[int, str]], height: int) -> list[np.ndarray]:
+    """Workbench renders, one per (frame, view) shot, from an orthographic camera (VIEWS) that frames
+    every vertex of `objects` at that frame. A variant of render_strip, which follows one body from
+    the front only; this one also frames target spheres and looks from the side."""
+    import matplotlib.image
+    from mathutils import Euler
+
+    camera = bpy.data.objects.new("Guide Camera", bpy.data.cameras.new("Guide Camera"))
+    scene.collection.objects.link(camera)
+    camera.data.type = "ORTHO"
+    scene.camera = camera
+    scene.render.engine = "BLENDER_WORKBENCH"
+    scene.render.resolution_x, scene.render.resolution_y = height * 2 // 3, height
+    tiles = []
+    with tempfile.TemporaryDirectory() as folder:
+        for frame, view in shots:
+            scene.frame_set(frame)
+            points = np.concatenate([_world_vertices(bpy, obj) for obj in objects])
+            axes = np.array(Euler(VIEWS[view]).to_matrix())  # columns: screen right, screen up, backwards
+            right, up, depth = (points @ axes).T
+            camera.rotation_euler = VIEWS[view]
+            camera.location = (axes[:, 0] * (right.min() + right.max()) / 2 + axes[:, 1] * (up.min() + up.max()) / 2
+                               + axes[:, 2] * (depth.max() + 5.0))
+            camera.data.ortho_scale = 1.15 * max(np.ptp(up), 1.5 * np.ptp(right))
+            scene.render.filepath = str(Path(folder) / f"{len(tiles):03d}.png")
+            bpy.ops.render.render(write_still=True)
+            tiles.append(matplotlib.image.imread(scene.render.filepath))
+    bpy.data.objects.remove(camera)
+    return tiles
+
+
+def _save_strip(tiles: list[np.ndarray], path: Path) -> Path:
+    import matplotlib.image
+
+    matplotlib.image.imsave(path, np.concatenate(tiles, axis=1))
+    return path
+
+
+def _world_vertices(bpy, obj) -> np.ndarray:
+    """(V, 3) world positions of a mesh object's evaluated (deformed) vertices."""
+    bridge = importlib.import_module(f"{EXTENSION_ID}.vposer_addon.bridge")
+    local = bridge.evaluated_vertices(obj, bpy.context.evaluated_depsgraph_get())
+    matrix = np.array(obj.matrix_world)
+    return local @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def guide_samples(bpy, out: Path) -> Path:
+    """Sample Poses with a fixed seed, rendered at the keyed frames."""
+    scene = _new_scene(bpy)
+    rig = _add_body(bpy)
+    _run(bpy, "vposer.sample_poses", count=SAMPLE_COUNT, spacing=SAMPLE_SPACING, seed=SAMPLE_SEED)
+    path = out / "guide_samples.png"
+    render_strip(bpy, scene, rig, 1 + SAMPLE_SPACING * np.arange(SAMPLE_COUNT), path)
+    return path
+
+
+def guide_inbetweens(bpy, out: Path) -> Path:
+    """Two keyed poses (Sample Poses, count 2) and In-betweens between them; every frame rendered."""
+    scene = _new_scene(bpy)
+    rig = _add_body(bpy)
+    _run(bpy, "vposer.sample_poses", count=2, spacing=INBETWEEN_SPACING, seed=INBETWEEN_SEED)
+    scene.frame_set(1)
+    _run(bpy, "vposer.inbetweens")
+    path = out / "guide_inbetweens.png"
+    render_strip(bpy, scene, rig, np.arange(1, INBETWEEN_SPACING + 2), path)
+    return path
+
+
+def guide_retarget(bpy, out: Path) -> Path:
+    """The shipped CMU walk through Blender's BVH importer, retargeted onto a body; six side views."""
+    scene = _new_scene(bpy)
+    scene.render.fps = RETARGET_FPS
+    _run(bpy, "import_anim.bvh", filepath=str(CLIP), global_scale=CMU_UNIT, rotate_mode="QUATERNION",
+         frame_start=1, use_fps_scale=True, update_scene_duration=True)
+    bpy.ops.object.select_all(action="DESELECT")
+    rig = _add_body(bpy)
+    _key_retargeted_walk(bpy)
+    frames = 1 + WALK_STEP * np.arange(6)
+    tiles = _render_shots(bpy, scene, [rig.vposer_body.mesh], [(frame, "side") for frame in frames], STRIP_HEIGHT)
+    return _save_strip(tiles, out / "guide_retarget.png")
+
+
+def _key_retargeted_walk(bpy) -> None:
+    """scripts/retarget.py's poses for the clip, keyed on the active body with Import Poses (the
+    body keeps its default shape, Import Poses' default)."""
+    import retarget
+
+    with tempfile.TemporaryDirectory() as folder:
+        poses = Path(folder) / "walk.npz"
+        retarget.main([str(CLIP), "--fps", str(RETARGET_FPS), "--out", str(poses)])
+        _run(bpy, "vposer.import_poses", filepath=str(poses), set_scene_fps=True)
+
+
+JOBS = (guide_pose, guide_samples, guide_inbetweens, guide_retarget)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "images", help="folder for the PNGs")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with _blender_output_to_stderr():
+        bpy = _start_blender()
+        for job in JOBS:
+            written.append(job(bpy, args.out))
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
