@@ -82,14 +82,19 @@ def get_preferences(context: bpy.types.Context) -> VPoserPreferences | None:
     return addon.preferences if addon else None
 
 
+class DeviceError(RuntimeError):
+    """The Device preference asks for what this PyTorch cannot do; the message says what to change."""
+
+
 def resolve_device(context: bpy.types.Context) -> str:
-    """'cuda' or 'cpu' for torch, from the Device preference (Auto picks CUDA when available)."""
+    """'cuda' or 'cpu' for torch, from the Device preference (Auto picks CUDA when available);
+    DeviceError when CUDA is asked for and this PyTorch sees no GPU."""
     import torch
 
     preferences = get_preferences(context)
     choice = preferences.device if preferences else "AUTO"
     if choice == "CUDA" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise DeviceError(
             "Device is set to CUDA, but this PyTorch sees no GPU (a CPU-only build?): "
             "set Extra Site-Packages to a CUDA build of PyTorch, or pick Auto"
         )

@@ -28,11 +28,12 @@ SOURCE_ITEMS = [
     ("FILE", "Model File", "An SMPL-family .npz file"),
 ]
 _OPEN_VARIANTS = {"ADULT": "adult", "ALL_AGES": "all_ages"}
-_models: dict[str, tuple[int, BodyModel]] = {}  # file -> (modification time, model)
+_models: dict[str, tuple[int, dict[str, BodyModel]]] = {}  # file -> (modification time, model per device)
 
 
-def load_body_model(source: str, path: str = "") -> BodyModel:
-    """The core model for a body source, read once per session and again only if the file changes.
+def load_body_model(source: str, path: str = "", device: str = "cpu") -> BodyModel:
+    """The core model for a body source on `device`, read once per session and again only if the
+    file changes.
 
     Pose correctives are left out: Blender's Armature modifier is plain LBS, and solvers should
     see the body the viewport shows. At most MAX_BETAS shape components are kept.
@@ -48,8 +49,11 @@ def load_body_model(source: str, path: str = "") -> BodyModel:
     if cached is None or cached[0] != modified:
         arrays = load_model_arrays(file)
         model = BodyModel(arrays, num_betas=min(MAX_BETAS, arrays.shapedirs.shape[-1]), use_pose_correctives=False)
-        cached = _models[key] = (modified, model)
-    return cached[1]
+        cached = _models[key] = (modified, {"cpu": model})
+    models = cached[1]
+    if device not in models:
+        models[device] = models["cpu"].to(device)
+    return models[device]
 
 
 def apply_shape(rig: bpy.types.Object) -> None:
@@ -104,8 +108,8 @@ class VPoserBody(bpy.types.PropertyGroup):
     def joint_names(self) -> list[str]:
         return [joint.name for joint in self.joints]
 
-    def body_model(self) -> BodyModel:
-        return load_body_model(self.source, self.model_path)
+    def body_model(self, device: str = "cpu") -> BodyModel:
+        return load_body_model(self.source, self.model_path, device)
 
     def model_file_missing(self) -> bool:
         return self.source == "FILE" and not os.path.isfile(self.model_path)

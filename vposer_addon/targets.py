@@ -26,6 +26,7 @@ import numpy as np
 from bpy.app.handlers import persistent
 
 from . import bridge
+from .preferences import resolve_device
 from .properties import active_body
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def solve(
     weights = np.array([obj.vposer_target.weight for obj in targets])
     if not (weights > 0).any():
         raise TargetError(f"every target of {rig.name} has weight 0: give at least one a weight")
-    model = body.body_model()
+    model = body.body_model(resolve_device(context))
     prior = load_prior(context, like=model)
     names = body.joint_names()
 
@@ -132,14 +133,14 @@ def solve(
         pins=pinned_joints(rig),
     )
 
-    solved = matrix_to_quaternion(result.rotations[0, :NUM_BODY_JOINTS]).double().numpy()
+    solved = matrix_to_quaternion(result.rotations[0, :NUM_BODY_JOINTS]).double().cpu().numpy()
     # Keep each quaternion on the side of the one it replaces, so keys interpolate the short way.
     solved = bridge.continuous_quaternions(np.stack([quaternions[:NUM_BODY_JOINTS], solved]))[1]
-    bridge.set_pose(rig, names[:NUM_BODY_JOINTS], solved, result.transl[0].double().numpy())
+    bridge.set_pose(rig, names[:NUM_BODY_JOINTS], solved, result.transl[0].double().cpu().numpy())
     _remember(rig, result.latent, names[:NUM_BODY_JOINTS])
 
     matrix = np.array(rig.matrix_world)
-    reached = result.points[0].double().numpy() @ matrix[:3, :3].T + matrix[:3, 3]
+    reached = result.points[0].double().cpu().numpy() @ matrix[:3, :3].T + matrix[:3, 3]
     return np.where(weights > 0, np.linalg.norm(reached - world, axis=1), np.nan)
 
 
@@ -180,7 +181,7 @@ def _remember(rig: bpy.types.Object, latent: Tensor | None, body_names: list[str
     if latent is None:
         return
     quaternions, transl = _read_pose(rig, body_names)
-    _latents[rig.session_uid] = (latent.detach().clone(), _pose_key(quaternions, transl))
+    _latents[rig.session_uid] = (latent.detach().cpu().clone(), _pose_key(quaternions, transl))
 
 
 def _remembered_latent(rig: bpy.types.Object, body_quaternions: np.ndarray, transl: np.ndarray) -> Tensor | None:

@@ -293,6 +293,25 @@ def test_solve_refuses_bad_mappings_and_leaves_the_pose(rig):
     assert torch.equal(_rig_rotations(rig), before)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error for a machine without CUDA")
+def test_cuda_preference_without_a_gpu_is_reported_and_changes_nothing(rig):
+    _add_targets(rig, "EFFECTORS")
+    preferences = bpy.context.preferences.addons[rig.vposer_body.__module__.split(".")[0]].preferences
+    before = _rig_rotations(rig)
+    preferences.device = "CUDA"
+    try:
+        with pytest.raises(RuntimeError, match="Device is set to CUDA"):
+            bpy.ops.vposer.solve_pose()
+    finally:
+        preferences.device = "AUTO"
+    assert torch.equal(_rig_rotations(rig), before)
+    preferences.device = "CPU"
+    try:
+        assert bpy.ops.vposer.solve_pose() == {"FINISHED"}
+    finally:
+        preferences.device = "AUTO"
+
+
 def test_undo_restores_the_pose(rig):
     targets = _add_targets(rig, "EFFECTORS")
     targets["right_ankle"].location.x += 0.1

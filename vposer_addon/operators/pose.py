@@ -6,6 +6,7 @@ import bpy
 import numpy as np
 
 from ..dependencies import torch_available
+from ..preferences import DeviceError
 from ..targets import TargetError, driven_body, mapped_targets, solve
 
 TARGET_SIZE = 0.05  # metres: an empty's display size, about a joint's width
@@ -125,7 +126,7 @@ class VPOSER_OT_solve_pose(bpy.types.Operator):
         targets = mapped_targets(context.scene, rig)
         try:
             errors_mm = 1000.0 * solve(context, rig, targets)
-        except (TargetError, IKError, BodyModelError, VPoserLoadError) as error:
+        except (TargetError, IKError, BodyModelError, VPoserLoadError, DeviceError) as error:
             self.report({"ERROR"}, f"Cannot solve {rig.name}: {error}")
             return {"CANCELLED"}
         used = np.count_nonzero(~np.isnan(errors_mm))
