@@ -58,6 +58,7 @@ class Context:
     device: torch.device
     workdir: Path  # scratch space for files a section builds (removed afterwards)
     prior: Path | None = None  # VPoser weights for the ik section (default: the shipped open prior)
+    clip: Path | None = None  # BVH clip for the retarget section (default: the shipped walk)
 
 
 @dataclass
@@ -293,7 +294,7 @@ def _ik_errors(result) -> tuple[float, float, float]:
 
 @section("ik", "IK: interactive single frames (warm/cold), 1,000-frame retargets, LM vs LBFGS vs Adam")
 def bench_ik(ctx: Context) -> list[Table]:
-    from core.ik import IKSolver
+    from core.ik import LIVE_ITERATIONS, IKSolver
     from core.keypoints import KeypointSet, sample_surface
     from core.lm import LMOptions
 
@@ -310,7 +311,7 @@ def bench_ik(ctx: Context) -> list[Table]:
     frames = _ik_targets(model, prior, effectors, 20, seed=1)
     drag = torch.tensor([0.05, 0.03, 0.0], device=ctx.device)
     full, capped = IKSolver(model, effectors, prior), IKSolver(model, effectors, prior,
-                                                                lm_options=LMOptions(max_iterations=5))
+                                                                lm_options=LMOptions(LIVE_ITERATIONS))
     starts = [full.solve(frame) for frame in frames]
     cases = [("cold (T-pose)", full, lambda i: (frames[i], None)),
              ("warm, after a 6 cm drag", full, lambda i: (_dragged(frames[i], drag), starts[i])),
@@ -394,6 +395,86 @@ def _dragged(targets: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     return moved
 
 
+# --------------------------------------------------------------------------- section: retarget
+def _clip_frames(ctx: Context, count: int = 1000):
+    """A BVH clip of exactly `count` frames: --clip (default the shipped CMU walk), looped if shorter."""
+    from core.mocap.bvh import read_bvh
+
+    motion = read_bvh(ctx.clip or ROOT / "examples" / "cmu_02_01_walk.bvh")
+    return motion, np.arange(count) % motion.num_frames
+
+
+@section("retarget", "retarget a 1,000-frame BVH clip onto the body (core.retarget, CMU preset)")
+def bench_retarget(ctx: Context) -> list[Table]:
+    from core.body_model import BodyModel
+    from core.retarget import bvh_targets, retarget
+
+    model = BodyModel.open_default("adult").to(ctx.device)
+    motion, frames = _clip_frames(ctx)
+    table = Table("Retarget, 1,000 frames of a CMU clip (landmark joints as targets, shape fit and calibration "
+                  "included)", ["clip", "frames", "median time (s)", "frames/s", "mean error (mm)", "worst joint (mm)"])
+    results = []
+
+    def run():
+        targets = bvh_targets(motion, "cmu", model, frames)
+        results.append(retarget(model, targets))
+
+    seconds = time_interleaved({"retarget": run}, ctx)["retarget"] / 1e3
+    result = results[-1]
+    table.rows.append([Path(motion.source).name, len(frames), seconds, len(frames) / seconds, result.mpjpe_mm,
+                       max(result.per_keypoint_mm().values())])
+    table.notes.append(f"Body: open adult, float32 on {ctx.device}; the clip's frames looped to 1,000 when shorter; "
+                       "time includes building the targets (BVH forward kinematics and rotation transfer).")
+    return [table]
+
+
+# --------------------------------------------------------------------------- section: blender
+@section("blender", "Blender (bpy module): key writing, a Live Posing update, retarget of a clip end to end")
+def bench_blender(ctx: Context) -> list[Table]:
+    from blender_scene import blender_output_to_stderr, start_blender
+
+    with blender_output_to_stderr():
+        bpy = start_blender()
+        import importlib
+
+        bridge = importlib.import_module("vposer.vposer_addon.bridge")
+        bpy.ops.wm.read_homefile(use_empty=True)
+        bpy.ops.vposer.add_body("EXEC_DEFAULT", source="ADULT")
+        rig = bpy.context.view_layer.objects.active
+        names = rig.vposer_body.joint_names()
+        table = Table("Blender: key writing and Live Posing", ["operation", "median time (ms)", "runs"])
+        generator = np.random.default_rng(0)
+        quaternions = generator.normal(size=(1000, len(names), 4))
+        quaternions /= np.linalg.norm(quaternions, axis=-1, keepdims=True)
+        translations = generator.normal(size=(1000, 3))
+
+        def write():
+            action = bridge.write_action(rig, names, quaternions, translations, 1, "bench")
+            bpy.data.actions.remove(action)
+
+        write_ms = time_interleaved({"write": write}, ctx)["write"]
+        table.rows.append([f"write_action: 1,000 frames x {len(names)} bones (+ root location)", write_ms, ctx.repeat])
+
+        rig.animation_data_clear()
+        bpy.ops.vposer.add_targets("EXEC_DEFAULT", preset="EFFECTORS")
+        wrist = next(obj for obj in bpy.data.objects if getattr(obj, "vposer_target", None)
+                     and obj.vposer_target.joint == "right_wrist")
+        bpy.context.scene.vposer_live = True
+        times = []
+        for step in range(21):
+            wrist.location.x += 0.01 if step % 2 else -0.008
+            wrist.location.z += 0.005
+            start = time.perf_counter()
+            bpy.context.view_layer.update()  # the handler solves and writes the pose; Blender re-evaluates
+            times.append((time.perf_counter() - start) * 1e3)
+        bpy.context.scene.vposer_live = False
+        table.rows.append(["Live Posing update: drag the right-wrist target (solve + write + depsgraph)",
+                           statistics.median(times[1:]), len(times) - 1])
+        table.notes.append("Open adult body, float32 on the CPU; Live Posing runs "
+                           "core.ik.LIVE_ITERATIONS LM iterations per update, warm-started.")
+    return [table]
+
+
 # --------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -407,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--prior", type=Path, help="VPoser weights for the ik section (default: the shipped "
                         "open prior, else a randomly initialised one)")
+    parser.add_argument("--clip", type=Path, help="BVH clip (CMU skeleton) for the retarget section "
+                        "(default: the shipped walk)")
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -426,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         ctx = Context(repeat=args.repeat, warmup=args.warmup,
                       batches=[int(b) for b in args.batches.split(",")], device=torch.device(args.device),
-                      workdir=Path(scratch), prior=args.prior)
+                      workdir=Path(scratch), prior=args.prior, clip=args.clip)
         for name in names:
             tables = SECTIONS[name].run(ctx)
             results["sections"][name] = [asdict(table) for table in tables]

@@ -23,7 +23,7 @@ EXTENSION_ID = "vposer"
 PREVIEW_FRAMES = 6
 
 
-def _start_blender():
+def start_blender():
     """bpy with temporary user folders, and this checkout registered as the extension."""
     os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="vposer-blender-user-")
     try:
@@ -40,7 +40,7 @@ def _start_blender():
 
 
 @contextmanager
-def _blender_output_to_stderr() -> Iterator[None]:
+def blender_output_to_stderr() -> Iterator[None]:
     """Blender prints progress on the process's standard output; keep that free for the JSON report."""
     sys.stdout.flush()
     saved = os.dup(1)
@@ -55,12 +55,12 @@ def _blender_output_to_stderr() -> Iterator[None]:
 
 def save_scene(clip: Path, poses: Path, blend: Path, body: Path | None = None, skeleton: str = "cmu") -> dict:
     """Build and save the scene; returns the paths written."""
-    with _blender_output_to_stderr():
+    with blender_output_to_stderr():
         return _save_scene(clip, poses, blend, body, skeleton)
 
 
 def _save_scene(clip: Path, poses: Path, blend: Path, body: Path | None, skeleton: str) -> dict:
-    bpy = _start_blender()
+    bpy = start_blender()
     from core.mocap.skeletons import load_preset
     from core.pose_files import load_pose_file
 

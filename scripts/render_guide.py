@@ -9,8 +9,8 @@ blender_scene.py). Each picture starts from an empty scene:
   Pose; front and side views with the targets shown as coloured spheres.
 - guide_samples.png: Sample Poses (5 poses, fixed seed), one render per keyed pose.
 - guide_inbetweens.png: two sampled poses and the In-betweens that fill the frames between them.
-- guide_retarget.png: the shipped CMU walk imported with Blender's BVH importer, retargeted by
-  scripts/retarget.py and keyed on a body with Import Poses; side views over one stride.
+- guide_retarget.png: the shipped CMU walk imported with Blender's BVH importer and retargeted
+  onto a body with Retarget; side views over one stride.
 
 Renders use Workbench. Seeds are fixed, so every run gives the same pictures. Prints the files written.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blender_scene import EXTENSION_ID, REPO, _blender_output_to_stderr, _start_blender, render_strip
+from blender_scene import EXTENSION_ID, REPO, blender_output_to_stderr, start_blender, render_strip
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -208,28 +208,21 @@ def guide_inbetweens(bpy, out: Path) -> Path:
 
 
 def guide_retarget(bpy, out: Path) -> Path:
-    """The shipped CMU walk through Blender's BVH importer, retargeted onto a body; six side views."""
+    """The shipped CMU walk through Blender's BVH importer, retargeted onto a body with Retarget;
+    six side views."""
     scene = _new_scene(bpy)
     scene.render.fps = RETARGET_FPS
     _run(bpy, "import_anim.bvh", filepath=str(CLIP), global_scale=CMU_UNIT, rotate_mode="QUATERNION",
          frame_start=1, use_fps_scale=True, update_scene_duration=True)
+    source = bpy.context.view_layer.objects.active
     bpy.ops.object.select_all(action="DESELECT")
     rig = _add_body(bpy)
-    _key_retargeted_walk(bpy)
+    source.select_set(True)  # the other selected armature is the source; the body stays active
+    _run(bpy, "vposer.retarget", source="ARMATURE", preset="CMU")
+    source.hide_render = True
     frames = 1 + WALK_STEP * np.arange(6)
     tiles = _render_shots(bpy, scene, [rig.vposer_body.mesh], [(frame, "side") for frame in frames], STRIP_HEIGHT)
     return _save_strip(tiles, out / "guide_retarget.png")
-
-
-def _key_retargeted_walk(bpy) -> None:
-    """scripts/retarget.py's poses for the clip, keyed on the active body with Import Poses (the
-    body keeps its default shape, Import Poses' default)."""
-    import retarget
-
-    with tempfile.TemporaryDirectory() as folder:
-        poses = Path(folder) / "walk.npz"
-        retarget.main([str(CLIP), "--fps", str(RETARGET_FPS), "--out", str(poses)])
-        _run(bpy, "vposer.import_poses", filepath=str(poses), set_scene_fps=True)
 
 
 JOBS = (guide_pose, guide_samples, guide_inbetweens, guide_retarget)
@@ -241,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
-    with _blender_output_to_stderr():
-        bpy = _start_blender()
+    with blender_output_to_stderr():
+        bpy = start_blender()
         for job in JOBS:
             written.append(job(bpy, args.out))
     for path in written:

@@ -232,24 +232,31 @@ def read_action(
     Curves are evaluated directly (no scene frame changes, no depsgraph); a channel without a
     curve holds the pose bone's current value, as Blender's own evaluation does.
     """
-    frames = np.asarray(frames, dtype=np.float64)
-    curves = _active_curves(rig)
     pose_bones = rig.pose.bones
+    current = np.concatenate([np.ravel([pose_bones[name].rotation_quaternion for name in joint_names]),
+                              pose_bones[joint_names[0]].location])
+    channels = [(path, index, value) for (_, path, index), value in zip(_pose_channels(joint_names), current)]
+    values = sample_channels(rig, channels, frames)
+    quaternions = values[:, :-3].reshape(len(values), len(joint_names), 4)
+    return quaternions, values[:, -3:]
 
-    def sample(path: str, index: int, fallback: float) -> np.ndarray:
+
+def sample_channels(obj: bpy.types.Object, channels: list[tuple[str, int, float]], frames: np.ndarray) -> np.ndarray:
+    """(T, C) values of animated properties of `obj` at `frames`, one column per channel (data path,
+    array index, value when no curve animates it), e.g. ('pose.bones["Hips"].location', 0, 0.0).
+
+    The assigned action's curves are evaluated directly, without frame changes or a depsgraph, so a
+    whole clip samples in milliseconds; what else could move the property (drivers, NLA,
+    constraints) is the caller's to rule out. A channel without a curve holds its fallback, as
+    Blender's own evaluation holds the property's current value.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    curves = _active_curves(obj)
+    values = np.empty((len(frames), len(channels)))
+    for column, (path, index, fallback) in enumerate(channels):
         curve = curves.get((path, index))
-        return np.full(len(frames), fallback) if curve is None else _sample_curve(curve, frames)
-
-    quaternions = np.empty((len(frames), len(joint_names), 4))
-    for joint, joint_name in enumerate(joint_names):
-        path = _bone_path(joint_name, "rotation_quaternion")
-        current = pose_bones[joint_name].rotation_quaternion
-        for component in range(4):
-            quaternions[:, joint, component] = sample(path, component, current[component])
-    root_path = _bone_path(joint_names[0], "location")
-    current = pose_bones[joint_names[0]].location
-    translations = np.stack([sample(root_path, axis, current[axis]) for axis in range(3)], axis=1)
-    return quaternions, translations
+        values[:, column] = fallback if curve is None else _sample_curve(curve, frames)
+    return values
 
 
 def continuous_quaternions(quaternions: np.ndarray) -> np.ndarray:
@@ -391,17 +398,23 @@ def _key_frames(curve: bpy.types.FCurve) -> np.ndarray:
 
 
 def _sample_curve(curve: bpy.types.FCurve, frames: np.ndarray) -> np.ndarray:
-    """Linear keys without modifiers (what write_action makes) are interpolated in numpy, some
-    50 times faster; any other curve is asked frame by frame, so edited curves stay exact."""
+    """Linear and constant keys without modifiers (what write_action, write_curve and the BVH
+    importer make) are interpolated in numpy, some 50 times faster; any other curve is asked frame
+    by frame, so edited curves stay exact."""
     points = curve.keyframe_points
     interpolation = np.empty(len(points), dtype=np.int32)
     points.foreach_get("interpolation", interpolation)
-    linear = len(points) and (interpolation[:-1] == _LINEAR).all()
-    if linear and not curve.modifiers and curve.extrapolation == "CONSTANT":
-        keys = np.empty(2 * len(points), dtype=np.float32)
-        points.foreach_get("co", keys)
-        return np.interp(frames, keys[0::2], keys[1::2])  # holds the end values outside, as CONSTANT does
-    return np.array([curve.evaluate(frame) for frame in frames])
+    simple = len(points) and np.isin(interpolation[:-1], (_LINEAR, _CONSTANT)).all()
+    if not (simple and not curve.modifiers and curve.extrapolation == "CONSTANT"):
+        return np.array([curve.evaluate(frame) for frame in frames])
+    keys = np.empty(2 * len(points), dtype=np.float32)
+    points.foreach_get("co", keys)
+    times, values = keys[0::2], keys[1::2]
+    sampled = np.interp(frames, times, values)  # holds the end values outside, as CONSTANT does
+    left = np.searchsorted(times, frames, side="right") - 1  # the key at or before each frame
+    held = (left >= 0) & (interpolation[np.maximum(left, 0)] == _CONSTANT)
+    sampled[held] = values[left[held]]
+    return sampled
 
 
 def _active_curves(rig: bpy.types.Object) -> dict[tuple[str, int], bpy.types.FCurve]:

@@ -27,9 +27,9 @@ class VPOSER_PT_main(bpy.types.Panel):
                 box.label(text=line)
 
 
-class VPOSER_PT_body(bpy.types.Panel):
-    bl_label = "Body"
-    bl_idname = "VPOSER_PT_body"
+class _VPoserSubPanel:
+    """A section of the VPoser tab; hidden without PyTorch (the main panel says how to get it)."""
+
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "VPoser"
@@ -38,6 +38,11 @@ class VPOSER_PT_body(bpy.types.Panel):
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
         return torch_available()
+
+
+class VPOSER_PT_body(_VPoserSubPanel, bpy.types.Panel):
+    bl_label = "Body"
+    bl_idname = "VPOSER_PT_body"
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -63,17 +68,9 @@ class VPOSER_PT_body(bpy.types.Panel):
         row.operator("vposer.export_poses", icon="EXPORT")
 
 
-class VPOSER_PT_pose(bpy.types.Panel):
+class VPOSER_PT_pose(_VPoserSubPanel, bpy.types.Panel):
     bl_label = "Pose"
     bl_idname = "VPOSER_PT_pose"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "VPoser"
-    bl_parent_id = "VPOSER_PT_main"
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return torch_available()
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -104,33 +101,51 @@ class VPOSER_PT_pose(bpy.types.Panel):
             box.prop(target, "weight")
 
 
-class VPOSER_PT_retarget(bpy.types.Panel):
+class VPOSER_PT_retarget(_VPoserSubPanel, bpy.types.Panel):
     bl_label = "Retarget"
     bl_idname = "VPOSER_PT_retarget"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "VPoser"
-    bl_parent_id = "VPOSER_PT_main"
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return torch_available()
 
     def draw(self, context: bpy.types.Context) -> None:
-        self.layout.label(text="Coming soon")
+        """Import buttons for either kind of source, then the Retarget operator's last-used settings
+        (as the Generate panel shows its operators'): the button runs with what is shown here."""
+        from .operators.retarget import PRESET_ITEMS, preset_unit_scale, source_armatures
+
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        retarget = context.window_manager.operator_properties_last("vposer.retarget")
+        scale = preset_unit_scale(retarget.preset)
+        row = layout.row(align=True)
+        bvh = row.operator("import_anim.bvh", text="Import BVH", icon="IMPORT")
+        bvh.global_scale = scale or 1.0
+        bvh.update_scene_fps = bvh.update_scene_duration = True
+        row.operator("vposer.import_c3d", text="Import C3D", icon="IMPORT")
+        preset_name = next(name for identifier, name, _ in PRESET_ITEMS if identifier == retarget.preset)
+        layout.label(text=f"BVH Scale: {scale:g} for {preset_name} files" if scale
+                     else "BVH Scale: metres per unit of the file", icon="INFO")
+
+        layout.prop(retarget, "source", expand=True)
+        rig = active_body(context)
+        if retarget.source == "ARMATURE":
+            layout.prop(retarget, "preset")
+            if retarget.preset == "CUSTOM":
+                layout.prop(retarget, "preset_path")
+            armatures = source_armatures(context, rig) if rig else []
+            if len(armatures) == 1:
+                layout.label(text=f"From {armatures[0].name}", icon="ARMATURE_DATA")
+            else:
+                layout.label(text="Select the mocap armature, then the body", icon="RESTRICT_SELECT_OFF")
+        else:
+            layout.prop_search(retarget, "marker_collection", bpy.data, "collections")
+            layout.prop(retarget, "layout_path")
+        layout.prop(retarget, "use_scene_range")
+        layout.prop(retarget, "fit_shape")
+        layout.operator("vposer.retarget", icon="ARMATURE_DATA")
 
 
-class VPOSER_PT_generate(bpy.types.Panel):
+class VPOSER_PT_generate(_VPoserSubPanel, bpy.types.Panel):
     bl_label = "Generate"
     bl_idname = "VPOSER_PT_generate"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "VPoser"
-    bl_parent_id = "VPOSER_PT_main"
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return torch_available()
 
     def draw(self, context: bpy.types.Context) -> None:
         """The fields are each operator's last-used settings (Blender's own pattern for tool
