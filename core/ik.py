@@ -229,13 +229,15 @@ class IKSolver:
         betas: Tensor | np.ndarray | None = None,
         pins: Sequence[str] = (),
         stages: Sequence[Stage] | None = None,
+        align: bool = False,
     ) -> IKResult:
         """targets (B, K, 3) or (K, 3) in metres, NaN where missing; confidence (B, K) or (K,)
         (0 = ignore). init: a previous result or state to start from (warm start), else the
         T-pose (prior: its mean pose, z = 0) rigidly aligned to the targets. betas: a fixed shape
         (the start value when "betas" is solved). pins: joints whose local rotation stays as at the
         start. stages: default one stage over `unknowns`, preceded on a cold start by an
-        orientation + translation stage."""
+        orientation + translation stage. align: also move a given start rigidly onto the targets
+        (a cold start always is), in closed form."""
         model = self.model
         targets, confidence = _check_targets(targets, confidence, self.keypoints)
         batch = targets.shape[0]
@@ -246,6 +248,7 @@ class IKSolver:
             state = self._start(init, betas, batch, centre)
             if init is None:
                 _check_scale(self.keypoints, state, targets, confidence)
+            if init is None or align:
                 _align(self.keypoints, state, targets, confidence)
         if stages is None:
             final = Stage(self.unknowns, max_iterations=self.lm_options.max_iterations)
@@ -265,7 +268,7 @@ class IKSolver:
             _check_weights(weights)
             problem = _Problem(self, targets, confidence, centre, state, stage, weights, pin_ids, pinned)
             if self.method == "lm":
-                with torch.no_grad():
+                with torch.inference_mode():
                     report = problem.solve_lm(dataclasses.replace(self.lm_options, max_iterations=stage.max_iterations))
                 iterations += report.iterations
                 converged = report.converged

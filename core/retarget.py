@@ -276,9 +276,9 @@ class Retarget:
         if init is not None:  # a close start: raw rotations only, held near it where the targets allow
             weights = dataclasses.replace(weights, pin=self.options.stay)
             solver = IKSolver(self.model, keypoints, None, weights=weights, unknowns=unknowns, lm_options=lm)
-            # The root first: a start off by a rigid shift would otherwise be taken up by the joints.
-            stages = [Stage(("orient", "transl"), 2, prior=False), Stage(unknowns, iterations, prior=False)]
-            return solver.solve(targets, init=init.select(rows), betas=betas, pins=_moving_joints(keypoints), stages=stages)
+            # Aligned rigidly first: a start off by a rigid shift would otherwise be taken up by the joints.
+            return solver.solve(targets, init=init.select(rows), betas=betas, pins=_moving_joints(keypoints),
+                                stages=[Stage(unknowns, iterations, prior=False)], align=True)
         solver = IKSolver(self.model, keypoints, self.prior, weights=weights, unknowns=unknowns,
                           lm_options=lm)
         return solver.solve(targets, betas=betas)

@@ -65,7 +65,7 @@ def load_targets(args: argparse.Namespace, model: BodyModel) -> ClipTargets:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", metavar="INPUT", help="a .bvh or .c3d clip")
-    parser.add_argument("--out", type=Path, help="AMASS-style .npz to write (default: INPUT's name + _poses.npz)")
+    parser.add_argument("--out", type=Path, help="AMASS-style .npz to write (default: INPUT_poses.npz in the current folder)")
     parser.add_argument("--skeleton", default="cmu", help="BVH skeleton preset: cmu, mixamo, smpl_like or a .json")
     parser.add_argument("--markers", type=Path, help="C3D marker layout .json (default: the shipped Plug-in Gait)")
     parser.add_argument("--up", default="z", choices=("z", "y"), help="C3D lab up axis (default z)")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but this PyTorch sees no CUDA device")
-    out = args.out or Path(args.input).with_name(Path(args.input).stem + "_poses.npz")
+    out = args.out or Path(Path(args.input).stem + "_poses.npz")
 
     model = BodyModel.from_file(args.body) if args.body else BodyModel.open_default("adult")
     model = model.to(args.device)

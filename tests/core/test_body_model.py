@@ -624,3 +624,17 @@ def test_cuda_device_mismatch_is_reported(tmp_path):
     with pytest.raises(BodyModelError, match="'body_pose' is on cpu, but the model is on cuda"):
         model(body_pose=torch.zeros(1, 69))
 
+
+def test_small_and_large_batches_pose_alike_and_body_joints_alone():
+    """Forward kinematics jumps pointers for small batches and goes depth by depth for large ones;
+    both give the same joints, and posing only the 22 body joints gives those joints unchanged."""
+    body = BodyModel.open_default(dtype=torch.float64)
+    rotations = axis_angle_to_matrix(0.5 * torch.randn(2, body.num_joints, 3, dtype=torch.float64,
+                                                       generator=torch.Generator().manual_seed(8)))
+    small = body.forward_rotations(rotations, return_vertices=False)
+    large = body.forward_rotations(rotations.repeat(100, 1, 1, 1), return_vertices=False)
+    torch.testing.assert_close(large.joints[:2], small.joints, atol=1e-12, rtol=0)
+    torch.testing.assert_close(large.joint_rotations[:2], small.joint_rotations, atol=1e-12, rtol=0)
+    for batch in (rotations, rotations.repeat(100, 1, 1, 1)):
+        prefix = body.forward_rotations(batch[:, :22], return_vertices=False)
+        torch.testing.assert_close(prefix.joints[:2], small.joints[:, :22], atol=1e-12, rtol=0)
