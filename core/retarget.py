@@ -8,7 +8,11 @@ rotations (the prior would only pull a pose the data already determines). A mark
 positions only: every frame starts from the prior's mean pose and is solved through the prior.
 
 Sources and bodies differ in proportions, so the shape (betas) is first solved on a spread of
-frames and its mean then held fixed for the whole clip: one body, as the user would build it.
+frames, under a prior that keeps it natural, and its mean then held fixed for the whole clip: one
+body, as the user would build it. Skeletons also place their joints differently (a CMU hip joint
+sits wider than SMPL's): each joint landmark is calibrated on the same frames as a constant offset
+along its parent segment, as mocap solvers calibrate markers, so those differences neither show as
+error nor bend the poses.
 """
 
 from __future__ import annotations
