@@ -124,17 +124,10 @@ def write_action(
     translations = np.asarray(translations, dtype=np.float64)
     frames = frame_start + frame_step * np.arange(len(quaternions), dtype=np.float64)
 
-    action = bpy.data.actions.new(name)
-    slot = action.slots.new(id_type="OBJECT", name=rig.name)
-    strip = action.layers.new("Layer").strips.new(type="KEYFRAME")
-    channelbag = strip.channelbag(slot, ensure=True)
+    action, channelbag = new_action(rig, name)
     values = _channel_values(quaternions, translations)
     for (bone, path, index), column in zip(_pose_channels(joint_names), values.T):
         _add_keys(channelbag.fcurves.new(path, index=index, group_name=bone), frames, column)
-
-    animation_data = rig.animation_data or rig.animation_data_create()
-    animation_data.action = action
-    animation_data.action_slot = slot
     return action
 
 
@@ -215,6 +208,11 @@ def write_curve(
         modes = np.where(np.asarray(hold, dtype=bool), _CONSTANT, _LINEAR).astype(np.int32)
         curve.keyframe_points.foreach_set("interpolation", modes)
     return curve
+
+
+def scene_frame_rate(scene: bpy.types.Scene) -> float:
+    """Frames per second the scene plays at."""
+    return scene.render.fps / scene.render.fps_base
 
 
 def set_scene_frame_rate(scene: bpy.types.Scene, frame_rate: float) -> None:

@@ -117,7 +117,7 @@ def solve(
     world = np.array([obj.matrix_world.translation for obj in targets])
     to_model = np.array(rig.matrix_world.inverted())
     positions = world @ to_model[:3, :3].T + to_model[:3, 3]
-    quaternions, transl = _read_pose(rig, names)
+    quaternions, transl = bridge.get_pose(rig, names)
     start = IKState(
         quaternion_to_matrix(torch.as_tensor(quaternions, dtype=model.dtype))[None],
         torch.as_tensor(transl, dtype=model.dtype)[None],
@@ -161,13 +161,6 @@ def _target_joints(rig: bpy.types.Object, targets: list[bpy.types.Object]) -> li
     return list(owner)
 
 
-def _read_pose(rig: bpy.types.Object, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The rig's current pose: (J, 4) pose-bone quaternions in joint order and the root's location."""
-    pose_bones = rig.pose.bones
-    quaternions = np.array([pose_bones[name].rotation_quaternion for name in names], dtype=np.float64)
-    return quaternions, np.array(pose_bones[names[0]].location, dtype=np.float64)
-
-
 # rig session id -> (latent of its last solve, the body pose written then as one flat float32 array)
 _latents: dict[int, tuple[Tensor, np.ndarray]] = {}
 
@@ -180,7 +173,7 @@ def _remember(rig: bpy.types.Object, latent: Tensor | None, body_names: list[str
     """Keep the solve's latent together with the body pose as Blender stored it, for the check."""
     if latent is None:
         return
-    quaternions, transl = _read_pose(rig, body_names)
+    quaternions, transl = bridge.get_pose(rig, body_names)
     _latents[rig.session_uid] = (latent.detach().cpu().clone(), _pose_key(quaternions, transl))
 
 

@@ -83,9 +83,7 @@ class VPOSER_OT_import_poses(bpy.types.Operator, ImportHelper):
             betas[:count] = sequence.betas[:count]
             body.betas = betas  # one assignment, one reshape
         if self.set_scene_fps:
-            render = context.scene.render
-            render.fps = max(1, round(sequence.framerate))
-            render.fps_base = render.fps / sequence.framerate
+            bridge.set_scene_frame_rate(context.scene, sequence.framerate)
 
         kept = f"; the previous action '{previous.name}' is kept with a fake user" if previous else ""
         self.report(
@@ -122,10 +120,8 @@ class VPOSER_OT_export_poses(bpy.types.Operator, ExportHelper):
         quaternions, translations = bridge.read_action(rig, body.joint_names(), frames)
         quaternions /= np.linalg.norm(quaternions, axis=-1, keepdims=True)  # curves may be hand-edited
         poses = quaternion_to_axis_angle(torch.from_numpy(quaternions)).reshape(len(frames), -1).numpy()
-        render = context.scene.render
-        sequence = PoseSequence(
-            poses=poses, trans=translations, betas=body.betas_array(), framerate=render.fps / render.fps_base
-        )
+        sequence = PoseSequence(poses=poses, trans=translations, betas=body.betas_array(),
+                                framerate=bridge.scene_frame_rate(context.scene))
         try:
             save_pose_file(self.filepath, sequence)
         except OSError as error:

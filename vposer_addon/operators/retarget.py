@@ -224,7 +224,7 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         preset = self._preset()
         _check_height(armature.name, rig.name, rest_heads, preset)
         clip = skeleton_targets(_in_model_space(preset, names), names, rest_heads, rest_rotations, rotations, heads,
-                                model, _scene_fps(context), np.arange(len(frames)), armature.name)
+                                model, bridge.scene_frame_rate(context.scene), np.arange(len(frames)), armature.name)
         return clip, frames
 
     def _marker_targets(self, context: bpy.types.Context, rig: bpy.types.Object, collection: bpy.types.Collection,
@@ -247,7 +247,7 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         to_model = np.linalg.inv(np.array(rig.matrix_world))
         positions = positions @ to_model[:3, :3].T + to_model[:3, 3]  # NaN stays NaN
         layout = bpy.path.abspath(self.layout_path) if self.layout_path else DATA_DIR / MARKER_LAYOUT
-        return marker_targets(model, layout, labels, positions, _scene_fps(context),
+        return marker_targets(model, layout, labels, positions, bridge.scene_frame_rate(context.scene),
                               f"collection '{collection.name}'"), frames
 
     def _preset(self) -> SkeletonPreset:
@@ -502,11 +502,6 @@ def _check_height(source: str, body: str, rest_heads: np.ndarray, preset: Skelet
         advice = f"scale the armature object by about {TYPICAL_HEIGHT / height:.3g} (or re-import it at that Scale)"
     raise SourceError(f"{source}'s skeleton is {height:.3g} m tall in {body}'s space, not a body's "
                       f"{low:g}-{high:g} m: {advice}")
-
-
-def _scene_fps(context: bpy.types.Context) -> float:
-    render = context.scene.render
-    return render.fps / render.fps_base
 
 
 CLASSES: tuple[type, ...] = (VPOSER_OT_retarget,)
