@@ -21,6 +21,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 EXTENSION_ID = "vposer"
 PREVIEW_FRAMES = 6
+STRIP_HEIGHT = 360  # pixels
+VIEWS = {"front": (np.pi / 2, 0.0, 0.0), "side": (np.pi / 2, 0.0, np.pi / 2)}  # camera Euler angles (XYZ)
 
 
 def start_blender():
@@ -64,10 +66,11 @@ def _save_scene(clip: Path, poses: Path, blend: Path, body: Path | None, skeleto
     from core.mocap.skeletons import load_preset
     from core.pose_files import load_pose_file
 
+    bridge = importlib.import_module(f"{EXTENSION_ID}.vposer_addon.bridge")
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = bpy.context.scene
     sequence = load_pose_file(poses)
-    scene.render.fps = round(sequence.framerate)
+    bridge.set_scene_frame_rate(scene, sequence.framerate)  # before the import, which scales the clip to it
     scene.frame_start = scene.frame_current = 1
     if clip.suffix.lower() == ".bvh":
         scale = load_preset(skeleton).unit_scale or 1.0
@@ -81,7 +84,7 @@ def _save_scene(clip: Path, poses: Path, blend: Path, body: Path | None, skeleto
     bpy.ops.object.select_all(action="DESELECT")
     bpy.ops.vposer.add_body("EXEC_DEFAULT", source="USER_FILE" if body else "ADULT")
     rig = bpy.context.view_layer.objects.active
-    bpy.ops.vposer.import_poses("EXEC_DEFAULT", filepath=str(poses), set_scene_fps=True, use_betas=True)
+    bpy.ops.vposer.import_poses("EXEC_DEFAULT", filepath=str(poses), set_scene_fps=False, use_betas=True)
     scene.frame_end = max(scene.frame_end, sequence.num_frames)
     blend.parent.mkdir(parents=True, exist_ok=True)
     bpy.ops.wm.save_as_mainfile(filepath=str(blend.resolve()))
@@ -92,36 +95,56 @@ def _save_scene(clip: Path, poses: Path, blend: Path, body: Path | None, skeleto
     return {"blend": str(blend), "preview": str(render), "fit_plot": str(fit)}
 
 
-def render_strip(bpy, scene, rig, frames, path: Path, height: int = 360) -> None:
-    """Workbench renders of the body at `frames`, side by side in one PNG: an orthographic camera
-    in front of the body (world -Y), re-centred on it at every frame."""
-    import matplotlib.image
+def render_strip(bpy, scene, rig, frames, path: Path, height: int = STRIP_HEIGHT) -> Path:
+    """Workbench renders of the body at `frames`, from the front, side by side in one PNG."""
+    shots = [(int(frame), "front") for frame in frames]
+    return save_strip(render_shots(bpy, scene, [rig.vposer_body.mesh], shots, height), path)
 
-    bridge = importlib.import_module(f"{EXTENSION_ID}.vposer_addon.bridge")
+
+def render_shots(bpy, scene, objects, shots: list[tuple[int, str]], height: int) -> list[np.ndarray]:
+    """Workbench renders, one per (frame, view) shot (VIEWS), from an orthographic camera that frames
+    every evaluated vertex of `objects` at that frame."""
+    import matplotlib.image
+    from mathutils import Euler
+
     camera = bpy.data.objects.new("Preview Camera", bpy.data.cameras.new("Preview Camera"))
     scene.collection.objects.link(camera)
     camera.data.type = "ORTHO"
-    camera.rotation_euler = (np.pi / 2, 0.0, 0.0)  # looking along +Y, Z up
     scene.camera = camera
     scene.render.engine = "BLENDER_WORKBENCH"
     scene.render.resolution_x, scene.render.resolution_y = height * 2 // 3, height
     scene.render.film_transparent = False
-    mesh_object = rig.vposer_body.mesh
     tiles = []
     with tempfile.TemporaryDirectory() as folder:
-        for frame in frames:
-            scene.frame_set(int(frame))
-            world = np.array(mesh_object.matrix_world)
-            points = bridge.evaluated_vertices(mesh_object, bpy.context.evaluated_depsgraph_get()) @ world[:3, :3].T
-            points = points + world[:3, 3]
-            low, high = points.min(0), points.max(0)
-            camera.location = ((low[0] + high[0]) / 2, low[1] - 5.0, (low[2] + high[2]) / 2)
-            camera.data.ortho_scale = 1.15 * max(high[2] - low[2], 1.5 * (high[0] - low[0]))
-            scene.render.filepath = str(Path(folder) / f"{frame:05d}.png")
+        for frame, view in shots:
+            scene.frame_set(frame)
+            depsgraph = bpy.context.evaluated_depsgraph_get()
+            points = np.concatenate([world_vertices(obj, depsgraph) for obj in objects])
+            axes = np.array(Euler(VIEWS[view]).to_matrix())  # columns: screen right, screen up, backwards
+            right, up, depth = (points @ axes).T
+            camera.rotation_euler = VIEWS[view]
+            camera.location = (axes[:, 0] * (right.min() + right.max()) / 2 + axes[:, 1] * (up.min() + up.max()) / 2
+                               + axes[:, 2] * (depth.max() + 5.0))
+            camera.data.ortho_scale = 1.15 * max(np.ptp(up), 1.5 * np.ptp(right))
+            scene.render.filepath = str(Path(folder) / f"{len(tiles):03d}.png")
             bpy.ops.render.render(write_still=True)
             tiles.append(matplotlib.image.imread(scene.render.filepath))
     bpy.data.objects.remove(camera)
+    return tiles
+
+
+def save_strip(tiles: list[np.ndarray], path: Path) -> Path:
+    import matplotlib.image
+
     matplotlib.image.imsave(path, np.concatenate(tiles, axis=1))
+    return path
+
+
+def world_vertices(obj, depsgraph) -> np.ndarray:
+    """(V, 3) world positions of a mesh object's evaluated (deformed) vertices."""
+    bridge = importlib.import_module(f"{EXTENSION_ID}.vposer_addon.bridge")
+    matrix = np.array(obj.matrix_world)
+    return bridge.evaluated_vertices(obj, depsgraph) @ matrix[:3, :3].T + matrix[:3, 3]
 
 
 def _plot_preview(bpy, scene, rig, source, frames, path: Path) -> None:
@@ -132,15 +155,12 @@ def _plot_preview(bpy, scene, rig, source, frames, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bridge = importlib.import_module(f"{EXTENSION_ID}.vposer_addon.bridge")
     figure, axes = plt.subplots(1, len(frames), figsize=(2.2 * len(frames), 4.2), sharey=True)
     mesh_object = rig.vposer_body.mesh
     for axis, frame in zip(np.atleast_1d(axes), frames):
         scene.frame_set(int(frame))
         depsgraph = bpy.context.evaluated_depsgraph_get()
-        local = bridge.evaluated_vertices(mesh_object, depsgraph)[::5]
-        world = np.array(mesh_object.matrix_world)
-        vertices = local @ world[:3, :3].T + world[:3, 3]
+        vertices = world_vertices(mesh_object, depsgraph)[::5]
         axis.scatter(vertices[:, 0], vertices[:, 2], s=0.3, c="0.6", linewidths=0)
         points = _source_points(source, depsgraph)
         axis.scatter(points[:, 0], points[:, 2], s=6, c="tab:red")

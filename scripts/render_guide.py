@@ -18,20 +18,25 @@ Renders use Workbench. Seeds are fixed, so every run gives the same pictures. Pr
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from blender_scene import EXTENSION_ID, REPO, blender_output_to_stderr, start_blender, render_strip
+from blender_scene import (
+    REPO,
+    STRIP_HEIGHT,
+    blender_output_to_stderr,
+    render_shots,
+    render_strip,
+    save_strip,
+    start_blender,
+)
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 CLIP = REPO / "examples" / "cmu_02_01_walk.bvh"
-CMU_UNIT = 0.05644  # metres per CMU BVH length unit
 RETARGET_FPS = 30
 WALK_STEP = 6  # frames between the retarget picture's tiles: six tiles cover about one stride
 POSE_SEED = 9  # the prior sample whose effector positions the targets are moved to
@@ -43,11 +48,9 @@ INBETWEEN_SPACING = 5  # keys on frames 1 and 6: four in-between frames
 TARGET_RADIUS = 0.035  # metres
 XRAY_ALPHA = 0.6  # body opacity in the posing picture
 POSE_HEIGHT = 480  # pixels
-STRIP_HEIGHT = 360  # as render_strip's default
 BACKGROUND = (0.8, 0.8, 0.82)  # linear RGB: a light grey that reads on light and dark pages
 # Sphere colours by side: the body's left blue, its right red, the middle yellow.
 TARGET_COLOURS = {"left": (0.15, 0.35, 0.95, 1.0), "right": (0.9, 0.15, 0.1, 1.0), "middle": (0.95, 0.75, 0.1, 1.0)}
-VIEWS = {"front": (np.pi / 2, 0.0, 0.0), "side": (np.pi / 2, 0.0, np.pi / 2)}  # camera Euler angles (XYZ)
 
 
 def _run(bpy, operator: str, **properties) -> None:
@@ -93,11 +96,11 @@ def guide_pose(bpy, out: Path) -> Path:
         obj.location = goal
     bpy.context.view_layer.update()  # the targets' world matrices follow their new locations
     shown = [rig.vposer_body.mesh, *(_target_sphere(bpy, scene, obj) for obj in targets)]
-    tiles = _render_shots(bpy, scene, shown, [(1, "front")], POSE_HEIGHT)
+    tiles = render_shots(bpy, scene, shown, [(1, "front")], POSE_HEIGHT)
     bpy.context.view_layer.objects.active = rig
     _run(bpy, "vposer.solve_pose")
-    tiles += _render_shots(bpy, scene, shown, [(1, "front"), (1, "side")], POSE_HEIGHT)
-    return _save_strip(tiles, out / "guide_pose.png")
+    tiles += render_shots(bpy, scene, shown, [(1, "front"), (1, "side")], POSE_HEIGHT)
+    return save_strip(tiles, out / "guide_pose.png")
 
 
 def _natural_effectors(rig, joints: list[str]) -> np.ndarray:
@@ -139,52 +142,6 @@ def _target_sphere(bpy, scene, target):
     return obj
 
 
-def _render_shots(bpy, scene, objects, shots: list[tuple[int, str]], height: int) -> list[np.ndarray]:
-    """Workbench renders, one per (frame, view) shot, from an orthographic camera (VIEWS) that frames
-    every vertex of `objects` at that frame. A variant of render_strip, which follows one body from
-    the front only; this one also frames target spheres and looks from the side."""
-    import matplotlib.image
-    from mathutils import Euler
-
-    camera = bpy.data.objects.new("Guide Camera", bpy.data.cameras.new("Guide Camera"))
-    scene.collection.objects.link(camera)
-    camera.data.type = "ORTHO"
-    scene.camera = camera
-    scene.render.engine = "BLENDER_WORKBENCH"
-    scene.render.resolution_x, scene.render.resolution_y = height * 2 // 3, height
-    tiles = []
-    with tempfile.TemporaryDirectory() as folder:
-        for frame, view in shots:
-            scene.frame_set(frame)
-            points = np.concatenate([_world_vertices(bpy, obj) for obj in objects])
-            axes = np.array(Euler(VIEWS[view]).to_matrix())  # columns: screen right, screen up, backwards
-            right, up, depth = (points @ axes).T
-            camera.rotation_euler = VIEWS[view]
-            camera.location = (axes[:, 0] * (right.min() + right.max()) / 2 + axes[:, 1] * (up.min() + up.max()) / 2
-                               + axes[:, 2] * (depth.max() + 5.0))
-            camera.data.ortho_scale = 1.15 * max(np.ptp(up), 1.5 * np.ptp(right))
-            scene.render.filepath = str(Path(folder) / f"{len(tiles):03d}.png")
-            bpy.ops.render.render(write_still=True)
-            tiles.append(matplotlib.image.imread(scene.render.filepath))
-    bpy.data.objects.remove(camera)
-    return tiles
-
-
-def _save_strip(tiles: list[np.ndarray], path: Path) -> Path:
-    import matplotlib.image
-
-    matplotlib.image.imsave(path, np.concatenate(tiles, axis=1))
-    return path
-
-
-def _world_vertices(bpy, obj) -> np.ndarray:
-    """(V, 3) world positions of a mesh object's evaluated (deformed) vertices."""
-    bridge = importlib.import_module(f"{EXTENSION_ID}.vposer_addon.bridge")
-    local = bridge.evaluated_vertices(obj, bpy.context.evaluated_depsgraph_get())
-    matrix = np.array(obj.matrix_world)
-    return local @ matrix[:3, :3].T + matrix[:3, 3]
-
-
 def guide_samples(bpy, out: Path) -> Path:
     """Sample Poses with a fixed seed, rendered at the keyed frames."""
     scene = _new_scene(bpy)
@@ -210,9 +167,11 @@ def guide_inbetweens(bpy, out: Path) -> Path:
 def guide_retarget(bpy, out: Path) -> Path:
     """The shipped CMU walk through Blender's BVH importer, retargeted onto a body with Retarget;
     six side views."""
+    from core.mocap.skeletons import get_preset
+
     scene = _new_scene(bpy)
     scene.render.fps = RETARGET_FPS
-    _run(bpy, "import_anim.bvh", filepath=str(CLIP), global_scale=CMU_UNIT, rotate_mode="QUATERNION",
+    _run(bpy, "import_anim.bvh", filepath=str(CLIP), global_scale=get_preset("cmu").unit_scale, rotate_mode="QUATERNION",
          frame_start=1, use_fps_scale=True, update_scene_duration=True)
     source = bpy.context.view_layer.objects.active
     bpy.ops.object.select_all(action="DESELECT")
@@ -221,8 +180,8 @@ def guide_retarget(bpy, out: Path) -> Path:
     _run(bpy, "vposer.retarget", source="ARMATURE", preset="CMU")
     source.hide_render = True
     frames = 1 + WALK_STEP * np.arange(6)
-    tiles = _render_shots(bpy, scene, [rig.vposer_body.mesh], [(frame, "side") for frame in frames], STRIP_HEIGHT)
-    return _save_strip(tiles, out / "guide_retarget.png")
+    tiles = render_shots(bpy, scene, [rig.vposer_body.mesh], [(frame, "side") for frame in frames], STRIP_HEIGHT)
+    return save_strip(tiles, out / "guide_retarget.png")
 
 
 JOBS = (guide_pose, guide_samples, guide_inbetweens, guide_retarget)
