@@ -33,10 +33,11 @@ import torch
 from torch import Tensor
 
 from .body_model import BodyModel
+from .model_files import SMPL_BODY_JOINTS
 from .rotations import skew
 
 EFFECTORS = ("pelvis", "head", "left_wrist", "right_wrist", "left_ankle", "right_ankle")
-NUM_BODY_JOINTS = 22
+NUM_BODY_JOINTS = len(SMPL_BODY_JOINTS)  # the pelvis and the 21 joints VPoser poses
 
 
 class KeypointError(ValueError):

@@ -433,6 +433,8 @@ def bench_retarget(ctx: Context) -> list[Table]:
 def bench_blender(ctx: Context) -> list[Table]:
     from blender_scene import blender_output_to_stderr, start_blender
 
+    from core.mocap.skeletons import get_preset
+
     with blender_output_to_stderr():
         bpy = start_blender()
         import importlib
@@ -476,7 +478,7 @@ def bench_blender(ctx: Context) -> list[Table]:
         retarget_ms = []
         for _ in range(ctx.repeat):
             bpy.ops.wm.read_homefile(use_empty=True)
-            bpy.ops.import_anim.bvh(filepath=str(clip), global_scale=0.05644, rotate_mode="QUATERNION", frame_start=1)
+            bpy.ops.import_anim.bvh(filepath=str(clip), global_scale=get_preset("cmu").unit_scale, rotate_mode="QUATERNION", frame_start=1)
             source = bpy.context.view_layer.objects.active
             bpy.context.scene.frame_start, bpy.context.scene.frame_end = 1, 1000
             bpy.ops.object.select_all(action="DESELECT")

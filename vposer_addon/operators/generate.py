@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import bpy
 import numpy as np
 
+from ...core.model_files import SMPL_BODY_JOINTS
 from .. import bridge
 from ..prior import load_prior
 from ..properties import active_body
@@ -18,9 +19,9 @@ if TYPE_CHECKING:
 
     from ...core.vposer import VPoser
 
-# The pelvis and the 21 joints the prior poses: core.keypoints.NUM_BODY_JOINTS, written out so
-# that polls, which run on every redraw, never import torch.
-BODY_JOINTS = 22
+# The pelvis and the 21 joints the prior poses (core.keypoints.NUM_BODY_JOINTS), from a core module
+# without torch: polls run on every redraw and must work without it.
+BODY_JOINTS = len(SMPL_BODY_JOINTS)
 
 
 def _poll_prior_body(cls: type[bpy.types.Operator], context: bpy.types.Context, need_action: bool) -> bool:
