@@ -193,6 +193,7 @@ class Retarget:
         if options.batch_size < 1 or (options.max_iterations is not None and options.max_iterations < 1):
             raise RetargetError(f"batch_size and max_iterations must be positive, got {options}")
         self.model, self.targets, self.prior, self.options = model, targets, prior, options
+        self.keypoints = targets.keypoints  # calibration replaces it; the caller's targets stay as given
         frames = targets.positions.shape[0]
         self.poses = torch.zeros(frames, 3 * model.num_joints, dtype=model.dtype, device=model.device)
         self.transl = torch.zeros(frames, 3, dtype=model.dtype, device=model.device)
@@ -210,7 +211,7 @@ class Retarget:
             start = time.perf_counter()
             if self.betas is None:
                 self.betas = self._fit_shape()
-                if self.options.calibrate and self.targets.keypoints.only_joints:
+                if self.options.calibrate and self.keypoints.only_joints:
                     self._calibrate()
             rows = torch.arange(self._done, min(total, self._done + self.options.batch_size), device=self.model.device)
             result = self._solve(rows, self.betas)
@@ -225,9 +226,9 @@ class Retarget:
     def result(self) -> RetargetResult:
         if self._done < self.targets.positions.shape[0]:
             raise RetargetError(f"the retarget stopped after {self._done} of {self.targets.positions.shape[0]} frames")
-        offsets = {point.name: point.local for point in self.targets.keypoints.keypoints if any(point.local)}
+        offsets = {point.name: point.local for point in self.keypoints.keypoints if any(point.local)}
         return RetargetResult(self.poses, self.transl, self.betas, self.errors, self.iterations,
-                              self.targets.keypoints.names, self.targets.fps, self.seconds, offsets)
+                              self.keypoints.names, self.targets.fps, self.seconds, offsets)
 
     def _fit_shape(self) -> Tensor:
         """The mean of per-frame shapes solved on spread frames (the fixed shape when not asked for)."""
@@ -249,7 +250,7 @@ class Retarget:
     def _calibrate(self, rounds: int = 2) -> None:
         """Move each landmark keypoint by the mean offset, in its parent segment's frame, between
         the body's joint and the source's on spread frames; re-solve those frames and repeat."""
-        model, keypoints = self.model, self.targets.keypoints
+        model, keypoints = self.model, self.keypoints
         rows = self._spread_rows()
         targets = self.targets.positions[rows]
         parents = model.parents[keypoints.joint_ids].clamp_min(0)
@@ -267,11 +268,11 @@ class Retarget:
             keypoints = KeypointSet(model, [dataclasses.replace(point, local=tuple(map(float, local)))
                                             for point, local in zip(keypoints.keypoints, locals_.tolist())],
                                     source="calibrated landmarks")
-            self.targets.keypoints = keypoints
+            self.keypoints = keypoints
 
     def _solve(self, rows: Tensor, betas: Tensor, solve_betas: bool = False) -> IKResult:
         unknowns = POSE + ("betas",) if solve_betas else POSE
-        keypoints, init, targets = self.targets.keypoints, self.targets.init, self.targets.positions[rows]
+        keypoints, init, targets = self.keypoints, self.targets.init, self.targets.positions[rows]
         iterations = self.options.max_iterations or (WARM_ITERATIONS if init is not None else LMOptions.max_iterations)
         lm = LMOptions(max_iterations=iterations)
         weights = self.options.weights
