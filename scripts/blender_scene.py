@@ -30,8 +30,10 @@ def start_blender():
     os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="vposer-blender-user-")
     try:
         import bpy
-    except ImportError:
-        raise SystemExit("error: --blend needs Blender as a Python module: pip install bpy==5.0.1 (Python 3.11)") from None
+        import matplotlib  # noqa: F401 - the preview images
+    except ImportError as error:
+        raise SystemExit(f"error: a Blender scene needs {error.name}: pip install -e '.[scene]' "
+                         "(Blender as a module, Python 3.11, and matplotlib)") from None
     parent = Path(tempfile.mkdtemp(prefix="vposer-package-"))
     (parent / EXTENSION_ID).symlink_to(REPO, target_is_directory=True)  # the package name Blender would give it
     sys.path.insert(0, str(parent))
