@@ -357,8 +357,14 @@ class _Problem:
             torch.tensor(values, device=model.device) for values in zip(*limits))
         self.limit_signs = self.limit_signs.to(model.dtype)
         self.smooth = weights.smoothness > 0 and targets.shape[0] >= 3
-        sizes = {"orient": 3, "transl": 3, "hands": 3 * len(solver.hand_joints), "betas": model.num_betas,
-                 "pose": self.prior.latent_dim if self.prior is not None else 3 * (NUM_BODY_JOINTS - 1)}
+        live = self._live_joints()
+        self.raw_joints = {"hands": solver.hand_joints[live[solver.hand_joints]]}
+        if self.prior is None:
+            self.raw_joints["pose"] = torch.nonzero(live[BODY]).squeeze(1) + BODY.start
+        sizes = {"orient": 3, "transl": 3, "betas": model.num_betas,
+                 **{name: 3 * len(joints) for name, joints in self.raw_joints.items()}}
+        if self.prior is not None:
+            sizes["pose"] = self.prior.latent_dim
         self.columns: dict[str, slice] = {}
         for name in UNKNOWNS:
             if name in unknowns:
@@ -380,6 +386,27 @@ class _Problem:
                 self.body_world = self.evaluate(every, self.state, jacobian=False).body_joints
         self._trial: tuple[Tensor, IKState, Tensor | None] | None = None
 
+    def _live_joints(self) -> Tensor:
+        """(J,) bool: the joints whose rotation changes some term of the objective. Raw rotations
+        get unknowns only there: a joint with no target below it (a wrist when the hands carry no
+        target) would only add columns of zeros, which cost time in every product and factorisation."""
+        model, keypoints = self.model, self.keypoints
+        live = torch.zeros(model.num_joints, dtype=torch.bool, device=model.device)
+        if not keypoints.only_joints:  # skinned vertices: any joint may move them (pose correctives)
+            return ~live
+        parents = model.parents.tolist()
+        # A joint keypoint rides on its parent's segment (see KeypointSet's `local`): strict ancestors move it.
+        carried = set(keypoints.joint_ids.tolist()) | (set(range(NUM_BODY_JOINTS)) if self.smooth else set())
+        for joint in carried:
+            joint = parents[joint]
+            while joint >= 0:
+                live[joint] = True
+                joint = parents[joint]
+        live[self.pin_ids] = True
+        if self.weights.joint_limits > 0:
+            live[self.limit_joints] = True
+        return live
+
     def _moving_and_constant(self) -> None:
         """Joints whose rotation the unknowns move, and their local angular velocities where these do
         not depend on the point (identity blocks of raw rotations)."""
@@ -388,19 +415,16 @@ class _Problem:
         if "orient" in columns:
             moving.append(torch.zeros(1, dtype=torch.long, device=device))
         if "pose" in columns:
-            moving.append(torch.arange(BODY.start, BODY.stop, device=device))
+            moving.append(self.raw_joints.get("pose", torch.arange(BODY.start, BODY.stop, device=device)))
         if "hands" in columns:
-            moving.append(self.solver.hand_joints)
+            moving.append(self.raw_joints["hands"])
         self.moving = torch.cat(moving) if moving else torch.zeros(0, dtype=torch.long, device=device)
         self.position = torch.full((self.model.num_joints,), -1, dtype=torch.long, device=device)
         self.position[self.moving] = torch.arange(len(self.moving), device=device)
         first_body = 1 if "orient" in columns else 0
         self.body_positions = slice(first_body, first_body + NUM_BODY_JOINTS - 1)
         constant = torch.zeros(len(self.moving), 3, self.size, dtype=dtype, device=device)
-        raw_blocks = [("hands", self.solver.hand_joints)]
-        if self.prior is None:
-            raw_blocks.append(("pose", torch.arange(BODY.start, BODY.stop, device=device)))
-        for name, joints in raw_blocks:
+        for name, joints in self.raw_joints.items():
             if name in columns:
                 for k, joint in enumerate(joints.tolist()):
                     start = columns[name].start + 3 * k
@@ -417,18 +441,14 @@ class _Problem:
             rotations = rotations.clone()
         if "orient" in columns:
             rotations[:, 0] = axis_angle_to_matrix(step[:, columns["orient"]]) @ base.rotations[:, 0]
-        if "pose" in columns:
-            if self.prior is not None:
-                latent = latent + step[:, columns["pose"]]
-                six_d = decoder_features(self.prior, latent, tangents=False)[0]
-                rotations[:, BODY] = rotation_6d_to_matrix(six_d.unflatten(-1, (-1, 6)))
-            else:
-                increments = axis_angle_to_matrix(step[:, columns["pose"]].unflatten(1, (-1, 3)))
-                rotations[:, BODY] = base.rotations[:, BODY] @ increments
-        if "hands" in columns:
-            hands = self.solver.hand_joints
-            increments = axis_angle_to_matrix(step[:, columns["hands"]].unflatten(1, (-1, 3)))
-            rotations[:, hands] = base.rotations[:, hands] @ increments
+        if "pose" in columns and self.prior is not None:
+            latent = latent + step[:, columns["pose"]]
+            six_d = decoder_features(self.prior, latent, tangents=False)[0]
+            rotations[:, BODY] = rotation_6d_to_matrix(six_d.unflatten(-1, (-1, 6)))
+        for name, joints in self.raw_joints.items():
+            if name in columns:
+                increments = axis_angle_to_matrix(step[:, columns[name]].unflatten(1, (-1, 3)))
+                rotations[:, joints] = base.rotations[:, joints] @ increments
         if "transl" in columns:
             transl = transl + step[:, columns["transl"]]
         if "betas" in columns:

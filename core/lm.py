@@ -132,20 +132,24 @@ def _independent(problem: LeastSquaresProblem, frames: Tensor, options: LMOption
     residuals, jacobian, cost, exact = problem.linearize(frames)
     cost = cost.double()
     damping = _Damping.start(count, options, device)
-    for _ in range(options.max_iterations):
+    for iteration in range(options.max_iterations):
         accept, done, cost, damping = _iterate(problem, frames[active], residuals, jacobian, cost, exact, damping,
                                                options)
         report.iterations[active] += 1
         report.converged[active] = done
         report.cost[active] = cost
         keep = ~done
-        if not bool(keep.any()):
+        if iteration + 1 == options.max_iterations or not bool(keep.any()):
             break
         # Finished frames leave the batch; rejected ones keep an exact linearisation and only raise mu.
-        active, damping, accept = active[keep], damping.select(keep), accept[keep]
-        residuals, jacobian, cost, exact = residuals[keep], jacobian[keep], cost[keep], exact[keep]
+        if not bool(keep.all()):
+            active, damping, accept = active[keep], damping.select(keep), accept[keep]
+            residuals, jacobian, cost, exact = residuals[keep], jacobian[keep], cost[keep], exact[keep]
         redo = accept | ~exact
-        if bool(redo.any()):
+        if bool(redo.all()):
+            residuals, jacobian, cost, exact = problem.linearize(frames[active])
+            cost = cost.double()
+        elif bool(redo.any()):
             moved = torch.nonzero(redo).squeeze(1)
             new_residuals, new_jacobian, new_cost, new_exact = problem.linearize(frames[active[moved]])
             residuals, jacobian, cost, exact = residuals.clone(), jacobian.clone(), cost.clone(), exact.clone()
@@ -175,15 +179,10 @@ def _sweeps(problem: LeastSquaresProblem, frames: Tensor, groups: list[Tensor], 
 
 
 def _damped_step(jacobian: Tensor, gradient: Tensor, damping: Tensor) -> tuple[Tensor, Tensor]:
-    """Step h (b, n) from (J^T J + mu D) h = -g, and the decrease the linear model predicts.
-    Unknowns no residual depends on in any frame (a joint with no target below it) get h = 0
-    and stay out of the factorisation, whose cost grows with n^3."""
+    """Step h (b, n) from (J^T J + mu D) h = -g, and the decrease the linear model predicts. An
+    unknown no residual depends on gets a tiny positive D (clamped) and a zero gradient, so h = 0."""
     normal = (jacobian.transpose(1, 2) @ jacobian).double()
     gradient64 = gradient.double()
-    live = torch.nonzero(normal.diagonal(dim1=-2, dim2=-1).amax(0) > 0).squeeze(1)
-    pruned = len(live) < gradient.shape[1]
-    if pruned:
-        normal, gradient64 = normal[:, live][:, :, live], gradient64[:, live]
     diagonal = normal.diagonal(dim1=-2, dim2=-1)
     scale = diagonal.clamp_min(1e-9 * diagonal.amax(-1, keepdim=True).clamp_min(1e-30))
     diagonal += damping.unsqueeze(-1) * scale  # in place: normal becomes J^T J + mu D
@@ -192,6 +191,4 @@ def _damped_step(jacobian: Tensor, gradient: Tensor, damping: Tensor) -> tuple[T
     step = torch.where((info == 0).unsqueeze(-1) & torch.isfinite(step), step, torch.zeros_like(step))
     # L(0) - L(h) = -g.h - h.(J^T J)h / 2 = h.(mu D h - g) / 2
     predicted = 0.5 * (step * (damping.unsqueeze(-1) * scale * step - gradient64)).sum(-1)
-    if pruned:
-        step = step.new_zeros(gradient.shape).index_copy_(1, live, step)
     return step.to(jacobian.dtype), predicted

@@ -222,6 +222,24 @@ def test_pinned_joint_keeps_its_rotation(model, joints):
         solver.solve(targets, pins=("tail",))
 
 
+def test_joints_that_move_no_target_keep_their_start(model):
+    """Raw rotations get unknowns only where a rotation changes the objective: with the six
+    effectors as targets, the wrists, head, feet and hands keep the start's rotation exactly while
+    the chains leading to the effectors move and reach them."""
+    effectors = KeypointSet.named(model, "effectors")
+    solver = IKSolver(model, effectors, None, weights=dataclasses.replace(EXACT, latent=0.0), lm_options=TIGHT)
+    targets, *_ = _frames(solver, count=2)
+    start = IKState(*posed(model, None, 2, seed=7)[::2])
+    result = solver.solve(targets, init=start, align=True)
+    assert result.errors.max() < 1e-5
+    names = model.joint_names
+    still = [names.index(name) for name in ("left_wrist", "right_wrist", "head", "left_foot", "right_foot")]
+    still += [joint for joint in range(22, model.num_joints)]
+    assert torch.equal(result.rotations[:, still], start.rotations[:, still])
+    chains = [names.index(name) for name in ("left_elbow", "right_knee", "neck", "spine2")]
+    assert _turn(result.rotations[:, chains], start.rotations[:, chains]).min() > 1e-3
+
+
 def test_joint_limits_stop_hyperextension(model, joints):
     knee = model.joint_names.index("left_knee")
     rotations, _, transl = posed(model, None, 1)
