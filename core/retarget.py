@@ -31,9 +31,9 @@ from .body_model import BodyModel
 from .ik import IKResult, IKSolver, IKState, IKWeights, Stage
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
 from .lm import LMOptions
-from .mocap.bvh import BVHMotion, forward_kinematics, rest_positions
+from .mocap.bvh import BVHMotion, forward_kinematics
 from .mocap.skeletons import SkeletonPreset, load_preset
-from .mocap.transfer import build_transfer, transfer_rotations, transfer_translation
+from .mocap.transfer import build_transfer, source_rest, transfer_rotations, transfer_translation
 from .vposer import VPoser
 
 POSE = ("orient", "transl", "pose")
@@ -58,10 +58,12 @@ class ClipTargets:
 
 def bvh_targets(motion: BVHMotion, preset: SkeletonPreset | str | dict, model: BodyModel,
                 frames: np.ndarray | None = None) -> ClipTargets:
-    """Targets from a BVH clip (its zero-rotation pose as the rest), see skeleton_targets."""
+    """Targets from a BVH clip (its rest as the preset says, see source_rest), see skeleton_targets."""
+    preset = load_preset(preset)
     frames = np.arange(motion.num_frames) if frames is None else np.asarray(frames)
     rotations, positions = forward_kinematics(motion, frames=frames)
-    return skeleton_targets(preset, motion.names, rest_positions(motion), None, rotations, positions, model,
+    rest, rest_rotations = source_rest(motion, preset)
+    return skeleton_targets(preset, motion.names, rest, rest_rotations, rotations, positions, model,
                             motion.fps, frames, motion.source)
 
 

@@ -2,8 +2,11 @@
 
     python scripts/prepare_mocap.py INPUT_DIR OUT_DIR [--fps 30] [--val-subjects 06 49]
                                     [--no-mirror] [--min-change 0.01] [--keep-flips] [--body MODEL.npz]
+                                    [--preset cmu|cmu_daz|PRESET.json]
 
-Per BVH file (skeleton preset `cmu` by default: the main training set's 31-joint skeleton):
+Per BVH file (skeleton preset `cmu` by default: the main training set's 31-joint skeleton;
+`cmu_daz` for the extra set in cgspeed's DAZ-friendly release, whose first frame, a T-pose, is the
+rest and is left out). Run it once per folder with the same OUT_DIR to pool several sets.
 
 1. Subsample to --fps (nearest source frame; 120 -> 30 fps keeps every 4th frame).
 2. Rotation transfer onto the body's rest skeleton (`core.mocap.transfer`): poses are SMPL-H

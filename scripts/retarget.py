@@ -5,7 +5,7 @@
     python scripts/retarget.py CLIP.bvh --blend clip.blend        # also a Blender scene and a preview PNG
 
 A BVH clip is read at --fps (default: its own rate), its joints mapped to the body by the skeleton
-preset (cmu, mixamo, smpl_like, or a JSON file), and each frame solved from the rotation transfer
+preset (cmu, cmu_daz, mixamo, smpl_like, or a JSON file), and each frame solved from the rotation transfer
 with the preset's landmark joints as targets; one body shape is fitted to the whole clip. A C3D
 clip's markers (labels as in the marker layout; lab Z up unless --up y) are solved through the
 prior from its mean pose. Frames showing too few markers are left out (see "source_frames").
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", metavar="INPUT", help="a .bvh or .c3d clip")
     parser.add_argument("--out", type=Path, help="AMASS-style .npz to write (default: INPUT_poses.npz in the current folder)")
-    parser.add_argument("--skeleton", default="cmu", help="BVH skeleton preset: cmu, mixamo, smpl_like or a .json")
+    parser.add_argument("--skeleton", default="cmu", help="BVH skeleton preset: cmu, cmu_daz, mixamo, smpl_like or a .json")
     parser.add_argument("--markers", type=Path, help="C3D marker layout .json (default: the shipped Plug-in Gait)")
     parser.add_argument("--up", default="z", choices=("z", "y"), help="C3D lab up axis (default z)")
     parser.add_argument("--units", choices=("mm", "cm", "m"), help="override the C3D file's POINT:UNITS")

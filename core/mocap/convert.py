@@ -16,7 +16,7 @@ import torch
 from ..body_model import BodyModel
 from ..rotations import matrix_to_axis_angle
 from .bvh import read_bvh
-from .skeletons import SMPL_BODY_JOINT_NAMES, default_target_names
+from .skeletons import SMPL_BODY_JOINT_NAMES, SkeletonPreset, default_target_names
 from .transfer import fix_twist_flips, retarget_bvh, skeleton_fk
 
 DEFAULT_MIN_CHANGE = 0.01  # metres
@@ -58,11 +58,13 @@ def keep_changed(joints: torch.Tensor, min_change: float) -> np.ndarray:
     return np.asarray(kept, dtype=np.int64)
 
 
-def convert_file(path: Path, target, preset, fps: float, min_change: float, fix_flips: bool = True) -> dict:
+def convert_file(path: Path, target, preset: SkeletonPreset, fps: float, min_change: float, fix_flips: bool = True) -> dict:
     """One BVH -> dict(poses (T, 3J) float64, trans (T, 3), source_frames, counts)."""
     rest, parents, names = target
     motion = read_bvh(path)
     frames = subsample_indices(motion.num_frames, motion.fps, fps)
+    if preset.rest_frame is not None:  # a synthetic rest pose, not motion
+        frames = frames[frames != preset.rest_frame]
     result = retarget_bvh(motion, preset, rest, parents, names, frames=frames)
     local, flips = fix_twist_flips(result.local, names, parents, rest) if fix_flips else (result.local, 0)
     # Body-relative joints (root rotation and translation removed) for the near-duplicate test.

@@ -18,6 +18,8 @@ A preset is plain data:
 * ``axes``: how SMPL's axes read in the source's, e.g. ("+x", "+y", "+z") for a Y-up source that
   faces +Z with its left at +X (SMPL's own), ("+x", "+z", "-y") for a Z-up source facing -Y. None:
   infer from the rest skeleton (`core.mocap.transfer.infer_axes`).
+* ``rest_frame``: the frame whose pose is the source's rest (cgspeed's DAZ-friendly files start
+  with a synthetic T-pose); it is left out of the motion. None: the zero-rotation (OFFSET) pose.
 
 Custom presets come from a dict or a JSON file with the same keys (`SkeletonPreset.from_dict`,
 `load_preset`).
@@ -26,7 +28,7 @@ Custom presets come from a dict or a JSON file with the same keys (`SkeletonPres
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -67,7 +69,7 @@ def default_target_names(num_joints: int) -> list[str]:
 
 
 def _sided(table: Mapping) -> dict:
-    """Expand keys/values holding "{s}" (left/right) or "{S}" (Left/Right) into both sides.
+    """Expand keys/values holding "{s}" (left/right), "{S}" (Left/Right) or "{c}" (l/r) into both sides.
 
     Values may be a name, a tuple of names or None.
     """
@@ -77,7 +79,7 @@ def _sided(table: Mapping) -> dict:
             return None
         if isinstance(value, tuple):
             return tuple(sub(v, side) for v in value)
-        return value.replace("{s}", side).replace("{S}", side.capitalize())
+        return value.replace("{s}", side).replace("{S}", side.capitalize()).replace("{c}", side[0])
 
     out = {}
     for key, value in table.items():
@@ -115,6 +117,7 @@ class SkeletonPreset:
     axes: tuple[str, str, str] | None = None
     description: str = ""
     landmarks: tuple[str, ...] | None = None
+    rest_frame: int | None = None
 
     def __post_init__(self):
         for smpl, src in self.joints.items():
@@ -156,7 +159,7 @@ class SkeletonPreset:
 
         joints = {k: (fix(v) if isinstance(v, str) else tuple(fix(x) for x in v)) for k, v in self.joints.items()}
         directions = {k: fix(v) for k, v in self.directions.items()}
-        return SkeletonPreset(self.name, joints, directions, self.unit_scale, self.axes, self.description, self.landmarks)
+        return replace(self, joints=joints, directions=directions)
 
     def to_dict(self) -> dict:
         return {
@@ -167,14 +170,17 @@ class SkeletonPreset:
             "axes": list(self.axes) if self.axes else None,
             "description": self.description,
             "landmarks": list(self.landmarks) if self.landmarks is not None else None,
+            "rest_frame": self.rest_frame,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "SkeletonPreset":
-        """From a dict with keys joints (required), directions, unit_scale, axes, name, description, landmarks."""
+        """From a dict with keys joints (required), directions, unit_scale, axes, name, description, landmarks,
+        rest_frame."""
         if "joints" not in data:
             raise ValueError("a skeleton preset needs a 'joints' mapping (SMPL name -> source name)")
-        unknown = set(data) - {"name", "joints", "directions", "unit_scale", "axes", "description", "landmarks"}
+        unknown = set(data) - {"name", "joints", "directions", "unit_scale", "axes", "description", "landmarks",
+                               "rest_frame"}
         if unknown:
             raise ValueError(f"unknown preset keys {sorted(unknown)}")
         joints = {k: (v if isinstance(v, str) else tuple(v)) for k, v in data["joints"].items()}
@@ -187,6 +193,7 @@ class SkeletonPreset:
             axes=tuple(axes) if axes else None,
             description=data.get("description", ""),
             landmarks=tuple(data["landmarks"]) if data.get("landmarks") is not None else None,
+            rest_frame=data.get("rest_frame"),
         )
 
 
@@ -284,6 +291,34 @@ MIXAMO = SkeletonPreset(
     ),
 )  # fmt: skip
 
+# CMU's cgspeed "DAZ-friendly" BVH release (Poser/DAZ names, 43 joints; the extra training set).
+# Checked on the data: Y up, faces +Z, left at +X, centimetres; frame 0 of every file is a synthetic
+# T-pose (the rest); every other joint uses Z-X-Y Euler channels. Two back bones (abdomen, chest)
+# for SMPL's three: spine2 takes their mean, so the back's bend spreads as SMPL's would. No toe
+# joint: SMPL's feet stay at rest. Buttocks, collars and eyes never rotate in the release. As for
+# CMU, only the limbs are rest-aligned (the T-pose's legs and arms against the body's).
+CMU_DAZ = SkeletonPreset(
+    name="cmu_daz",
+    description='CMU in the cgspeed "DAZ-friendly" BVH release (hip, abdomen, chest, lThigh, ...; 43 joints)',
+    unit_scale=0.01,
+    axes=("+x", "+y", "+z"),
+    rest_frame=0,
+    joints=_sided(
+        {
+            "pelvis": "hip",
+            "spine1": "abdomen", "spine2": ("abdomen", "chest"), "spine3": "chest",
+            "neck": "neck", "head": "head",
+            "{s}_hip": "{c}Thigh", "{s}_knee": "{c}Shin", "{s}_ankle": "{c}Foot",
+            "{s}_collar": "{c}Collar", "{s}_shoulder": "{c}Shldr", "{s}_elbow": "{c}ForeArm", "{s}_wrist": "{c}Hand",
+        }
+    ),
+    directions=_sided(
+        {"{s}_hip": "{c}Shin", "{s}_knee": "{c}Foot", "{s}_shoulder": "{c}ForeArm", "{s}_elbow": "{c}Hand"}
+    ),
+    landmarks=tuple(f"{side}_{joint}" for side in ("left", "right")
+                    for joint in ("hip", "knee", "ankle", "shoulder", "elbow", "wrist")) + ("head",),
+)  # fmt: skip
+
 # A source whose joints carry SMPL(-H) names (e.g. a BVH exported from an SMPL armature), in metres.
 # Its rest is SMPL's T-pose, so rotations copy over unchanged (no rest alignment): SMPL pose
 # parameters do not depend on the body shape.
@@ -296,11 +331,11 @@ SMPL_LIKE = SkeletonPreset(
     directions={},
 )
 
-PRESETS: dict[str, SkeletonPreset] = {p.name: p for p in (CMU, MIXAMO, SMPL_LIKE)}
+PRESETS: dict[str, SkeletonPreset] = {p.name: p for p in (CMU, CMU_DAZ, MIXAMO, SMPL_LIKE)}
 
 
 def get_preset(name: str) -> SkeletonPreset:
-    """A built-in preset by name ("cmu", "mixamo", "smpl_like")."""
+    """A built-in preset by name ("cmu", "cmu_daz", "mixamo", "smpl_like")."""
     try:
         return PRESETS[name]
     except KeyError:

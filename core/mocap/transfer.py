@@ -55,6 +55,7 @@ __all__ = [
     "transfer_translation",
     "RetargetResult",
     "retarget_bvh",
+    "source_rest",
     "skeleton_fk",
     "FLIP_PRONE_JOINTS",
     "twist_angles",
@@ -347,6 +348,15 @@ def _topological(parents: list[int]) -> list[int]:
     return order
 
 
+def source_rest(motion: BVHMotion, preset: SkeletonPreset) -> tuple[Tensor, Tensor | None]:
+    """A clip's rest skeleton: joint positions (Js, 3) and world rotations (Js, 3, 3), None for
+    identity: the zero-rotation (OFFSET) pose, or the preset's `rest_frame`."""
+    if preset.rest_frame is None:
+        return rest_positions(motion), None
+    rotations, positions = forward_kinematics(motion, frames=[preset.rest_frame])
+    return positions[0], rotations[0]
+
+
 @dataclass
 class RetargetResult:
     poses: Tensor  # (T, Jt, 3) local axis-angle, SMPL joint order of the target
@@ -362,26 +372,22 @@ def retarget_bvh(
     target_parents,
     target_names: list[str] | None = None,
     frames=None,
-    rest_frame: int | None = None,
     setup: TransferSetup | None = None,
     anchor: str = "root",
     **build_kwargs,
 ) -> RetargetResult:
     """A parsed BVH -> SMPL poses and translations.
 
-    rest_frame: None uses the zero-rotation (OFFSET) pose as the source rest; an index uses that
-        frame's pose (e.g. 0 for cgspeed's DAZ files, whose first frame is a T-pose).
+    The source's rest is its zero-rotation (OFFSET) pose, or the preset's `rest_frame` (e.g. 0 for
+    cgspeed's DAZ files, whose first frame is a T-pose).
     frames: optional frame indices to convert (e.g. a subsampling).
     setup: reuse a TransferSetup built for the same skeleton and body.
     anchor: "root" puts the body's pelvis on the source root, "hips" the hip midpoints together
         (see transfer_translation).
     """
     if setup is None:
-        if rest_frame is None:
-            src_rest, src_rest_global = rest_positions(motion), None
-        else:
-            g0, p0 = forward_kinematics(motion, frames=[rest_frame])
-            src_rest, src_rest_global = p0[0], g0[0]
+        preset = load_preset(preset)
+        src_rest, src_rest_global = source_rest(motion, preset)
         setup = build_transfer(
             preset, motion.names, src_rest, target_rest, target_parents, target_names,
             source_rest_global=src_rest_global, **build_kwargs,
