@@ -481,11 +481,13 @@ class _Problem:
             if self.smooth:
                 joint_ids = torch.cat([joint_ids, torch.arange(NUM_BODY_JOINTS, device=model.device)])
                 levers = torch.cat([levers, output.joints[:, :NUM_BODY_JOINTS]], dim=1)
-            d_joints, d_vertices = body_jacobians(
+            corner_maps = None if keypoints.only_joints else keypoints.corner_maps(output.vertices)
+            d_joints, d_corner_points = body_jacobians(
                 model, point.rotations, output.joint_rotations, output.joints, point.betas, self.moving, world,
-                num_columns=self.size, joint_ids=joint_ids, joint_points=levers, vertex_ids=keypoints.vertex_ids,
-                transl_columns=self.columns.get("transl"), betas_columns=self.columns.get("betas"))
-            d_points = keypoints.points_jacobian(output.vertices, d_joints[:, : len(keypoints.joint_ids)], d_vertices)
+                num_columns=self.size, joint_ids=joint_ids, joint_points=levers, corner_ids=keypoints.corner_ids,
+                corner_maps=corner_maps, transl_columns=self.columns.get("transl"),
+                betas_columns=self.columns.get("betas"))
+            d_points = keypoints.points_jacobian(d_joints[:, : len(keypoints.joint_ids)], d_corner_points)
             jacobians.append(((confidence * irls).sqrt()[..., None, None] * d_points).flatten(1, 2))
             if self.smooth:
                 evaluation.d_body_joints = d_joints[:, len(keypoints.joint_ids):]

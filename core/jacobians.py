@@ -7,8 +7,10 @@ is a few large batched products:
 
 - A change of joint j's rotation is a world angular velocity w_j; every point moved by joint j's
   frame moves by w_j x (point - joint_j). Summing w_j over each joint's ancestors (one matrix
-  product with the ancestor table) gives all joints at once; skinned vertices blend the same per
-  joint motions with their skinning weights, plus the pose-corrective and shape terms.
+  product with the ancestor table) gives all joints at once. Points on the skin (vertices, surface
+  markers) blend the same per joint motions with their corners' skinning weights and the point's
+  own map from its corners, straight into the point (one small product per frame), plus the
+  pose-corrective and shape terms.
 - VPoser's decoder is an MLP followed by the 6D -> matrix map: its tangents are pushed forward
   through the layers (forward mode, one column per latent dimension, the cheapest order), then
   turned into body-frame angular velocities of each decoded joint rotation in closed form.
@@ -16,6 +18,7 @@ is a few large batched products:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -119,12 +122,13 @@ def body_jacobians(
     *,
     num_columns: int,
     joint_ids: Tensor,
-    vertex_ids: Tensor | None,
     joint_points: Tensor | None = None,
+    corner_ids: Tensor | None = None,
+    corner_maps: Tensor | None = None,
     transl_columns: slice | None = None,
     betas_columns: slice | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Derivatives of posed joints and chosen vertices w.r.t. N unknowns.
+    """Derivatives of posed joint keypoints and of points blended from skinned vertices w.r.t. N unknowns.
 
     rotations, world_rotations (B, J, 3, 3), joints (B, J, 3): the body's forward at the current
     point. moving (M,): the joints whose rotation depends on the unknowns; angular (B, M, 3, N):
@@ -132,7 +136,9 @@ def body_jacobians(
     (3) and betas (model.num_betas) sit among the N columns, if they are unknowns.
     joint_points (B, Kj, 3): where the keypoints of joint_ids are, when offset from the joints along
     their parent segments (see KeypointSet's `local`); default the joints themselves.
-    Returns d joints[:, joint_ids] (B, Kj, 3, N) and d vertices[:, vertex_ids] (B, V', 3, N) or None.
+    corner_ids (Kv, C) and corner_maps (B, Kv, C, 3, 3): points that move as sum_a maps_a d v_a of
+    the skinned vertices corner_ids (see KeypointSet.corner_maps).
+    Returns d joints[:, joint_ids] (B, Kj, 3, N) and d points (B, Kv, 3, N) or None.
     """
     dtype, device = rotations.dtype, rotations.device
     count = joints.shape[1]  # the posed joints: all, or the first few (see BodyModel.forward_rotations)
@@ -140,17 +146,20 @@ def body_jacobians(
     parent_ids = model.parents.to(device)[joint_ids]
     has_parent = (parent_ids >= 0).to(dtype)[None, :, None, None]
     safe_parent = parent_ids.clamp_min(0)
+    influences = None
+    if corner_ids is not None:
+        influences = _influences(model.weights, tuple(model.parents.tolist()), corner_ids, tuple(moving.tolist()))
     # xi_i = sum of w_j over j in ancestors-or-self(i); psi_i = sum of w_j x p_j over the same joints;
-    # needed at the keypoint joints' parents, and at every joint when vertices are skinned.
-    rows = safe_parent if vertex_ids is None else torch.arange(count, device=device)
+    # needed at the keypoint joints' parents and at the joints whose skinning weights move the corners.
+    rows = safe_parent if influences is None else torch.cat([influences.carriers, safe_parent])
     table = ancestors[rows][:, moving]  # (R, M)
     batch = angular.shape[0]
-    sums = table @ torch.cat([angular, cross_columns(angular, joints[:, moving])], dim=-1).reshape(batch, len(moving), -1)
-    xi, psi = sums.view(batch, len(rows), 3, -1).chunk(2, dim=-1)
-    at_parents = (xi, psi) if vertex_ids is None else (xi[:, safe_parent], psi[:, safe_parent])
+    sums = (table @ torch.cat([angular, cross_columns(angular, joints[:, moving])], dim=-1).reshape(
+        batch, len(moving), -1)).view(batch, len(rows), 3, 2, -1)  # (B, R, 3, xi or psi, N)
+    at_parents = sums[:, len(rows) - len(safe_parent):]
     # A point carried by a joint's parent segment moves as that segment does: w x (point) - sum w_a x p_a.
     levers = joints[:, joint_ids] if joint_points is None else joint_points
-    d_joints = (cross_columns(at_parents[0], levers) - at_parents[1]) * has_parent
+    d_joints = (cross_columns(at_parents[:, :, :, 0], levers) - at_parents[:, :, :, 1]) * has_parent
     shape_positions = None
     if betas_columns is not None:
         rest_shift = model.joint_shape_basis[: model.num_betas].view(-1, model.num_joints, 3).permute(1, 2, 0)[:count]
@@ -161,60 +170,138 @@ def body_jacobians(
         d_joints[..., betas_columns] += shape_positions[:, joint_ids]
     if transl_columns is not None:
         d_joints[..., transl_columns] += torch.eye(3, dtype=dtype, device=device)
-    if vertex_ids is None:
+    if influences is None:
         return d_joints, None
-    return d_joints, _vertex_jacobian(model, rotations, world_rotations, joints, betas, moving, angular, xi, psi,
-                                      shape_positions, vertex_ids, num_columns, transl_columns, betas_columns)
+    d_points = _corner_points_jacobian(model, rotations, world_rotations, joints, betas, influences, corner_maps,
+                                       sums[:, : len(influences.carriers)])
+    extra = _corner_extras(model, rotations, world_rotations, moving, angular, shape_positions, corner_ids,
+                           num_columns, betas_columns)
+    if extra is not None:  # per corner (B, Kv, C, 3, N), blended as the points are
+        maps = corner_maps.transpose(2, 3).flatten(3)  # (B, Kv, 3, C * 3)
+        d_points = d_points + maps @ extra.flatten(2, 3)
+    if transl_columns is not None:  # the maps of a point add up to the identity
+        d_points[..., transl_columns] += torch.eye(3, dtype=dtype, device=device)
+    return d_joints, d_points
 
 
-def _vertex_jacobian(
+@dataclass(frozen=True)
+class _Influences:
+    """Which joints' skinning moves which blended points: one entry per (point, corner, joint) with a
+    non-zero skinning weight. A joint that does not move turns with its nearest moving ancestor (same
+    xi and psi), its `carrier`: `carriers` lists those (U,), `row` indexes it per entry, and `slots`
+    (T, 3, 3, 2) place each entry's 3x3 E and F blocks in a point's (3 Kv, U, 3, 2) layout."""
+
+    carriers: Tensor
+    point: Tensor
+    corner: Tensor
+    joint: Tensor
+    vertex: Tensor
+    weight: Tensor
+    row: Tensor
+    slots: Tensor
+
+
+@lru_cache(maxsize=16)
+def _influences(skinning: Tensor, parents: tuple[int, ...], corner_ids: Tensor, moving: tuple[int, ...]
+                ) -> _Influences:
+    """The influences of the corners corner_ids (Kv, C) with skinning weights (V, J) when the joints
+    `moving` turn (cached: all are fixed for a solve; keyed by the tensors' identity)."""
+    device = corner_ids.device
+    carrier = []
+    for joint in range(len(parents)):
+        while joint >= 0 and joint not in moving:
+            joint = parents[joint]
+        carrier.append(joint)
+    weights = skinning[corner_ids]  # (Kv, C, J)
+    point, corner, joint = torch.nonzero(weights).unbind(1)
+    carried = torch.tensor(carrier, device=device)[joint]
+    keep = carried >= 0  # moved by no unknown: no derivative
+    point, corner, joint, carried = point[keep], corner[keep], joint[keep], carried[keep]
+    carriers, row = torch.unique(carried, return_inverse=True)
+    used = len(carriers)
+    rows = point * 3 + torch.arange(3, device=device).view(-1, 1)  # (3 r, T): the point's rows
+    slots = ((rows.T.unsqueeze(-1) * used + row.view(-1, 1, 1)) * 3 + torch.arange(3, device=device)) * 2
+    slots = slots.unsqueeze(-1) + torch.arange(2, device=device)  # (T, 3 r, 3 c, 2)
+    return _Influences(carriers, point, corner, joint, corner_ids[point, corner], weights[point, corner, joint],
+                       row, slots)
+
+
+def _corner_points_jacobian(
     model: BodyModel,
     rotations: Tensor,
     world_rotations: Tensor,
     joints: Tensor,
     betas: Tensor | None,
+    influences: _Influences,
+    corner_maps: Tensor,
+    sums: Tensor,
+) -> Tensor:
+    """The rigid part of LBS, v = sum_i w_i (G_i (v_rest - j_i) + p_i) moving as
+    d v = sum_i w_i (xi_i x u_i - psi_i) with u_i = G_i (v_rest - j_i) + p_i, blended straight into the
+    points: d point = sum_i E_i xi_i + F_i psi_i with E_i = sum_a w_ai [u_ai x T_a rows] and
+    F_i = -sum_a w_ai T_a (T_a: the corner maps). Each point depends on few (corner, joint) pairs, so E
+    and F are built from those alone, and one product per frame (3 Kv, 6 U) x (6 U, N) gives all
+    points: no per-vertex Jacobian is ever formed. sums (B, U, 3, 2, N): xi and psi at the carriers."""
+    batch, dtype, device = rotations.shape[0], rotations.dtype, rotations.device
+    count, used = corner_maps.shape[1], len(influences.carriers)
+    joint = influences.joint
+    rest = _rest_vertices(model, rotations, betas, influences.vertex)
+    rest_joints = (model.rest_joints(betas) if betas is not None else model.rest_joints())[:, joint]
+    lever = rest - rest_joints  # (B or 1, T, 3)
+    carried = (world_rotations[:, joint] * lever.unsqueeze(-2)).sum(-1) + joints[:, joint]  # u (B, T, 3)
+    maps = corner_maps[:, influences.point, influences.corner]  # (B, T, 3, 3): rows of T_a
+    weight = influences.weight.to(dtype).view(1, -1, 1, 1)
+    x, y, z = (component.unsqueeze(-1) for component in carried.unbind(-1))
+    a, b, c = maps.unbind(-1)
+    blocks = torch.zeros(batch, count * 3 * used * 6, dtype=dtype, device=device)
+    blocks.index_add_(1, influences.slots[..., 0].reshape(-1),
+                      (weight * torch.stack([y * c - z * b, z * a - x * c, x * b - y * a], dim=-1)).flatten(1))
+    blocks.index_add_(1, influences.slots[..., 1].reshape(-1), (-weight * maps).flatten(1))
+    return (blocks.view(batch, 3 * count, 6 * used) @ sums.reshape(batch, 6 * used, -1)).view(batch, count, 3, -1)
+
+
+def _rest_vertices(model: BodyModel, rotations: Tensor, betas: Tensor | None, vertex_ids: Tensor) -> Tensor:
+    """Rest positions (B or 1, V', 3) of the vertices vertex_ids: template, shape and pose correctives."""
+    batch = rotations.shape[0]
+    coords = (vertex_ids.unsqueeze(1) * 3 + torch.arange(3, device=vertex_ids.device)).reshape(-1)
+    rest = model.v_template[vertex_ids].unsqueeze(0)
+    if betas is not None and model.num_betas:
+        rest = rest + (betas.expand(batch, -1) @ model.shape_basis[: model.num_betas, coords]).view(batch, -1, 3)
+    if model.use_pose_correctives:
+        eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
+        pose_feature = (rotations[:, 1:] - eye).reshape(batch, -1)
+        rest = rest + (pose_feature @ model.posedirs[:, coords]).view(batch, -1, 3)
+    return rest
+
+
+def _corner_extras(
+    model: BodyModel,
+    rotations: Tensor,
+    world_rotations: Tensor,
     moving: Tensor,
     angular: Tensor,
-    xi: Tensor,
-    psi: Tensor,
     shape_positions: Tensor | None,
-    vertex_ids: Tensor,
+    corner_ids: Tensor,
     num_columns: int,
-    transl_columns: slice | None,
     betas_columns: slice | None,
-) -> Tensor:
-    """LBS vertices v = sum_i w_i (G_i (v_rest - j_i) + p_i), differentiated (see body_jacobians)."""
+) -> Tensor | None:
+    """What the corner vertices' Jacobian has beyond rigid skinning, (B, Kv, C, 3, N): pose correctives
+    (their rest offsets turn with the joints' local rotations) and betas; None when there is neither."""
+    posed_bodies = moving[moving > 0]
+    correctives = model.use_pose_correctives and len(posed_bodies) > 0
+    if not correctives and betas_columns is None:
+        return None
     batch, dtype, device = rotations.shape[0], rotations.dtype, rotations.device
+    vertex_ids = corner_ids.reshape(-1)
     num_verts = len(vertex_ids)
     weights = model.weights[vertex_ids]  # (V', J)
     used = torch.nonzero(weights.abs().sum(0) > 0).squeeze(1)  # joints that move these vertices
     weights = weights[:, used]
     coords = (vertex_ids.unsqueeze(1) * 3 + torch.arange(3, device=device)).reshape(-1)
-    rest = model.v_template[vertex_ids].expand(batch, -1, -1)
-    if betas is not None and model.num_betas:
-        rest = rest + (betas.expand(batch, -1) @ model.shape_basis[: model.num_betas, coords]).view(batch, num_verts, 3)
-    rest_joints = model.rest_joints(betas) if betas is not None else model.rest_joints()
-    rest_joints = rest_joints.expand(batch, -1, -1)
-    if model.use_pose_correctives:
-        eye = torch.eye(3, dtype=dtype, device=device)
-        pose_feature = (rotations[:, 1:] - eye).reshape(batch, -1)
-        rest = rest + (pose_feature @ model.posedirs[:, coords]).view(batch, num_verts, 3)
     used_world = world_rotations[:, used]  # (B, U, 3, 3)
-    # u_vi = G_i v_rest + (p_i - G_i j_i): vertex v carried rigidly by joint i, as (B, U, 3, V').
-    shift = joints[:, used] - (used_world @ rest_joints[:, used].unsqueeze(-1)).squeeze(-1)
-    carried = (used_world.reshape(batch, -1, 3) @ rest.transpose(1, 2)).view(batch, len(used), 3, num_verts)
-    carried = carried + shift.unsqueeze(-1)
-    # sum_i w_vi (xi_i x u_vi - psi_i): per component c, the cross product is two matrix products over
-    # the joints i ((xi x a)_x = xi_y a_z - xi_z a_y, ...), laid out so each operand is contiguous.
-    lever = (carried * weights.T.unsqueeze(1)).permute(2, 0, 3, 1).contiguous()  # (3, B, V', U)
-    turn = xi[:, used].permute(2, 0, 1, 3).contiguous()  # (3, B, U, N)
-    offset = psi[:, used].permute(2, 0, 1, 3)  # (3, B, U, N)
-    d_vertices = torch.stack([
-        torch.baddbmm(lever[(c + 2) % 3] @ turn[(c + 1) % 3], lever[(c + 1) % 3], turn[(c + 2) % 3], alpha=-1)
-        - weights @ offset[c] for c in range(3)], dim=2)
     blended = torch.einsum("vi,bicd->bvcd", weights, used_world)  # sum_i w_i G_i
-    posed_bodies = moving[moving > 0]
-    if model.use_pose_correctives and len(posed_bodies):
+    extra = torch.zeros(batch, num_verts, 3, num_columns, dtype=dtype, device=device)
+    if correctives:
         rows = (posed_bodies.unsqueeze(1) - 1) * 9 + torch.arange(9, device=device)  # (M', 9)
         directions = model.posedirs[rows.reshape(-1)][:, coords].view(len(posed_bodies), 9, num_verts * 3)
         local_angular = world_rotations[:, posed_bodies].transpose(-1, -2) @ angular[:, moving > 0]  # (B, M', 3, N)
@@ -224,13 +311,10 @@ def _vertex_jacobian(
             batch, num_verts * 3, len(posed_bodies) * 3)
         d_rest = (per_joint @ local_angular.reshape(batch, len(posed_bodies) * 3, num_columns)).view(
             batch, num_verts, 3, num_columns)
-        d_vertices = d_vertices + blended @ d_rest
+        extra += blended @ d_rest
     if betas_columns is not None:
         basis = model.shape_basis[: model.num_betas, coords].view(-1, num_verts, 3).permute(1, 2, 0)  # (V', 3, K)
         rest_shift = model.joint_shape_basis[: model.num_betas].view(-1, model.num_joints, 3).permute(1, 2, 0)
         d_shape = blended @ basis - torch.einsum("vi,bicd,idn->bvcn", weights, used_world, rest_shift[used])
-        d_vertices[..., betas_columns] += d_shape + torch.einsum("vi,bicn->bvcn", weights, shape_positions[:, used])
-    if transl_columns is not None:
-        d_vertices[..., transl_columns] += torch.eye(3, dtype=dtype, device=device)
-    return d_vertices
-
+        extra[..., betas_columns] += d_shape + torch.einsum("vi,bicn->bvcn", weights, shape_positions[:, used])
+    return extra.view(batch, *corner_ids.shape, 3, num_columns)

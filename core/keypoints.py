@@ -92,6 +92,10 @@ class KeypointSet:
         self.vertex_ids = torch.tensor(needed, **long) if needed else None
         self._vertex_slots = torch.tensor([slot[point.index] for point in vertices], **long)
         self._corner_slots = torch.tensor([[slot[int(v)] for v in tri] for tri in corners], **long).view(-1, 3)
+        # Every vertex or surface keypoint as a blend of 3 corner vertices (a vertex keypoint: its vertex
+        # thrice, only the first with a non-zero map), in the order `points` gives them after the joints.
+        self.corner_ids = None if self.vertex_ids is None else self.vertex_ids[
+            torch.cat([self._vertex_slots.unsqueeze(1).expand(-1, 3), self._corner_slots])]
         self._barycentric = torch.tensor([point.barycentric for point in surfaces], **real).view(-1, 3)
         self._offsets = torch.tensor([point.offset for point in surfaces], **real)
         grouped = joints + vertices + surfaces
@@ -192,27 +196,29 @@ class KeypointSet:
                 parts.append(on_triangle + self._offsets.unsqueeze(-1) * normal)
         return torch.cat(parts, dim=1)[:, self._order]
 
-    def points_jacobian(self, vertices: Tensor | None, d_joints: Tensor, d_vertices: Tensor | None) -> Tensor:
-        """Chain rule: d points (B, K, 3, N) from d joints (B, len(joint_ids), 3, N) of the keypoint
-        joints and d vertices (B, V', 3, N) of `vertex_ids`, both w.r.t. the same N unknowns."""
-        parts = [d_joints]
-        if d_vertices is not None:
-            parts.append(d_vertices[:, self._vertex_slots])
-            if len(self._offsets):
-                # point = sum_a b_a v_a + o c / |c| with c = (v1 - v0) x (v2 - v0): a 3x3 map T_a per corner,
-                # T_a = b_a I + o (I - n n^T) / |c| d c / d v_a, applied to the corners' derivatives.
-                corners = vertices[:, self._corner_slots]  # (B, S, 3 corners, 3)
-                normal, length = _unit_normal(corners)
-                edge1, edge2 = skew(corners[:, :, 1] - corners[:, :, 0]), skew(corners[:, :, 2] - corners[:, :, 0])
-                d_cross = torch.stack([edge2 - edge1, -edge2, edge1], dim=2)  # d c / d v_a, (B, S, 3, 3, 3)
-                eye = torch.eye(3, dtype=vertices.dtype, device=vertices.device)
-                project = (eye - normal.unsqueeze(-1) * normal.unsqueeze(-2)) / length[..., None, None]
-                maps = (self._barycentric[..., None, None] * eye
-                        + self._offsets[:, None, None, None] * (project.unsqueeze(2) @ d_cross))
-                batch, count = maps.shape[:2]
-                d_corners = d_vertices[:, self._corner_slots]  # (B, S, 3 corners, 3, N)
-                surface = maps.transpose(2, 3).reshape(batch * count, 3, 9) @ d_corners.reshape(batch * count, 9, -1)
-                parts.append(surface.view(batch, count, 3, -1))
+    def corner_maps(self, vertices: Tensor) -> Tensor:
+        """(B, Kv, 3 corners, 3, 3): d point / d corner vertex for each vertex or surface keypoint (see
+        `corner_ids`), at the posed `vertex_ids` vertices (B, V', 3). To first order a keypoint moves as
+        sum_a maps_a d v_a: a vertex keypoint as its vertex; a surface point on its triangle as
+        sum_a b_a v_a + o c / |c| with c = (v1 - v0) x (v2 - v0), so map_a = b_a I + o (I - n n^T) / |c| d c / d v_a."""
+        batch, eye = vertices.shape[0], torch.eye(3, dtype=vertices.dtype, device=vertices.device)
+        point_maps = torch.zeros(batch, len(self._vertex_slots), 3, 3, 3, dtype=vertices.dtype, device=vertices.device)
+        point_maps[:, :, 0] = eye
+        if len(self._offsets):
+            corners = vertices[:, self._corner_slots]  # (B, S, 3 corners, 3)
+            normal, length = _unit_normal(corners)
+            edge1, edge2 = skew(corners[:, :, 1] - corners[:, :, 0]), skew(corners[:, :, 2] - corners[:, :, 0])
+            d_cross = torch.stack([edge2 - edge1, -edge2, edge1], dim=2)  # d c / d v_a, (B, S, 3, 3, 3)
+            project = (eye - normal.unsqueeze(-1) * normal.unsqueeze(-2)) / length[..., None, None]
+            surface = (self._barycentric[..., None, None] * eye
+                       + self._offsets[:, None, None, None] * (project.unsqueeze(2) @ d_cross))
+            point_maps = torch.cat([point_maps, surface], dim=1)
+        return point_maps
+
+    def points_jacobian(self, d_joints: Tensor, d_corner_points: Tensor | None) -> Tensor:
+        """d points (B, K, 3, N) in keypoint order from d joint keypoints (B, len(joint_ids), 3, N) and
+        d vertex and surface keypoints (B, Kv, 3, N) (see `corner_ids`), both w.r.t. the same N unknowns."""
+        parts = [d_joints] if d_corner_points is None else [d_joints, d_corner_points]
         return torch.cat(parts, dim=1)[:, self._order]
 
 

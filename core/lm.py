@@ -8,7 +8,8 @@ frames converge and one hard frame never holds back or perturbs the others.
 The solver knows nothing about bodies: a problem exposes `linearize`, `try_step` and `accept` over
 a subset of frames (see `LeastSquaresProblem`). Steps solve the damped normal equations
 (J^T J + mu D) h = -J^T r per frame (D: the clamped diagonal of J^T J, Marquardt's scaling) by
-Cholesky in float64, and mu follows Nielsen's gain-ratio rule.
+Cholesky in float64, and mu follows Nielsen's gain-ratio rule. Frames are linearised a chunk at a
+time and only their normal equations are kept, so a large batch never holds all its Jacobians.
 """
 
 from __future__ import annotations
@@ -95,32 +96,63 @@ class _Damping:
         return _Damping(self.mu[rows], self.nu[rows])
 
 
+LINEARIZE_CHUNK = 128  # frames per `linearize` call: each call's temporaries stay small and cache-resident
+
+
+@dataclass
+class _Normal:
+    """Per frame at its current point: J^T J (b, n, n), J^T r (b, n), cost (b,) float64, and whether
+    the Jacobian is exact (b,). Only these are kept: the Jacobians themselves never exist for more
+    than one chunk of frames at a time, so large batches touch little fresh memory."""
+
+    matrix: Tensor
+    gradient: Tensor
+    cost: Tensor
+    exact: Tensor
+
+    def select(self, rows: Tensor) -> _Normal:
+        return _Normal(self.matrix[rows], self.gradient[rows], self.cost[rows], self.exact[rows])
+
+    def replace(self, rows: Tensor, new: _Normal) -> _Normal:
+        """A copy with `rows` taken from `new`."""
+        out = _Normal(self.matrix.clone(), self.gradient.clone(), self.cost.clone(), self.exact.clone())
+        out.matrix[rows], out.gradient[rows], out.cost[rows], out.exact[rows] = (
+            new.matrix, new.gradient, new.cost, new.exact)
+        return out
+
+
+def _linearize(problem: LeastSquaresProblem, frames: Tensor) -> _Normal:
+    """The normal equations of `frames`, linearised LINEARIZE_CHUNK frames at a time."""
+    parts = []
+    for start in range(0, len(frames), LINEARIZE_CHUNK):
+        residuals, jacobian, cost, exact = problem.linearize(frames[start:start + LINEARIZE_CHUNK])
+        transposed = jacobian.transpose(1, 2)
+        parts.append((transposed @ jacobian, (transposed @ residuals.unsqueeze(-1)).squeeze(-1), cost.double(), exact))
+    return _Normal(*(torch.cat(values) if len(parts) > 1 else values[0] for values in zip(*parts)))
+
+
 def _iterate(
     problem: LeastSquaresProblem,
     frames: Tensor,
-    residuals: Tensor,
-    jacobian: Tensor,
-    cost: Tensor,
-    exact: Tensor,
+    normal: _Normal,
     damping: _Damping,
     options: LMOptions,
 ) -> tuple[Tensor, Tensor, Tensor, _Damping]:
     """One trial step for each of `frames`: (accepted, done, cost after, damping after)."""
-    gradient = (jacobian.transpose(1, 2) @ residuals.unsqueeze(-1)).squeeze(-1)
-    flat = gradient.abs().amax(-1) <= options.gradient_tolerance
-    step, predicted = _damped_step(jacobian, gradient, damping.mu)
+    flat = normal.gradient.abs().amax(-1) <= options.gradient_tolerance
+    step, predicted = _damped_step(normal.matrix, normal.gradient, damping.mu)
     trial_cost = problem.try_step(frames, step).double()
-    decrease = cost - trial_cost
+    decrease = normal.cost - trial_cost
     accept = (decrease > 0) & torch.isfinite(trial_cost) & (predicted > 0) & ~flat
     problem.accept(accept)
     ratio = decrease / predicted.clamp_min(1e-300)
     shrink = torch.clamp(1 - (2 * ratio - 1) ** 3, min=1 / 3)
     damping = _Damping(torch.where(accept, damping.mu * shrink, damping.mu * damping.nu),
                        torch.where(accept, torch.full_like(damping.nu, 2.0), damping.nu * 2))
-    cost = torch.where(accept, trial_cost, cost)
+    cost = torch.where(accept, trial_cost, normal.cost)
     small_decrease = accept & (decrease <= options.relative_tolerance * cost + options.absolute_tolerance)
     small_step = step.abs().amax(-1) <= options.step_tolerance
-    return accept, (flat | small_decrease | small_step) & exact, cost, damping
+    return accept, (flat | small_decrease | small_step) & normal.exact, cost, damping
 
 
 def _independent(problem: LeastSquaresProblem, frames: Tensor, options: LMOptions) -> LMReport:
@@ -129,12 +161,11 @@ def _independent(problem: LeastSquaresProblem, frames: Tensor, options: LMOption
                       torch.zeros(count, dtype=torch.bool, device=device),
                       torch.full((count,), float("nan"), dtype=torch.float64, device=device))
     active = torch.arange(count, device=device)  # positions in `frames` still being solved
-    residuals, jacobian, cost, exact = problem.linearize(frames)
-    cost = cost.double()
+    normal = _linearize(problem, frames)
     damping = _Damping.start(count, options, device)
     for iteration in range(options.max_iterations):
-        accept, done, cost, damping = _iterate(problem, frames[active], residuals, jacobian, cost, exact, damping,
-                                               options)
+        accept, done, cost, damping = _iterate(problem, frames[active], normal, damping, options)
+        normal.cost = cost
         report.iterations[active] += 1
         report.converged[active] = done
         report.cost[active] = cost
@@ -143,18 +174,13 @@ def _independent(problem: LeastSquaresProblem, frames: Tensor, options: LMOption
             break
         # Finished frames leave the batch; rejected ones keep an exact linearisation and only raise mu.
         if not bool(keep.all()):
-            active, damping, accept = active[keep], damping.select(keep), accept[keep]
-            residuals, jacobian, cost, exact = residuals[keep], jacobian[keep], cost[keep], exact[keep]
-        redo = accept | ~exact
+            active, damping, accept, normal = active[keep], damping.select(keep), accept[keep], normal.select(keep)
+        redo = accept | ~normal.exact
         if bool(redo.all()):
-            residuals, jacobian, cost, exact = problem.linearize(frames[active])
-            cost = cost.double()
+            normal = _linearize(problem, frames[active])
         elif bool(redo.any()):
             moved = torch.nonzero(redo).squeeze(1)
-            new_residuals, new_jacobian, new_cost, new_exact = problem.linearize(frames[active[moved]])
-            residuals, jacobian, cost, exact = residuals.clone(), jacobian.clone(), cost.clone(), exact.clone()
-            residuals[moved], jacobian[moved], cost[moved] = new_residuals, new_jacobian, new_cost.double()
-            exact[moved] = new_exact
+            normal = normal.replace(moved, _linearize(problem, frames[active[moved]]))
     return report
 
 
@@ -166,9 +192,8 @@ def _sweeps(problem: LeastSquaresProblem, frames: Tensor, groups: list[Tensor], 
     damping = _Damping.start(count, options, device)
     for _ in range(options.max_iterations):
         for group in groups:
-            residuals, jacobian, cost, exact = problem.linearize(frames[group])
             _, done, cost, group_damping = _iterate(
-                problem, frames[group], residuals, jacobian, cost.double(), exact, damping.select(group), options)
+                problem, frames[group], _linearize(problem, frames[group]), damping.select(group), options)
             damping.mu[group], damping.nu[group] = group_damping.mu, group_damping.nu
             report.iterations[group] += 1
             report.converged[group] = done
@@ -178,10 +203,11 @@ def _sweeps(problem: LeastSquaresProblem, frames: Tensor, groups: list[Tensor], 
     return report
 
 
-def _damped_step(jacobian: Tensor, gradient: Tensor, damping: Tensor) -> tuple[Tensor, Tensor]:
+def _damped_step(normal: Tensor, gradient: Tensor, damping: Tensor) -> tuple[Tensor, Tensor]:
     """Step h (b, n) from (J^T J + mu D) h = -g, and the decrease the linear model predicts. An
     unknown no residual depends on gets a tiny positive D (clamped) and a zero gradient, so h = 0."""
-    normal = (jacobian.transpose(1, 2) @ jacobian).double()
+    dtype = gradient.dtype
+    normal = normal.to(torch.float64, copy=True)  # the caller's J^T J is kept for a retry with more damping
     gradient64 = gradient.double()
     diagonal = normal.diagonal(dim1=-2, dim2=-1)
     scale = diagonal.clamp_min(1e-9 * diagonal.amax(-1, keepdim=True).clamp_min(1e-30))
@@ -191,4 +217,4 @@ def _damped_step(jacobian: Tensor, gradient: Tensor, damping: Tensor) -> tuple[T
     step = torch.where((info == 0).unsqueeze(-1) & torch.isfinite(step), step, torch.zeros_like(step))
     # L(0) - L(h) = -g.h - h.(J^T J)h / 2 = h.(mu D h - g) / 2
     predicted = 0.5 * (step * (damping.unsqueeze(-1) * scale * step - gradient64)).sum(-1)
-    return step.to(jacobian.dtype), predicted
+    return step.to(dtype), predicted

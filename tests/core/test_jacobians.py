@@ -67,11 +67,12 @@ def test_body_jacobian_matches_differences(tmp_path, markers):
     angular[:, 0, :, :3] = torch.eye(3, dtype=F64)  # exp(h) R: the root turns about world axes
     for joint in range(1, 22):  # R exp(h): world angular velocity G_j h
         angular[:, joint, :, 3 * joint:3 * joint + 3] = world[:, joint]
-    d_joints, d_vertices = body_jacobians(
+    corner_maps = keypoints.corner_maps(output.vertices) if markers else None
+    d_joints, d_corner_points = body_jacobians(
         model, rotations, world, output.joints, betas, torch.arange(22), angular, num_columns=size,
-        joint_ids=keypoints.joint_ids, vertex_ids=keypoints.vertex_ids,
+        joint_ids=keypoints.joint_ids, corner_ids=keypoints.corner_ids, corner_maps=corner_maps,
         transl_columns=slice(66, 69), betas_columns=slice(69, size))
-    analytic = keypoints.points_jacobian(output.vertices, d_joints, d_vertices)
+    analytic = keypoints.points_jacobian(d_joints, d_corner_points)
     steps = torch.eye(size, dtype=F64).unsqueeze(1).expand(size, batch, size) * EPS
     numeric = torch.stack([(points(step) - points(-step)) / (2 * EPS) for step in steps], dim=-1)
     torch.testing.assert_close(analytic, numeric, atol=1e-7, rtol=1e-6)
