@@ -481,11 +481,13 @@ class _Problem:
             if self.smooth:
                 joint_ids = torch.cat([joint_ids, torch.arange(NUM_BODY_JOINTS, device=model.device)])
                 levers = torch.cat([levers, output.joints[:, :NUM_BODY_JOINTS]], dim=1)
-            corner_maps = None if keypoints.only_joints else keypoints.corner_maps(output.vertices)
+            corners, corner_maps = None, None
+            if not keypoints.only_joints:
+                corners, corner_maps = keypoints.corner_vertices(output.vertices), keypoints.corner_maps(output.vertices)
             d_joints, d_corner_points = body_jacobians(
                 model, point.rotations, output.joint_rotations, output.joints, point.betas, self.moving, world,
                 num_columns=self.size, joint_ids=joint_ids, joint_points=levers, corner_ids=keypoints.corner_ids,
-                corner_maps=corner_maps, transl_columns=self.columns.get("transl"),
+                corner_vertices=corners, corner_maps=corner_maps, transl_columns=self.columns.get("transl"),
                 betas_columns=self.columns.get("betas"))
             d_points = keypoints.points_jacobian(d_joints[:, : len(keypoints.joint_ids)], d_corner_points)
             jacobians.append(((confidence * irls).sqrt()[..., None, None] * d_points).flatten(1, 2))

@@ -124,6 +124,7 @@ def body_jacobians(
     joint_ids: Tensor,
     joint_points: Tensor | None = None,
     corner_ids: Tensor | None = None,
+    corner_vertices: Tensor | None = None,
     corner_maps: Tensor | None = None,
     transl_columns: slice | None = None,
     betas_columns: slice | None = None,
@@ -136,8 +137,9 @@ def body_jacobians(
     (3) and betas (model.num_betas) sit among the N columns, if they are unknowns.
     joint_points (B, Kj, 3): where the keypoints of joint_ids are, when offset from the joints along
     their parent segments (see KeypointSet's `local`); default the joints themselves.
-    corner_ids (Kv, C) and corner_maps (B, Kv, C, 3, 3): points that move as sum_a maps_a d v_a of
-    the skinned vertices corner_ids (see KeypointSet.corner_maps).
+    corner_ids (Kv, C), corner_vertices (B, Kv, C, 3) and corner_maps (B, Kv, C, 3, 3): points that
+    move as sum_a maps_a d v_a of the skinned vertices corner_ids, posed at corner_vertices (see
+    KeypointSet.corner_maps).
     Returns d joints[:, joint_ids] (B, Kj, 3, N) and d points (B, Kv, 3, N) or None.
     """
     dtype, device = rotations.dtype, rotations.device
@@ -172,8 +174,8 @@ def body_jacobians(
         d_joints[..., transl_columns] += torch.eye(3, dtype=dtype, device=device)
     if influences is None:
         return d_joints, None
-    d_points = _corner_points_jacobian(model, rotations, world_rotations, joints, betas, influences, corner_maps,
-                                       sums[:, : len(influences.carriers)])
+    d_points = _corner_points_jacobian(model, rotations, world_rotations, joints, betas, influences, corner_vertices,
+                                       corner_maps, sums[:, : len(influences.carriers)])
     extra = _corner_extras(model, rotations, world_rotations, moving, angular, shape_positions, corner_ids,
                            num_columns, betas_columns)
     if extra is not None:  # per corner (B, Kv, C, 3, N), blended as the points are
@@ -186,19 +188,23 @@ def body_jacobians(
 
 @dataclass(frozen=True)
 class _Influences:
-    """Which joints' skinning moves which blended points: one entry per (point, corner, joint) with a
-    non-zero skinning weight. A joint that does not move turns with its nearest moving ancestor (same
-    xi and psi), its `carrier`: `carriers` lists those (U,), `row` indexes it per entry, and `slots`
-    (T, 3, 3, 2) place each entry's 3x3 E and F blocks in a point's (3 Kv, U, 3, 2) layout."""
+    """Which joints' skinning moves which blended points. A joint that does not move turns with its
+    nearest moving ancestor (same xi and psi), its carrier; `carriers` (U,) lists those. Per group, a
+    (point, corner, carrier) with non-zero skinning weight: `point`, `corner`, the summed `weight`,
+    whether it is the corner's `whole` weight (then the corner moves rigidly with its carrier) and
+    `slots` (G, 3, 3, 2) placing its 3x3 E and F blocks in the points' (3 Kv, U, 3, 2) layout. Per
+    (corner, joint) of the other groups: its `group`, `joint`, `vertex` and `joint_weight`."""
 
     carriers: Tensor
     point: Tensor
     corner: Tensor
+    weight: Tensor
+    whole: Tensor
+    slots: Tensor
+    group: Tensor
     joint: Tensor
     vertex: Tensor
-    weight: Tensor
-    row: Tensor
-    slots: Tensor
+    joint_weight: Tensor
 
 
 @lru_cache(maxsize=16)
@@ -206,24 +212,43 @@ def _influences(skinning: Tensor, parents: tuple[int, ...], corner_ids: Tensor, 
                 ) -> _Influences:
     """The influences of the corners corner_ids (Kv, C) with skinning weights (V, J) when the joints
     `moving` turn (cached: all are fixed for a solve; keyed by the tensors' identity)."""
-    device = corner_ids.device
+    device, count, span = corner_ids.device, corner_ids.numel(), len(parents) + 1
+    weights = skinning[corner_ids].view(count, -1)  # (Kv * C, J)
+    corner_index, joint = torch.nonzero(weights).unbind(1)
+    carried = torch.tensor(_carriers(parents, moving), device=device)[joint]  # -1: moved by no unknown
+    # A corner whose joints all have the same carrier (none dropped) moves rigidly with it.
+    carriers_per_corner = torch.bincount(torch.unique(corner_index * span + carried + 1) // span, minlength=count)
+    keep = carried >= 0
+    corner_index, joint, carried = corner_index[keep], joint[keep], carried[keep]
+    carriers, row = torch.unique(carried, return_inverse=True)
+    used = len(carriers)
+    keys, group = torch.unique(corner_index * used + row, return_inverse=True)
+    group_corner = keys // used
+    point, corner = group_corner // corner_ids.shape[1], group_corner % corner_ids.shape[1]
+    weight = torch.zeros(len(keys), dtype=skinning.dtype, device=device).index_add_(0, group, weights[corner_index, joint])
+    whole = carriers_per_corner[group_corner] == 1
+    partial = ~whole[group]
+    group, joint, corner_index = group[partial], joint[partial], corner_index[partial]
+    return _Influences(carriers, point, corner, weight, whole, _block_slots(point, keys % used, used), group, joint,
+                       corner_ids.view(-1)[corner_index], weights[corner_index, joint])
+
+
+def _carriers(parents: tuple[int, ...], moving: tuple[int, ...]) -> list[int]:
+    """Each joint's nearest moving ancestor-or-self, -1 where none moves."""
     carrier = []
     for joint in range(len(parents)):
         while joint >= 0 and joint not in moving:
             joint = parents[joint]
         carrier.append(joint)
-    weights = skinning[corner_ids]  # (Kv, C, J)
-    point, corner, joint = torch.nonzero(weights).unbind(1)
-    carried = torch.tensor(carrier, device=device)[joint]
-    keep = carried >= 0  # moved by no unknown: no derivative
-    point, corner, joint, carried = point[keep], corner[keep], joint[keep], carried[keep]
-    carriers, row = torch.unique(carried, return_inverse=True)
-    used = len(carriers)
-    rows = point * 3 + torch.arange(3, device=device).view(-1, 1)  # (3 r, T): the point's rows
-    slots = ((rows.T.unsqueeze(-1) * used + row.view(-1, 1, 1)) * 3 + torch.arange(3, device=device)) * 2
-    slots = slots.unsqueeze(-1) + torch.arange(2, device=device)  # (T, 3 r, 3 c, 2)
-    return _Influences(carriers, point, corner, joint, corner_ids[point, corner], weights[point, corner, joint],
-                       row, slots)
+    return carrier
+
+
+def _block_slots(point: Tensor, row: Tensor, used: int) -> Tensor:
+    """(G, 3, 3, 2): flat positions of each group's E and F entries in a (3 Kv, U, 3, 2) layout."""
+    arange = torch.arange(3, device=point.device)
+    rows = point.view(-1, 1, 1) * 3 + arange.view(1, -1, 1)  # (G, 3 r, 1): the point's rows
+    slots = ((rows * used + row.view(-1, 1, 1)) * 3 + arange) * 2  # (G, 3 r, 3 c)
+    return slots.unsqueeze(-1) + torch.arange(2, device=point.device)
 
 
 def _corner_points_jacobian(
@@ -233,30 +258,36 @@ def _corner_points_jacobian(
     joints: Tensor,
     betas: Tensor | None,
     influences: _Influences,
+    corner_vertices: Tensor,
     corner_maps: Tensor,
     sums: Tensor,
 ) -> Tensor:
     """The rigid part of LBS, v = sum_i w_i (G_i (v_rest - j_i) + p_i) moving as
     d v = sum_i w_i (xi_i x u_i - psi_i) with u_i = G_i (v_rest - j_i) + p_i, blended straight into the
-    points: d point = sum_i E_i xi_i + F_i psi_i with E_i = sum_a w_ai [u_ai x T_a rows] and
-    F_i = -sum_a w_ai T_a (T_a: the corner maps). Each point depends on few (corner, joint) pairs, so E
-    and F are built from those alone, and one product per frame (3 Kv, 6 U) x (6 U, N) gives all
-    points: no per-vertex Jacobian is ever formed. sums (B, U, 3, 2, N): xi and psi at the carriers."""
+    points: d point = sum_c E_c xi_c + F_c psi_c over carriers c, with E_c = sum_a [q_ac x T_a rows],
+    q_ac = sum of w_ai u_ai over the corner's joints carried by c (the posed corner itself when c
+    carries them all), and F_c = -sum_a (sum of those w_ai) T_a (T_a: the corner maps). Each point
+    depends on few (corner, carrier) groups, so E and F are built from those alone, and one product
+    per frame (3 Kv, 6 U) x (6 U, N) gives all points: no per-vertex Jacobian is ever formed.
+    corner_vertices (B, Kv, C, 3): the posed corners; sums (B, U, 3, 2, N): xi and psi at the carriers."""
     batch, dtype, device = rotations.shape[0], rotations.dtype, rotations.device
     count, used = corner_maps.shape[1], len(influences.carriers)
-    joint = influences.joint
-    rest = _rest_vertices(model, rotations, betas, influences.vertex)
-    rest_joints = (model.rest_joints(betas) if betas is not None else model.rest_joints())[:, joint]
-    lever = rest - rest_joints  # (B or 1, T, 3)
-    carried = (world_rotations[:, joint] * lever.unsqueeze(-2)).sum(-1) + joints[:, joint]  # u (B, T, 3)
-    maps = corner_maps[:, influences.point, influences.corner]  # (B, T, 3, 3): rows of T_a
-    weight = influences.weight.to(dtype).view(1, -1, 1, 1)
-    x, y, z = (component.unsqueeze(-1) for component in carried.unbind(-1))
+    whole = influences.whole.view(1, -1, 1)
+    levers = torch.where(whole, corner_vertices[:, influences.point, influences.corner], 0)  # q (B, G, 3)
+    if len(influences.joint):
+        joint = influences.joint
+        rest = _rest_vertices(model, rotations, betas, influences.vertex)
+        rest_joints = (model.rest_joints(betas) if betas is not None else model.rest_joints())[:, joint]
+        carried = (world_rotations[:, joint] * (rest - rest_joints).unsqueeze(-2)).sum(-1) + joints[:, joint]
+        levers = levers.index_add(1, influences.group, influences.joint_weight.to(dtype).view(1, -1, 1) * carried)
+    maps = corner_maps[:, influences.point, influences.corner]  # (B, G, 3, 3): rows of T_a
+    x, y, z = (component.unsqueeze(-1) for component in levers.unbind(-1))
     a, b, c = maps.unbind(-1)
     blocks = torch.zeros(batch, count * 3 * used * 6, dtype=dtype, device=device)
     blocks.index_add_(1, influences.slots[..., 0].reshape(-1),
-                      (weight * torch.stack([y * c - z * b, z * a - x * c, x * b - y * a], dim=-1)).flatten(1))
-    blocks.index_add_(1, influences.slots[..., 1].reshape(-1), (-weight * maps).flatten(1))
+                      torch.stack([y * c - z * b, z * a - x * c, x * b - y * a], dim=-1).flatten(1))
+    blocks.index_add_(1, influences.slots[..., 1].reshape(-1),
+                      (-influences.weight.to(dtype).view(1, -1, 1, 1) * maps).flatten(1))
     return (blocks.view(batch, 3 * count, 6 * used) @ sums.reshape(batch, 6 * used, -1)).view(batch, count, 3, -1)
 
 

@@ -94,8 +94,8 @@ class KeypointSet:
         self._corner_slots = torch.tensor([[slot[int(v)] for v in tri] for tri in corners], **long).view(-1, 3)
         # Every vertex or surface keypoint as a blend of 3 corner vertices (a vertex keypoint: its vertex
         # thrice, only the first with a non-zero map), in the order `points` gives them after the joints.
-        self.corner_ids = None if self.vertex_ids is None else self.vertex_ids[
-            torch.cat([self._vertex_slots.unsqueeze(1).expand(-1, 3), self._corner_slots])]
+        self._point_corner_slots = torch.cat([self._vertex_slots.unsqueeze(1).expand(-1, 3), self._corner_slots])
+        self.corner_ids = None if self.vertex_ids is None else self.vertex_ids[self._point_corner_slots]
         self._barycentric = torch.tensor([point.barycentric for point in surfaces], **real).view(-1, 3)
         self._offsets = torch.tensor([point.offset for point in surfaces], **real)
         grouped = joints + vertices + surfaces
@@ -195,6 +195,10 @@ class KeypointSet:
                 normal, _ = _unit_normal(corners)
                 parts.append(on_triangle + self._offsets.unsqueeze(-1) * normal)
         return torch.cat(parts, dim=1)[:, self._order]
+
+    def corner_vertices(self, vertices: Tensor) -> Tensor:
+        """(B, Kv, 3 corners, 3): the posed `corner_ids` from the posed `vertex_ids` vertices (B, V', 3)."""
+        return vertices[:, self._point_corner_slots]
 
     def corner_maps(self, vertices: Tensor) -> Tensor:
         """(B, Kv, 3 corners, 3, 3): d point / d corner vertex for each vertex or surface keypoint (see
