@@ -49,7 +49,13 @@ Departures from the official trainer, each for speed or robustness on a small da
   is both the input and the target, which widens the small data set's support (on 11 minutes of
   CMU motion it cut the held-out reconstruction error by a third or more; large sigma makes the
   samples less natural, see core/data/vposer_open.md). With `denoise` the noise goes to the
-  encoder's input only and the target stays clean (tried on CMU: much worse).
+  encoder's input only and the target stays clean (tried on CMU: much worse). `joint_noise_deg`
+  gives named joints their own sigma.
+- **Optional part mixing** (off by default): `part_mix` is the share of training poses that take
+  each whole body part (both legs, trunk with head, each arm; `BODY_PARTS`) with probability 1/2
+  from another pose of the batch. Each part keeps natural local rotations, and the combinations
+  reach poses the small data set lacks (held-out people move their arms and legs in combinations
+  no training take has).
 - **KL weight** is a parameter (`kl_weight`); the shipped open prior uses 0.001, see its card.
 - **Time budget.** `max_minutes` times a few steps before training; when a full pass over the data
   would leave fewer than `min_epochs` epochs in the budget, an epoch becomes a fixed number of
@@ -79,6 +85,7 @@ import torch
 from torch import Tensor
 
 from .body_model import BodyModel
+from .model_files import SMPL_BODY_JOINTS
 from .pose_files import load_pose_file
 from .rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from .vposer import VPoser, save_vposer
@@ -124,7 +131,9 @@ class TrainConfig:
     train_vertices: int = 1500
     vertex_seed: int = 0
     rotation_noise_deg: float = 0.0
+    joint_noise_deg: dict[str, float] = field(default_factory=dict)  # per-joint overrides, by SMPL name
     denoise: bool = False  # with noise: perturb the encoder's input only, keep the clean target
+    part_mix: float = 0.0  # share of training poses that take body parts from another pose (see doc)
     frame_stride: int = 1  # keep every n-th frame of each file (both splits)
     val_max_frames: int = 1000  # full-mesh validation on at most this many evenly spaced frames
     eval_chunk: int = 250
@@ -299,9 +308,50 @@ def kl_to_standard_normal(q_z) -> Tensor:
     return kl.sum(-1).mean()
 
 
-def rotation_noise(poses: Tensor, sigma_rad: float, generator: torch.Generator | None = None) -> Tensor:
-    """(B, 63) axis-angle -> perturbed (B, 63): each joint rotation times exp(N(0, sigma^2 I))."""
-    noise = torch.randn(poses.shape, generator=generator).to(poses) * sigma_rad
+def _body_joints(*names: str) -> tuple[int, ...]:
+    """Indices into the 21 body joints after the pelvis."""
+    return tuple(SMPL_BODY_JOINTS.index(name) - 1 for name in names)
+
+
+# Body parts swapped whole by `mix_parts`: both legs together (so the stance stays coordinated),
+# the trunk with neck and head, and each arm from its collar down.
+BODY_PARTS = (
+    _body_joints(*(f"{s}_{j}" for s in ("left", "right") for j in ("hip", "knee", "ankle", "foot"))),
+    _body_joints("spine1", "spine2", "spine3", "neck", "head"),
+    *(_body_joints(*(f"{s}_{j}" for j in ("collar", "shoulder", "elbow", "wrist"))) for s in ("left", "right")),
+)
+
+
+def mix_parts(poses: Tensor, share: float, generator: torch.Generator | None = None) -> Tensor:
+    """(B, 63) axis-angle -> (B, 63) where a `share` of the poses take each body part (BODY_PARTS)
+    with probability 1/2 from another pose of the batch. Every part keeps its own joints' natural
+    local rotations, so the combinations stay plausible while covering poses the data lacks (a
+    dribbling arm over a lunge)."""
+    count = poses.shape[0]
+    partner = torch.randint(count, (count,), generator=generator)
+    mixed = poses.view(count, NUM_BODY_JOINTS, 3).clone()
+    donors = poses.view(count, NUM_BODY_JOINTS, 3)[partner.to(poses.device)]
+    chosen = torch.rand(count, generator=generator) < share
+    for part in BODY_PARTS:
+        take = (chosen & (torch.rand(count, generator=generator) < 0.5)).to(poses.device)
+        joints = list(part)
+        mixed[:, joints] = torch.where(take[:, None, None], donors[:, joints], mixed[:, joints])
+    return mixed.flatten(1)
+
+
+def noise_scales(sigma_deg: float, per_joint_deg: dict[str, float]) -> Tensor:
+    """(21,) radians: sigma_deg for every body joint after the pelvis, per_joint_deg where named."""
+    unknown = sorted(set(per_joint_deg) - set(SMPL_BODY_JOINTS[1:]))
+    if unknown:
+        raise ValueError(f"joint noise names unknown body joints {unknown}; expected some of {SMPL_BODY_JOINTS[1:]}")
+    return torch.tensor([math.radians(per_joint_deg.get(name, sigma_deg)) for name in SMPL_BODY_JOINTS[1:]])
+
+
+def rotation_noise(poses: Tensor, sigma_rad: Tensor | float, generator: torch.Generator | None = None) -> Tensor:
+    """(B, 63) axis-angle -> perturbed (B, 63): each joint rotation times exp(N(0, sigma^2 I)),
+    sigma a number or one per joint (21,)."""
+    sigma = torch.as_tensor(sigma_rad, dtype=poses.dtype).to(poses.device).expand(NUM_BODY_JOINTS)
+    noise = torch.randn(poses.shape, generator=generator).to(poses).view(-1, NUM_BODY_JOINTS, 3) * sigma[:, None]
     matrices = axis_angle_to_matrix(poses.view(-1, NUM_BODY_JOINTS, 3)) @ axis_angle_to_matrix(
         noise.view(-1, NUM_BODY_JOINTS, 3)
     )
@@ -351,6 +401,7 @@ class Trainer:
             self.optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
         )
         self.generator = torch.Generator().manual_seed(config.seed)  # shuffles and noise (CPU)
+        self.noise_scales = noise_scales(config.rotation_noise_deg, config.joint_noise_deg)
         self.epoch = 0  # epochs completed
         self.best_val_loss = math.inf
         self.best_epoch = -1
@@ -420,8 +471,10 @@ class Trainer:
 
     def _train_step(self, poses: Tensor, extra: bool) -> dict[str, float]:
         inputs = None
-        if self.config.rotation_noise_deg > 0:
-            noisy = rotation_noise(poses, math.radians(self.config.rotation_noise_deg), self.generator)
+        if self.config.part_mix > 0:
+            poses = mix_parts(poses, self.config.part_mix, self.generator)
+        if self.noise_scales.any():
+            noisy = rotation_noise(poses, self.noise_scales, self.generator)
             if self.config.denoise:
                 inputs = noisy  # the encoder sees the perturbed pose, the target stays clean
             else:
@@ -584,7 +637,9 @@ class Trainer:
             "val_loss_v2v_sampled_m": metrics["val_loss"],
             "val_recon_v2v_mm": metrics["val_recon_v2v_mm"],
             "rotation_noise_deg": c.rotation_noise_deg,
+            **{f"noise_deg_{name}": deg for name, deg in c.joint_noise_deg.items()},
             "denoise": c.denoise,
+            "part_mix": c.part_mix,
             "kl_weight": c.kl_weight,
             "reset_at_switch": c.reset_at_switch,
             "seed": c.seed,

@@ -20,16 +20,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.train import TrainConfig, display_command, train  # noqa: E402
+from core.train import TrainConfig, display_command, noise_scales, train  # noqa: E402
 
 
-def _metadata(items: list[str]) -> dict[str, str]:
+def _pairs(items: list[str], flag: str, value_name: str = "VALUE") -> dict[str, str]:
+    """KEY=VALUE items of a repeatable option as a dict."""
     result = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--metadata wants KEY=VALUE, got {item!r}")
+            raise SystemExit(f"{flag} wants KEY={value_name}, got {item!r}")
         result[key] = value
+    return result
+
+
+def _joint_noise(items: list[str]) -> dict[str, float]:
+    try:
+        result = {joint: float(deg) for joint, deg in _pairs(items, "--joint-noise", "DEGREES").items()}
+    except ValueError:
+        raise SystemExit(f"--joint-noise wants JOINT=DEGREES with a number, got {' '.join(items)}") from None
+    try:
+        noise_scales(0.0, result)
+    except ValueError as error:
+        raise SystemExit(f"--joint-noise: {error}") from None
     return result
 
 
@@ -56,8 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kl-weight", type=float, default=0.005, help="weight of the KL term (official 0.005)")
     parser.add_argument("--rotation-noise-deg", type=float, default=0.0,
                         help="augmentation: std of random rotation noise per joint, degrees (default off)")
+    parser.add_argument("--joint-noise", action="append", default=[], metavar="JOINT=DEG",
+                        help="a body joint's own noise std in degrees, overriding --rotation-noise-deg "
+                             "(repeatable), e.g. left_wrist=20")
     parser.add_argument("--denoise", action="store_true",
                         help="with --rotation-noise-deg: noise on the encoder's input only, clean target")
+    parser.add_argument("--part-mix", type=float, default=0.0,
+                        help="augmentation: share of training poses that take whole body parts (legs, trunk, "
+                             "each arm) from another pose of the batch (default off)")
     parser.add_argument("--reset-at-switch", action="store_true",
                         help="restart best-model, early-stopping and plateau tracking when the extra loss "
                              "terms stop (default: one best across it, as the official trainer)")
@@ -89,15 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         train_vertices=args.train_vertices,
         rotation_noise_deg=args.rotation_noise_deg,
+        joint_noise_deg=_joint_noise(args.joint_noise),
         kl_weight=args.kl_weight,
         denoise=args.denoise,
+        part_mix=args.part_mix,
         reset_at_switch=args.reset_at_switch,
         frame_stride=args.frame_stride,
         val_max_frames=args.val_max_frames,
         resume=args.resume,
         progress=not args.no_progress,
         command=display_command(["python", "scripts/train_vposer.py", *argv]),
-        metadata=_metadata(args.metadata),
+        metadata=_pairs(args.metadata, "--metadata"),
     )
     summary = train(config)
     print(json.dumps(summary, indent=1))

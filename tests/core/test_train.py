@@ -12,7 +12,17 @@ import torch
 from core import train as train_module
 from core.rotations import axis_angle_to_matrix
 from core.synthetic_models import write_model
-from core.train import TrainConfig, Trainer, geodesic_mean, load_pose_folder, pick_vertices
+from core.train import (
+    BODY_PARTS,
+    TrainConfig,
+    Trainer,
+    geodesic_mean,
+    load_pose_folder,
+    mix_parts,
+    noise_scales,
+    pick_vertices,
+    rotation_noise,
+)
 from core.vposer import load_vposer
 
 
@@ -73,6 +83,43 @@ def test_vertex_pick_is_fixed_and_distinct():
     assert torch.equal(pick_vertices(10, 50), torch.arange(10))
 
 
+def test_body_parts_cover_every_body_joint_once():
+    assert sorted(j for part in BODY_PARTS for j in part) == list(range(21))
+    assert BODY_PARTS[1] == (2, 5, 8, 11, 14)  # spine1 spine2 spine3 neck head (SMPL index - 1)
+
+
+def test_mix_parts_takes_whole_parts_from_poses_of_the_batch():
+    poses = torch.arange(40 * 63, dtype=torch.float32).view(40, 63)  # every value unique
+    mixed = mix_parts(poses, 1.0, torch.Generator().manual_seed(3)).view(40, 21, 3)
+    source = poses.view(40, 21, 3)
+    swapped = 0
+    for i in range(40):
+        for part in BODY_PARTS:
+            joints = list(part)
+            donors = [k for k in range(40) if torch.equal(mixed[i, joints], source[k, joints])]
+            assert len(donors) == 1  # the part is one pose's part, whole
+            swapped += donors[0] != i
+    assert 40 < swapped < 120  # about half of the 160 parts (a partner may be the pose itself)
+    assert torch.equal(mix_parts(poses, 0.0, torch.Generator().manual_seed(3)), poses)
+    again = mix_parts(poses, 1.0, torch.Generator().manual_seed(3)).view(40, 21, 3)
+    assert torch.equal(again, mixed)
+
+
+def test_joint_noise_perturbs_only_the_named_joints_by_their_scale():
+    scales = noise_scales(0.0, {"left_wrist": 20.0})
+    assert scales[19] == pytest.approx(math.radians(20)) and scales.count_nonzero() == 1
+    poses = 0.3 * torch.randn(4000, 63, generator=torch.Generator().manual_seed(0))
+    noisy = rotation_noise(poses, scales, torch.Generator().manual_seed(1)).view(-1, 21, 3)
+    still = [j for j in range(21) if j != 19]
+    torch.testing.assert_close(noisy[:, still], poses.view(-1, 21, 3)[:, still], atol=1e-5, rtol=0)
+    # the wrist's change is a rotation by exp(N(0, sigma^2 I)): its angle has mean sigma * sqrt(8 / pi)
+    change = axis_angle_to_matrix(poses.view(-1, 21, 3)[:, 19]).transpose(-1, -2) @ axis_angle_to_matrix(noisy[:, 19])
+    angle = torch.acos(((change.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1))
+    assert float(angle.mean()) == pytest.approx(math.radians(20) * math.sqrt(8 / math.pi), rel=0.05)
+    with pytest.raises(ValueError, match="wrist"):
+        noise_scales(5.0, {"wrist": 10.0})
+
+
 def test_geodesic_mean_is_the_rotation_angle():
     angles = torch.tensor([0.0, 0.1, 1.0, 3.0])
     axis = torch.nn.functional.normalize(torch.tensor([[1.0, 2.0, -0.5]]), dim=-1)
@@ -130,7 +177,7 @@ def test_resume_matches_an_uninterrupted_run(setup, tmp_path):
 def test_time_budget_sizes_epochs(setup, tmp_path):
     root, body = setup
     trainer = Trainer(_config(root, body, tmp_path / "c", epochs=2, max_minutes=0.002, min_epochs=2, batch_size=16,
-                              rotation_noise_deg=2.0))
+                              rotation_noise_deg=2.0, part_mix=0.5))
     trainer.run()
     assert trainer.samples_per_epoch is not None and trainer.samples_per_epoch < 300
 
