@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from pathlib import Path
 
 import bpy
 import numpy as np
@@ -20,6 +21,7 @@ from core.mocap.skeletons import SMPL_BODY_JOINT_NAMES, SMPL_BODY_PARENTS, get_p
 from core.retarget import RetargetOptions, bvh_targets, retarget
 from core.rotations import axis_angle_to_matrix, quaternion_to_matrix
 from core.vposer import load_default_vposer
+from tests.core.mocap_testing import T_POSE, daz_like_text
 
 FRAMES = 12
 BODY = 22
@@ -179,18 +181,30 @@ def test_bvh_clip_lands_on_the_known_poses(rig, adult, prior, tmp_path, fit_shap
         np.testing.assert_allclose(rig.vposer_body.betas_array()[:3], betas[:3].numpy(), atol=1e-6)
 
 
-def test_cmu_walk_matches_core_retargeting_the_file(rig, adult, bridge):
+def _daz_clip(folder) -> Path:
+    """A DAZ-style clip: the release's T-pose at frame 0, then arms and legs moving."""
+    frames = [T_POSE] + [T_POSE | {"hip": (0, 15 * k, 0), "lShldr": (90 + 12 * k, 10, 0), "rShldr": (-80, 0, 5 * k),
+                                   "lForeArm": (0, -10 * k, 0), "lThigh": (0, -8 * k, 0), "rShin": (0, 12 * k, 0)}
+                         for k in range(1, 6)]
+    path = folder / "daz.bvh"
+    path.write_text(daz_like_text(frames))
+    return path
+
+
+@pytest.mark.parametrize("preset", ["CMU", "CMU_DAZ"])
+def test_clip_matches_core_retargeting_the_file(rig, adult, bridge, tmp_path, preset):
     """Blender's BVH importer (Z up, its own bone rolls, Euler curves) and the armature sampling
-    give the same clip as core reading the file itself."""
-    source = _import_bvh(WALK, global_scale=CMU_SCALE)
+    give the same clip as core reading the file itself (for DAZ files, the rest taken from frame 0)."""
+    path = WALK if preset == "CMU" else _daz_clip(tmp_path)
+    source = _import_bvh(path, global_scale=get_preset(preset.lower()).unit_scale)
     source.matrix_world = Matrix.Translation((2.0, -1.0, 0.0)) @ Matrix.Rotation(0.4, 4, "Z")  # moves with it
     rig.matrix_world = Matrix.Translation((2.0, -1.0, 0.0)) @ Matrix.Rotation(0.4, 4, "Z") @ rig.matrix_world
     _select_source(rig, source)
 
-    assert bpy.ops.vposer.retarget(source="ARMATURE", preset="CMU") == {"FINISHED"}
+    assert bpy.ops.vposer.retarget(source="ARMATURE", preset=preset) == {"FINISHED"}
 
-    motion = read_bvh(WALK)
-    expected = retarget(adult, bvh_targets(motion, "cmu", adult), options=RetargetOptions(batch_size=100))
+    motion = read_bvh(path)
+    expected = retarget(adult, bvh_targets(motion, preset.lower(), adult), options=RetargetOptions(batch_size=100))
     frames = np.arange(1, motion.num_frames + 1)
     rotations, translations, betas = _keyed_pose(bridge, rig, frames)
     np.testing.assert_allclose(betas, expected.betas, atol=1e-3)
@@ -200,6 +214,9 @@ def test_cmu_walk_matches_core_retargeting_the_file(rig, adult, bridge):
         reference = adult(betas=expected.betas.expand(len(frames), -1), global_orient=expected.poses[:, :3],
                           body_pose=expected.poses[:, 3:66], transl=expected.transl, return_vertices=False).joints
     assert (keyed - reference[:, :BODY]).norm(dim=-1).max() < 1e-3
+    # the rotations too, twist included (which joint positions do not show)
+    expected_rotations = axis_angle_to_matrix(expected.poses[:, :3 * BODY].reshape(-1, BODY, 3)).to(rotations)
+    assert (rotations[:, :BODY] - expected_rotations).abs().max() < 1e-3
 
 
 def _blender_evaluation_forbidden(*_args):

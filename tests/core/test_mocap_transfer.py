@@ -34,6 +34,7 @@ from core.mocap.transfer import (
     skeleton_fk,
 )
 from core.rotations import axis_angle_to_matrix
+from mocap_testing import T_POSE, daz_like_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALE = get_preset("cmu").unit_scale
@@ -470,38 +471,20 @@ def test_twist_flips_are_undone():
 # cgspeed's DAZ-friendly skeleton: its rest is frame 0 (a T-pose), not the OFFSET pose
 
 
-def daz_like_text(frames: list[dict]) -> str:
-    """A DAZ-named skeleton in centimetres whose OFFSET pose hangs the arms down; frames: per frame
-    {joint: (z, x, y) degrees} in the release's channel order, the root's (z, y, x)."""
-    joints = [("hip", None, (0, 0, 0)), ("abdomen", "hip", (0, 8, 0)), ("chest", "abdomen", (0, 12, 0)),
-              ("neck", "chest", (0, 20, 0)), ("head", "neck", (0, 10, 3))]
-    for c, x in (("l", 1), ("r", -1)):  # depth-first, the order format_bvh writes
-        joints += [(f"{c}Collar", "chest", (7 * x, 12, 0)), (f"{c}Shldr", f"{c}Collar", (11 * x, 2, 0)),
-                   (f"{c}ForeArm", f"{c}Shldr", (0, -27, 0)), (f"{c}Hand", f"{c}ForeArm", (0, -26, 0))]
-    for c, x in (("l", 1), ("r", -1)):
-        joints += [(f"{c}Buttock", "hip", (9 * x, -8, 0)), (f"{c}Thigh", f"{c}Buttock", (0, 0, 0)),
-                   (f"{c}Shin", f"{c}Thigh", (0, -42, 0)), (f"{c}Foot", f"{c}Shin", (0, -42, 0))]
-    names = [n for n, _, _ in joints]
-    parents = [names.index(p) if p else -1 for _, p, _ in joints]
-    channels = [("Xposition", "Yposition", "Zposition", "Zrotation", "Yrotation", "Xrotation")] + [
-        ("Zrotation", "Xrotation", "Yrotation")] * (len(names) - 1)
-    rows = [[0, 95, 0] + [v for n in names for v in frame.get(n, (0, 0, 0))] for frame in frames]
-    return format_bvh(names, parents, [o for _, _, o in joints], channels, np.array(rows), 1 / 120)
-
-
-T_POSE = {"lShldr": (90, 0, 0), "rShldr": (-90, 0, 0)}  # arms from hanging down to horizontal
+REST_BEND = Rotation.from_euler("x", T_POSE["abdomen"][1], degrees=True)  # the rest frame's bent back
 
 
 def test_daz_rest_frame_is_the_t_pose_and_channels_read_z_x_y():
     # Frame 1: left arm raised 45 deg above the T-pose; left elbow bent 90 deg so the forearm points
     # forward: relative to the T-pose that is Ry(-90) after the arm's Rz(45); as a local rotation
     # under the shoulder's Rz(135) it is Rz(-90) Ry(-90) Rz(90) = Rx(-90), written as Z-X-Y channels.
+    # The rest frame's bent back carries the arm's axes with it, and the back itself stays at rest.
     raised = T_POSE | {"lShldr": (135, 0, 0), "lForeArm": (0, -90, 0)}
     rest, parents = target_skeleton()
     result = retarget_bvh(parse_bvh(daz_like_text([T_POSE, raised])), "cmu_daz", rest, parents)
     assert_only(pose_of(result, 0), {})
-    assert_only(pose_of(result, 1), {"left_shoulder": (0, 0, math.pi / 4), "left_elbow": (0, -math.pi / 2, 0)},
-                atol=1e-6)
+    assert_only(pose_of(result, 1), {"left_shoulder": REST_BEND.apply((0, 0, math.pi / 4)),
+                                     "left_elbow": REST_BEND.apply((0, -math.pi / 2, 0))}, atol=1e-6)
     assert result.setup.scale == 0.01
 
 
@@ -513,4 +496,5 @@ def test_daz_conversion_drops_the_rest_frame(tmp_path):
     rest, parents = target_skeleton()
     clip = convert_file(path, (rest, parents, SMPL_BODY_JOINT_NAMES), get_preset("cmu_daz"), 30.0, 0.0)
     assert clip["source_frames"].tolist() == [4, 8]
-    np.testing.assert_allclose(clip["poses"][:, 16 * 3 + 2], np.deg2rad([4, 8]), atol=1e-6)  # left_shoulder z
+    left_shoulder = clip["poses"][:, 16 * 3:17 * 3]
+    np.testing.assert_allclose(left_shoulder, REST_BEND.apply(np.deg2rad([[0, 0, 4], [0, 0, 8]])), atol=1e-6)

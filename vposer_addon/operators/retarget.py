@@ -44,11 +44,13 @@ if TYPE_CHECKING:
 
 PRESET_ITEMS = [
     ("CMU", "CMU", "CMU mocap converted to BVH (cgspeed names: Hips, LeftUpLeg, ...); import at Scale 0.05644"),
+    ("CMU_DAZ", "CMU (DAZ)", "CMU in cgspeed's DAZ-friendly BVH (hip, lThigh, ...; frame 1 a T-pose); "
+                             "import at Scale 0.01"),
     ("MIXAMO", "Mixamo", "A Mixamo rig (mixamorig:Hips, ...; any 'name:' prefix)"),
     ("SMPL_LIKE", "SMPL-like", "Bones named like SMPL-H joints (pelvis, left_hip, ...)"),
     ("CUSTOM", "Custom JSON", "A skeleton preset file (keys as core.mocap.skeletons.SkeletonPreset.from_dict reads)"),
 ]
-PRESET_NAMES = {"CMU": "cmu", "MIXAMO": "mixamo", "SMPL_LIKE": "smpl_like"}
+PRESET_NAMES = {"CMU": "cmu", "CMU_DAZ": "cmu_daz", "MIXAMO": "mixamo", "SMPL_LIKE": "smpl_like"}
 MARKER_LAYOUT = "markers_plugin_gait_open.json"  # shipped with core's data
 BATCH_FRAMES = 100  # frames per solve step: progress and Esc are checked between steps
 PLAUSIBLE_HEIGHT = (0.3, 3.0)  # metres: a rest skeleton outside this was imported at the wrong scale
@@ -217,11 +219,13 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         from ...core.retarget import skeleton_targets
 
         frames = self._frames(context, [armature], armature.name)
+        preset = self._preset()
         names, rest, posed = sample_armature(context, armature, frames)
+        if preset.rest_frame is not None:  # the clip's own rest frame (cgspeed DAZ files: a T-pose)
+            rest = sample_armature(context, armature, _clip_start(armature) + np.array([preset.rest_frame]))[2][0]
         to_model = np.linalg.inv(np.array(rig.matrix_world))
         rest_rotations, rest_heads = _rotations_and_positions(to_model @ rest)
         rotations, heads = _rotations_and_positions(to_model @ posed)
-        preset = self._preset()
         _check_height(armature.name, rig.name, rest_heads, preset)
         clip = skeleton_targets(_in_model_space(preset, names), names, rest_heads, rest_rotations, rotations, heads,
                                 model, bridge.scene_frame_rate(context.scene), np.arange(len(frames)), armature.name)
@@ -326,6 +330,14 @@ def preset_unit_scale(preset: str) -> float | None:
     from ...core.mocap.skeletons import get_preset
 
     return get_preset(PRESET_NAMES[preset]).unit_scale if preset in PRESET_NAMES else None
+
+
+def _clip_start(armature: bpy.types.Object) -> int:
+    """The first frame of an armature's action: frame 0 of the file it was imported from."""
+    action = armature.animation_data.action if armature.animation_data else None
+    if action is None:
+        raise SourceError(f"{armature.name} has no action: the preset takes its rest from the clip's frames")
+    return int(np.ceil(action.frame_range[0]))
 
 
 def sample_armature(context: bpy.types.Context, armature: bpy.types.Object,
