@@ -192,15 +192,18 @@ class _Influences:
     nearest moving ancestor (same xi and psi), its carrier; `carriers` (U,) lists those. Per group, a
     (point, corner, carrier) with non-zero skinning weight: `point`, `corner`, the summed `weight`,
     whether it is the corner's `whole` weight (then the corner moves rigidly with its carrier) and
-    `slots` (G, 3, 3, 2) placing its 3x3 E and F blocks in the points' (3 Kv, U, 3, 2) layout. Per
-    (corner, joint) of the other groups: its `group`, `joint`, `vertex` and `joint_weight`."""
+    its (point, carrier) `pair`. Pairs are sorted by carrier: `spans` gives each carrier's range of
+    pairs and `pair_rows` (P, 3) their point's rows. Per (corner, joint) of the groups that are not
+    whole: its `group`, `joint`, `vertex` and `joint_weight`."""
 
     carriers: Tensor
     point: Tensor
     corner: Tensor
     weight: Tensor
     whole: Tensor
-    slots: Tensor
+    pair: Tensor
+    spans: tuple[tuple[int, int], ...]
+    pair_rows: Tensor
     group: Tensor
     joint: Tensor
     vertex: Tensor
@@ -221,16 +224,19 @@ def _influences(skinning: Tensor, parents: tuple[int, ...], corner_ids: Tensor, 
     keep = carried >= 0
     corner_index, joint, carried = corner_index[keep], joint[keep], carried[keep]
     carriers, row = torch.unique(carried, return_inverse=True)
-    used = len(carriers)
+    used, points = len(carriers), corner_ids.shape[0]
     keys, group = torch.unique(corner_index * used + row, return_inverse=True)
-    group_corner = keys // used
+    group_corner, group_row = keys // used, keys % used
     point, corner = group_corner // corner_ids.shape[1], group_corner % corner_ids.shape[1]
     weight = torch.zeros(len(keys), dtype=skinning.dtype, device=device).index_add_(0, group, weights[corner_index, joint])
     whole = carriers_per_corner[group_corner] == 1
+    pairs, pair = torch.unique(group_row * points + point, return_inverse=True)  # sorted by carrier
+    spans = torch.cumsum(torch.bincount(pairs // points, minlength=used), 0).tolist()
+    pair_rows = (pairs % points).unsqueeze(1) * 3 + torch.arange(3, device=device)
     partial = ~whole[group]
     group, joint, corner_index = group[partial], joint[partial], corner_index[partial]
-    return _Influences(carriers, point, corner, weight, whole, _block_slots(point, keys % used, used), group, joint,
-                       corner_ids.view(-1)[corner_index], weights[corner_index, joint])
+    return _Influences(carriers, point, corner, weight, whole, pair, tuple(zip([0, *spans[:-1]], spans)), pair_rows,
+                       group, joint, corner_ids.view(-1)[corner_index], weights[corner_index, joint])
 
 
 def _carriers(parents: tuple[int, ...], moving: tuple[int, ...]) -> list[int]:
@@ -241,14 +247,6 @@ def _carriers(parents: tuple[int, ...], moving: tuple[int, ...]) -> list[int]:
             joint = parents[joint]
         carrier.append(joint)
     return carrier
-
-
-def _block_slots(point: Tensor, row: Tensor, used: int) -> Tensor:
-    """(G, 3, 3, 2): flat positions of each group's E and F entries in a (3 Kv, U, 3, 2) layout."""
-    arange = torch.arange(3, device=point.device)
-    rows = point.view(-1, 1, 1) * 3 + arange.view(1, -1, 1)  # (G, 3 r, 1): the point's rows
-    slots = ((rows * used + row.view(-1, 1, 1)) * 3 + arange) * 2  # (G, 3 r, 3 c)
-    return slots.unsqueeze(-1) + torch.arange(2, device=point.device)
 
 
 def _corner_points_jacobian(
@@ -267,28 +265,29 @@ def _corner_points_jacobian(
     points: d point = sum_c E_c xi_c + F_c psi_c over carriers c, with E_c = sum_a [q_ac x T_a rows],
     q_ac = sum of w_ai u_ai over the corner's joints carried by c (the posed corner itself when c
     carries them all), and F_c = -sum_a (sum of those w_ai) T_a (T_a: the corner maps). Each point
-    depends on few (corner, carrier) groups, so E and F are built from those alone, and one product
-    per frame (3 Kv, 6 U) x (6 U, N) gives all points: no per-vertex Jacobian is ever formed.
+    depends on few carriers, so E and F are built per (point, carrier) pair and applied carrier by
+    carrier, (B, 3 pairs, 6) x (B, 6, N): no per-vertex Jacobian is ever formed.
     corner_vertices (B, Kv, C, 3): the posed corners; sums (B, U, 3, 2, N): xi and psi at the carriers."""
     batch, dtype, device = rotations.shape[0], rotations.dtype, rotations.device
-    count, used = corner_maps.shape[1], len(influences.carriers)
     whole = influences.whole.view(1, -1, 1)
     levers = torch.where(whole, corner_vertices[:, influences.point, influences.corner], 0)  # q (B, G, 3)
     if len(influences.joint):
         joint = influences.joint
         rest = _rest_vertices(model, rotations, betas, influences.vertex)
         rest_joints = (model.rest_joints(betas) if betas is not None else model.rest_joints())[:, joint]
-        carried = (world_rotations[:, joint] * (rest - rest_joints).unsqueeze(-2)).sum(-1) + joints[:, joint]
+        carried = torch.einsum("...ij,...j->...i", world_rotations[:, joint], rest - rest_joints) + joints[:, joint]
         levers = levers.index_add(1, influences.group, influences.joint_weight.to(dtype).view(1, -1, 1) * carried)
     maps = corner_maps[:, influences.point, influences.corner]  # (B, G, 3, 3): rows of T_a
     x, y, z = (component.unsqueeze(-1) for component in levers.unbind(-1))
     a, b, c = maps.unbind(-1)
-    blocks = torch.zeros(batch, count * 3 * used * 6, dtype=dtype, device=device)
-    blocks.index_add_(1, influences.slots[..., 0].reshape(-1),
-                      torch.stack([y * c - z * b, z * a - x * c, x * b - y * a], dim=-1).flatten(1))
-    blocks.index_add_(1, influences.slots[..., 1].reshape(-1),
-                      (-influences.weight.to(dtype).view(1, -1, 1, 1) * maps).flatten(1))
-    return (blocks.view(batch, 3 * count, 6 * used) @ sums.reshape(batch, 6 * used, -1)).view(batch, count, 3, -1)
+    blocks = torch.stack([torch.stack([y * c - z * b, z * a - x * c, x * b - y * a], dim=-1),
+                          -influences.weight.to(dtype).view(1, -1, 1, 1) * maps], dim=-1)  # (B, G, 3 r, 3 c, E or F)
+    blocks = blocks.new_zeros(batch, len(influences.pair_rows), 3, 3, 2).index_add_(1, influences.pair, blocks)
+    d_points = torch.zeros(batch, corner_maps.shape[1] * 3, sums.shape[-1], dtype=dtype, device=device)
+    for row, (start, end) in enumerate(influences.spans):
+        moved = blocks[:, start:end].reshape(batch, 3 * (end - start), 6) @ sums[:, row].reshape(batch, 6, -1)
+        d_points.index_add_(1, influences.pair_rows[start:end].reshape(-1), moved)
+    return d_points.view(batch, corner_maps.shape[1], 3, -1)
 
 
 def _rest_vertices(model: BodyModel, rotations: Tensor, betas: Tensor | None, vertex_ids: Tensor) -> Tensor:
