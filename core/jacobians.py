@@ -224,19 +224,26 @@ def _influences(skinning: Tensor, parents: tuple[int, ...], corner_ids: Tensor, 
     keep = carried >= 0
     corner_index, joint, carried = corner_index[keep], joint[keep], carried[keep]
     carriers, row = torch.unique(carried, return_inverse=True)
-    used, points = len(carriers), corner_ids.shape[0]
-    keys, group = torch.unique(corner_index * used + row, return_inverse=True)
-    group_corner, group_row = keys // used, keys % used
+    keys, group = torch.unique(corner_index * len(carriers) + row, return_inverse=True)  # (corner, carrier)
+    group_corner, group_row = keys // len(carriers), keys % len(carriers)
     point, corner = group_corner // corner_ids.shape[1], group_corner % corner_ids.shape[1]
-    weight = torch.zeros(len(keys), dtype=skinning.dtype, device=device).index_add_(0, group, weights[corner_index, joint])
+    weight = torch.zeros(len(keys), dtype=skinning.dtype, device=device).index_add_(
+        0, group, weights[corner_index, joint])
     whole = carriers_per_corner[group_corner] == 1
-    pairs, pair = torch.unique(group_row * points + point, return_inverse=True)  # sorted by carrier
-    spans = torch.cumsum(torch.bincount(pairs // points, minlength=used), 0).tolist()
-    pair_rows = (pairs % points).unsqueeze(1) * 3 + torch.arange(3, device=device)
+    pair, spans, pair_rows = _pairs(point, group_row, len(carriers), corner_ids.shape[0])
     partial = ~whole[group]
     group, joint, corner_index = group[partial], joint[partial], corner_index[partial]
-    return _Influences(carriers, point, corner, weight, whole, pair, tuple(zip([0, *spans[:-1]], spans)), pair_rows,
-                       group, joint, corner_ids.view(-1)[corner_index], weights[corner_index, joint])
+    return _Influences(carriers, point, corner, weight, whole, pair, spans, pair_rows, group, joint,
+                       corner_ids.view(-1)[corner_index], weights[corner_index, joint])
+
+
+def _pairs(point: Tensor, row: Tensor, used: int, points: int) -> tuple[Tensor, tuple[tuple[int, int], ...], Tensor]:
+    """The (point, carrier) pairs of groups, sorted by carrier: each group's pair, each carrier's
+    range of pairs, and each pair's point rows (P, 3)."""
+    pairs, pair = torch.unique(row * points + point, return_inverse=True)
+    ends = torch.cumsum(torch.bincount(pairs // points, minlength=used), 0).tolist()
+    rows = (pairs % points).unsqueeze(1) * 3 + torch.arange(3, device=point.device)
+    return pair, tuple(zip([0, *ends[:-1]], ends)), rows
 
 
 def _carriers(parents: tuple[int, ...], moving: tuple[int, ...]) -> list[int]:
