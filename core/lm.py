@@ -96,7 +96,7 @@ class _Damping:
         return _Damping(self.mu[rows], self.nu[rows])
 
 
-LINEARIZE_CHUNK = 128  # frames per `linearize` call: each call's temporaries stay small and cache-resident
+LINEARIZE_CHUNK = 128  # frames per `linearize` call on the CPU: each call's temporaries stay small and cache-resident
 
 
 @dataclass
@@ -122,10 +122,12 @@ class _Normal:
 
 
 def _linearize(problem: LeastSquaresProblem, frames: Tensor) -> _Normal:
-    """The normal equations of `frames`, linearised LINEARIZE_CHUNK frames at a time."""
+    """The normal equations of `frames`, linearised LINEARIZE_CHUNK frames at a time on the CPU (where
+    fresh large temporaries cost page faults) and all at once elsewhere (where each call costs launches)."""
+    chunk = LINEARIZE_CHUNK if frames.device.type == "cpu" else max(len(frames), 1)
     parts = []
-    for start in range(0, len(frames), LINEARIZE_CHUNK):
-        residuals, jacobian, cost, exact = problem.linearize(frames[start:start + LINEARIZE_CHUNK])
+    for start in range(0, len(frames), chunk):
+        residuals, jacobian, cost, exact = problem.linearize(frames[start:start + chunk])
         transposed = jacobian.transpose(1, 2)
         parts.append((transposed @ jacobian, (transposed @ residuals.unsqueeze(-1)).squeeze(-1), cost.double(), exact))
     return _Normal(*(torch.cat(values) if len(parts) > 1 else values[0] for values in zip(*parts)))
