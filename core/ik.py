@@ -810,6 +810,8 @@ def _check_targets(targets, confidence, keypoints: KeypointSet) -> tuple[Tensor,
     if targets.ndim != 3 or targets.shape[1:] != (count, 3):
         raise IKError(f"targets have shape {tuple(targets.shape)}; expected (B, {count}, 3) or ({count}, 3) "
                       f"for the {count} keypoints")
+    if targets.shape[0] == 0:
+        raise IKError(f"targets have shape {tuple(targets.shape)}: no frames to solve")
     if confidence is None:
         confidence = torch.ones(targets.shape[:2], dtype=model.dtype, device=model.device)
     confidence = torch.as_tensor(confidence).to(dtype=model.dtype, device=model.device)

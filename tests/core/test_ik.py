@@ -362,6 +362,8 @@ def test_bad_targets_and_confidence(model, prior, joints):
         solver.solve(targets[..., :2])
     with pytest.raises(IKError, match=r"expected \(B, 22, 3\)"):
         solver.solve(targets[:, :5])
+    with pytest.raises(IKError, match="no frames to solve"):
+        solver.solve(targets[:0])
     missing = targets.clone()
     missing[1] = float("nan")
     with pytest.raises(IKError, match="no usable target.*frames 1"):
