@@ -1,9 +1,10 @@
 """Train VPoser v2 on folders of AMASS-style pose files (see core/train.py for the objective).
 
     python scripts/train_vposer.py build/mocap/train build/mocap/val --out build/train_run --max-minutes 50
-    # the shipped open prior (core/data/vposer_open.md): official objective, KL weight 0.001, 7 deg noise
-    python scripts/train_vposer.py build/mocap/train build/mocap/val --out build/train_run_n7 \\
-        --max-minutes 30 --rotation-noise-deg 7 --kl-weight 0.001 --threads 1
+    # the shipped open prior (core/data/vposer_open.md): official objective, KL weight 0.0002,
+    # 7 deg noise, part mixing; build/mocap holds the main and the extra (cmu_daz) set
+    python scripts/train_vposer.py build/mocap/train build/mocap/val --out build/run_E \\
+        --max-minutes 35 --rotation-noise-deg 7 --kl-weight 0.0002 --part-mix 0.5 --threads 1
     python scripts/train_vposer.py build/mocap/train build/mocap/val --out build/train_run \\
         --resume build/train_run/last_state.pt --max-minutes 20
 
