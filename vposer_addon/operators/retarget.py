@@ -206,12 +206,10 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         """Whole scene frames to sample: the scene's range, or the span of the objects' actions."""
         if self.use_scene_range:
             return np.arange(context.scene.frame_start, context.scene.frame_end + 1)
-        ranges = [obj.animation_data.action.frame_range for obj in objects
-                  if obj.animation_data and obj.animation_data.action]
+        ranges = [span for span in map(_action_frames, objects) if span is not None]
         if not ranges:
             raise SourceError(f"{source} has no action to retarget: animate it, or turn on Scene Frame Range")
-        start, end = min(low for low, _ in ranges), max(high for _, high in ranges)
-        return np.arange(int(np.ceil(start)), int(np.floor(end)) + 1)
+        return np.arange(min(start for start, _ in ranges), max(end for _, end in ranges) + 1)
 
     def _skeleton_targets(self, context: bpy.types.Context, rig: bpy.types.Object, armature: bpy.types.Object,
                           model: BodyModel) -> tuple[ClipTargets, np.ndarray]:
@@ -222,7 +220,11 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         preset = self._preset()
         names, rest, posed = sample_armature(context, armature, frames)
         if preset.rest_frame is not None:  # the clip's own rest frame (cgspeed DAZ files: a T-pose)
-            rest = sample_armature(context, armature, _clip_start(armature) + np.array([preset.rest_frame]))[2][0]
+            span = _action_frames(armature)
+            if span is None:
+                raise SourceError(f"{armature.name} has no action: preset '{preset.name}' takes its rest from "
+                                  f"the clip's frame {preset.rest_frame}")
+            rest = sample_armature(context, armature, np.array([span[0] + preset.rest_frame]))[2][0]
         to_model = np.linalg.inv(np.array(rig.matrix_world))
         rest_rotations, rest_heads = _rotations_and_positions(to_model @ rest)
         rotations, heads = _rotations_and_positions(to_model @ posed)
@@ -332,12 +334,13 @@ def preset_unit_scale(preset: str) -> float | None:
     return get_preset(PRESET_NAMES[preset]).unit_scale if preset in PRESET_NAMES else None
 
 
-def _clip_start(armature: bpy.types.Object) -> int:
-    """The first frame of an armature's action: frame 0 of the file it was imported from."""
-    action = armature.animation_data.action if armature.animation_data else None
+def _action_frames(obj: bpy.types.Object) -> tuple[int, int] | None:
+    """The whole frames an object's action spans (its first: frame 0 of an imported file), or None."""
+    action = obj.animation_data.action if obj.animation_data else None
     if action is None:
-        raise SourceError(f"{armature.name} has no action: the preset takes its rest from the clip's frames")
-    return int(np.ceil(action.frame_range[0]))
+        return None
+    start, end = action.frame_range
+    return int(np.ceil(start)), int(np.floor(end))
 
 
 def sample_armature(context: bpy.types.Context, armature: bpy.types.Object,
