@@ -29,15 +29,10 @@ import torch
 from torch import Tensor
 
 from .body_model import BodyModel, BodyOutput
-from .jacobians import (
-    body_jacobians,
-    decoder_features,
-    rotation_tangents,
-    six_d_angular,
-)
+from .jacobians import body_jacobians, decoder_jacobian, rotation_tangents
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
 from .lm import LMOptions, levenberg_marquardt
-from .rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_6d_to_matrix
+from .rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from .vposer import VPoser
 
 UNKNOWNS = ("orient", "transl", "pose", "hands", "betas")
@@ -329,7 +324,6 @@ class _Evaluation:
     jacobian: Tensor | None = None  # (b, m, N)
     body_joints: Tensor | None = None  # (b, 22, 3) in world coordinates, for smoothness
     d_body_joints: Tensor | None = None  # (b, 22, 3, N)
-    exact: Tensor | None = None  # (b,) whether the Jacobian is exact
     output: BodyOutput | None = None  # the body's forward
 
 
@@ -372,10 +366,6 @@ class _Problem:
                 self.columns[name] = slice(start, start + sizes[name])
         self.size = sum(s.stop - s.start for s in self.columns.values())
         self._moving_and_constant()
-        self.decoder = None
-        if "pose" in self.columns and self.prior is not None:
-            with torch.no_grad():
-                self.decoder = _DecoderTangents(self.prior, self.state.latent)
         self.cost = torch.full((targets.shape[0],), float("nan"), dtype=torch.float64, device=model.device)
         self.outputs: BodyOutput | None = None  # the body's forward at accepted points, per frame
         self.known = torch.zeros(targets.shape[0], dtype=torch.bool, device=model.device)
@@ -384,7 +374,7 @@ class _Problem:
             with torch.no_grad():
                 every = torch.arange(targets.shape[0], device=model.device)
                 self.body_world = self.evaluate(every, self.state, jacobian=False).body_joints
-        self._trial: tuple[Tensor, IKState, Tensor | None] | None = None
+        self._trial: tuple[Tensor, IKState, _Evaluation] | None = None
 
     def _live_joints(self) -> Tensor:
         """(J,) bool: the joints whose rotation changes some term of the objective. Raw rotations
@@ -432,19 +422,17 @@ class _Problem:
         self.constant_angular = constant
 
     # ----------------------------------------------------------------- the objective
-    def moved(self, rows: Tensor, step: Tensor) -> tuple[IKState, Tensor | None]:
-        """The frames' points moved by step (b, N), differentiable in step, and the decoder's 6D
-        output for their latent when the prior poses the body in this stage."""
+    def moved(self, rows: Tensor, step: Tensor) -> IKState:
+        """The frames' points moved by step (b, N), differentiable in step."""
         base, columns = self.state.select(rows), self.columns
-        rotations, latent, transl, betas, six_d = base.rotations, base.latent, base.transl, base.betas, None
+        rotations, latent, transl, betas = base.rotations, base.latent, base.transl, base.betas
         if {"orient", "pose", "hands"} & set(columns):
             rotations = rotations.clone()
         if "orient" in columns:
             rotations[:, 0] = axis_angle_to_matrix(step[:, columns["orient"]]) @ base.rotations[:, 0]
         if "pose" in columns and self.prior is not None:
             latent = latent + step[:, columns["pose"]]
-            six_d = decoder_features(self.prior, latent, tangents=False)[0]
-            rotations[:, BODY] = rotation_6d_to_matrix(six_d.unflatten(-1, (-1, 6)))
+            rotations[:, BODY] = self.prior.decode_matrix(latent)
         for name, joints in self.raw_joints.items():
             if name in columns:
                 increments = axis_angle_to_matrix(step[:, columns[name]].unflatten(1, (-1, 3)))
@@ -453,7 +441,7 @@ class _Problem:
             transl = transl + step[:, columns["transl"]]
         if "betas" in columns:
             betas = betas + step[:, columns["betas"]]
-        return IKState(rotations, transl, latent, betas), six_d
+        return IKState(rotations, transl, latent, betas)
 
     def evaluate(self, rows: Tensor, point: IKState, jacobian: bool, output: BodyOutput | None = None
                  ) -> _Evaluation:
@@ -475,7 +463,7 @@ class _Problem:
         residuals, jacobians, local = [], [], None
         if jacobian:
             residuals.append(((confidence * irls).sqrt().unsqueeze(-1) * error).flatten(1))
-            local, evaluation.exact = self._local_angular(rows, point)
+            local = self._local_angular(point)
             world = output.joint_rotations[:, self.moving] @ local
             joint_ids, levers = keypoints.joint_ids, keypoints.joint_points(output.joints, output.joint_rotations)
             if self.smooth:
@@ -502,17 +490,14 @@ class _Problem:
             evaluation.residuals, evaluation.jacobian = torch.cat(residuals, 1), torch.cat(jacobians, 1)
         return evaluation
 
-    def _local_angular(self, rows: Tensor, point: IKState) -> tuple[Tensor, Tensor]:
-        """(b, M, 3, N): each moving joint's angular velocity in its own frame per unknown, and
-        whether it is exact (b,) (the decoder's part may be a secant update)."""
+    def _local_angular(self, point: IKState) -> Tensor:
+        """(b, M, 3, N): each moving joint's angular velocity in its own frame per unknown."""
         local = self.constant_angular.expand(point.rotations.shape[0], -1, -1, -1).clone()
-        exact = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
         if "orient" in self.columns:  # exp(h) R = R exp(R^T h)
             local[:, 0, :, self.columns["orient"]] = point.rotations[:, 0].transpose(-1, -2)
-        if self.decoder is not None:
-            omega, exact = self.decoder.angular(rows, point.latent)
-            local[:, self.body_positions, :, self.columns["pose"]] = omega
-        return local, exact
+        if "pose" in self.columns and self.prior is not None:
+            local[:, self.body_positions, :, self.columns["pose"]] = _decoder_angular(self.prior, point.latent)
+        return local
 
     def _prior_terms(self, rows: Tensor, point: IKState, local: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
         """(residuals (b, m), Jacobian (b, m, N) or None) of the latent, shape, joint-limit and pin terms;
@@ -613,7 +598,7 @@ class _Problem:
             self.outputs.vertices[rows] = output.vertices
         self.known[rows] = True
 
-    def linearize(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def linearize(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         output = self.known_output(rows)  # accepted trial points need no new forward
         evaluation = self.evaluate(rows, self.state.select(rows), jacobian=True, output=output)
         if output is None:
@@ -625,27 +610,23 @@ class _Problem:
             cost, residuals = cost + extra_cost, torch.cat([residuals, extra], 1)
             jacobian = torch.cat([jacobian, extra_jacobian], 1)
         self.cost[rows] = cost
-        return residuals, jacobian, cost, evaluation.exact
+        return residuals, jacobian, cost
 
     def try_step(self, rows: Tensor, step: Tensor) -> Tensor:
-        point, six_d = self.moved(rows, step)
+        point = self.moved(rows, step)
         evaluation = self.evaluate(rows, point, jacobian=False)
         cost = evaluation.cost
         if self.smooth:
             cost = cost + self._frame_smoothness(rows, evaluation.body_joints, None)[0]
-        self._trial = (rows, point, six_d, evaluation, cost)
+        self._trial = (rows, point, evaluation)
         return cost
 
     def accept(self, keep: Tensor) -> None:
-        rows, point, six_d, evaluation, cost = self._trial
+        rows, point, evaluation = self._trial
         chosen = rows[keep]
         output = evaluation.output
         self._remember(chosen, BodyOutput(output.joints[keep], None if output.vertices is None else output.vertices[keep],
                                           output.joint_rotations[keep]))
-        if self.decoder is not None:
-            # A step that barely helped, or failed, asks for an exact Jacobian next time.
-            poor = ~keep | (self.cost[rows] - cost < 1e-2 * cost)
-            self.decoder.update(rows, keep, self.state.latent[rows], point.latent, six_d, poor)
         self.state.rotations[chosen] = point.rotations[keep]
         self.state.transl[chosen] = point.transl[keep]
         if point.latent is not None:
@@ -668,7 +649,7 @@ class _Problem:
         step = torch.zeros(batch, self.size, dtype=self.model.dtype, device=self.model.device, requires_grad=True)
 
         def loss() -> Tensor:
-            point = self.moved(rows, step)[0]
+            point = self.moved(rows, step)
             evaluation = self.evaluate(rows, point, jacobian=False)
             total = evaluation.cost.sum().to(step.dtype)
             if self.smooth:
@@ -695,52 +676,18 @@ class _Problem:
                 optimiser.step()
             iterations, stopped = options.adam_iterations, False
         with torch.no_grad():
-            self.state = self.moved(rows, step.detach())[0].clone()
+            self.state = self.moved(rows, step.detach()).clone()
         return iterations, stopped
 
 
-class _DecoderTangents:
-    """Per frame: the decoder's 6D output at the current latent and its Jacobian (b, L, 126).
-
-    The exact Jacobian is the expensive part of an iteration (a (B * L, 512) x (512, 512) product),
-    and since the decoder is piecewise linear it only changes where units switch. So it is computed
-    exactly at the start, every REFRESH-th iteration and after a poor step, and otherwise moved by
-    Broyden's secant update (J += (d6 - J dz) dz^T / |dz|^2), which is exact along the step taken.
-    """
-
-    REFRESH = 3
-
-    def __init__(self, prior: VPoser, latent: Tensor) -> None:
-        self.prior = prior
-        self.six_d = decoder_features(prior, latent, tangents=False)[0]
-        self.tangent = latent.new_zeros(latent.shape[0], latent.shape[1], self.six_d.shape[1])
-        self.age = torch.full((latent.shape[0],), self.REFRESH, dtype=torch.long, device=latent.device)
-
-    def angular(self, rows: Tensor, latent: Tensor) -> tuple[Tensor, Tensor]:
-        """Angular velocities (b, 21, 3, L) of the decoded rotations per latent unit, and which are exact."""
-        stale = self.age[rows] >= self.REFRESH
-        if bool(stale.any()):
-            renew, start = rows[stale], latent[stale]
-            if bool((start == start[:1]).all()):  # a cold start: every frame at the same latent
-                six_d, tangent = decoder_features(self.prior, start[:1], tangents=True)
-                six_d, tangent = six_d.expand(len(renew), -1), tangent.expand(len(renew), -1, -1)
-            else:
-                six_d, tangent = decoder_features(self.prior, start, tangents=True)
-            self.six_d[renew], self.tangent[renew], self.age[renew] = six_d, tangent, 0
-        return six_d_angular(self.six_d[rows], self.tangent[rows])[1], self.age[rows] == 0
-
-    def update(self, rows: Tensor, keep: Tensor, old: Tensor, new: Tensor, six_d: Tensor, poor: Tensor) -> None:
-        """After a trial step of `rows`: secant-update the kept ones; `poor` ones get an exact Jacobian next."""
-        moved = rows[keep]
-        if len(moved):
-            step = new[keep] - old[keep]  # (k, L)
-            tangent = self.tangent[moved]
-            miss = six_d[keep] - self.six_d[moved] - (step.unsqueeze(1) @ tangent).squeeze(1)
-            length = (step * step).sum(-1, keepdim=True).clamp_min(1e-30)
-            self.tangent[moved] = tangent + step.unsqueeze(-1) * (miss / length).unsqueeze(1)
-            self.six_d[moved] = six_d[keep]
-            self.age[moved] += 1
-        self.age[rows[poor]] = self.REFRESH
+def _decoder_angular(prior: VPoser, latent: Tensor) -> Tensor:
+    """The decoded rotations' angular velocities (b, 21, 3, L) per latent unit, computed exactly at every
+    linearisation: the decoder is piecewise linear, but its units switch often enough along an IK's
+    steps that a secant-updated Jacobian costs more iterations than it saves. A cold start has every
+    frame at the same latent: one frame's Jacobian serves them all."""
+    if bool((latent == latent[:1]).all()):
+        return decoder_jacobian(prior, latent[:1])[1].expand(len(latent), -1, -1, -1)
+    return decoder_jacobian(prior, latent)[1]
 
 
 # --------------------------------------------------------------------------------------------

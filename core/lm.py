@@ -24,12 +24,9 @@ from torch import Tensor
 class LeastSquaresProblem(Protocol):
     """What the solver needs; `frames` index the batch, the problem keeps each frame's point."""
 
-    def linearize(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """At the frames' current points: residuals (b, m), Jacobian (b, m, n), cost (b,), and
-        whether the Jacobian is exact (b,) rather than a cheaper approximation (e.g. a secant
-        update). The exact cost's gradient must be J^T r (for robust costs r may be IRLS-weighted).
-        A frame only stops on an exact linearisation; an approximate one is redone after a
-        rejected step, and the problem should make it exact when steps become small."""
+    def linearize(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """At the frames' current points: residuals (b, m), Jacobian (b, m, n) and cost (b,). The
+        cost's gradient must be J^T r (for robust costs r may be IRLS-weighted)."""
 
     def try_step(self, frames: Tensor, step: Tensor) -> Tensor:
         """Cost (b,) at the frames' points moved by step (b, n); remembered until `accept`."""
@@ -101,23 +98,21 @@ LINEARIZE_CHUNK = 128  # frames per `linearize` call on the CPU: each call's tem
 
 @dataclass
 class _Normal:
-    """Per frame at its current point: J^T J (b, n, n), J^T r (b, n), cost (b,) float64, and whether
-    the Jacobian is exact (b,). Only these are kept: the Jacobians themselves never exist for more
-    than one chunk of frames at a time, so large batches touch little fresh memory."""
+    """Per frame at its current point: J^T J (b, n, n), J^T r (b, n) and cost (b,) float64. Only these
+    are kept: the Jacobians themselves never exist for more than one chunk of frames at a time, so
+    large batches touch little fresh memory."""
 
     matrix: Tensor
     gradient: Tensor
     cost: Tensor
-    exact: Tensor
 
     def select(self, rows: Tensor) -> _Normal:
-        return _Normal(self.matrix[rows], self.gradient[rows], self.cost[rows], self.exact[rows])
+        return _Normal(self.matrix[rows], self.gradient[rows], self.cost[rows])
 
     def replace(self, rows: Tensor, new: _Normal) -> _Normal:
         """A copy with `rows` taken from `new`."""
-        out = _Normal(self.matrix.clone(), self.gradient.clone(), self.cost.clone(), self.exact.clone())
-        out.matrix[rows], out.gradient[rows], out.cost[rows], out.exact[rows] = (
-            new.matrix, new.gradient, new.cost, new.exact)
+        out = _Normal(self.matrix.clone(), self.gradient.clone(), self.cost.clone())
+        out.matrix[rows], out.gradient[rows], out.cost[rows] = new.matrix, new.gradient, new.cost
         return out
 
 
@@ -127,9 +122,9 @@ def _linearize(problem: LeastSquaresProblem, frames: Tensor) -> _Normal:
     chunk = LINEARIZE_CHUNK if frames.device.type == "cpu" else max(len(frames), 1)
     parts = []
     for start in range(0, len(frames), chunk):
-        residuals, jacobian, cost, exact = problem.linearize(frames[start:start + chunk])
+        residuals, jacobian, cost = problem.linearize(frames[start:start + chunk])
         transposed = jacobian.transpose(1, 2)
-        parts.append((transposed @ jacobian, (transposed @ residuals.unsqueeze(-1)).squeeze(-1), cost.double(), exact))
+        parts.append((transposed @ jacobian, (transposed @ residuals.unsqueeze(-1)).squeeze(-1), cost.double()))
     return _Normal(*(torch.cat(values) if len(parts) > 1 else values[0] for values in zip(*parts)))
 
 
@@ -154,7 +149,7 @@ def _iterate(
     cost = torch.where(accept, trial_cost, normal.cost)
     small_decrease = accept & (decrease <= options.relative_tolerance * cost + options.absolute_tolerance)
     small_step = step.abs().amax(-1) <= options.step_tolerance
-    return accept, (flat | small_decrease | small_step) & normal.exact, cost, damping
+    return accept, flat | small_decrease | small_step, cost, damping
 
 
 def _independent(problem: LeastSquaresProblem, frames: Tensor, options: LMOptions) -> LMReport:
@@ -174,14 +169,13 @@ def _independent(problem: LeastSquaresProblem, frames: Tensor, options: LMOption
         keep = ~done
         if iteration + 1 == options.max_iterations or not bool(keep.any()):
             break
-        # Finished frames leave the batch; rejected ones keep an exact linearisation and only raise mu.
+        # Finished frames leave the batch; rejected ones keep their linearisation and only raise mu.
         if not bool(keep.all()):
             active, damping, accept, normal = active[keep], damping.select(keep), accept[keep], normal.select(keep)
-        redo = accept | ~normal.exact
-        if bool(redo.all()):
+        if bool(accept.all()):
             normal = _linearize(problem, frames[active])
-        elif bool(redo.any()):
-            moved = torch.nonzero(redo).squeeze(1)
+        elif bool(accept.any()):
+            moved = torch.nonzero(accept).squeeze(1)
             normal = normal.replace(moved, _linearize(problem, frames[active[moved]]))
     return report
 
