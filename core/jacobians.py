@@ -29,10 +29,19 @@ from .rotations import rotation_6d_to_matrix, skew
 from .vposer import VPoser
 
 
+DECODER_CHUNK = 32  # frames per forward-mode pass on the CPU: the (frames * L, 512) tangents stay ~2 MB
+
+
 def decoder_jacobian(vposer: VPoser, z: Tensor) -> tuple[Tensor, Tensor]:
     """Decoded local rotations (B, 21, 3, 3) and their angular Jacobian (B, 21, 3, L): column l is
-    the body-frame angular velocity w of each rotation (dR = R [w]x) per unit change of z[:, l]."""
-    return six_d_angular(*decoder_features(vposer, z, tangents=True))
+    the body-frame angular velocity w of each rotation (dR = R [w]x) per unit change of z[:, l].
+    On the CPU a few frames at a time: whole 128-frame chunks made 8 MB temporaries whose fresh
+    pages cost ~8 % of a marker solve; elsewhere all at once (each call costs launches)."""
+    chunk = DECODER_CHUNK if z.device.type == "cpu" else max(len(z), 1)
+    parts = [six_d_angular(*decoder_features(vposer, part, tangents=True)) for part in z.split(chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([rotations for rotations, _ in parts]), torch.cat([angular for _, angular in parts])
 
 
 def decoder_features(vposer: VPoser, z: Tensor, tangents: bool) -> tuple[Tensor, Tensor | None]:
@@ -156,12 +165,12 @@ def body_jacobians(
     rows = safe_parent if influences is None else torch.cat([influences.carriers, safe_parent])
     table = ancestors[rows][:, moving]  # (R, M)
     batch = angular.shape[0]
-    sums = (table @ torch.cat([angular, cross_columns(angular, joints[:, moving])], dim=-1).reshape(
-        batch, len(moving), -1)).view(batch, len(rows), 3, 2, -1)  # (B, R, 3, xi or psi, N)
+    sums = (table @ torch.cat([angular, cross_columns(angular, joints[:, moving])], dim=-2).reshape(
+        batch, len(moving), -1)).view(batch, len(rows), 2, 3, -1)  # (B, R, xi or psi, 3, N)
     at_parents = sums[:, len(rows) - len(safe_parent):]
     # A point carried by a joint's parent segment moves as that segment does: w x (point) - sum w_a x p_a.
     levers = joints[:, joint_ids] if joint_points is None else joint_points
-    d_joints = (cross_columns(at_parents[:, :, :, 0], levers) - at_parents[:, :, :, 1]) * has_parent
+    d_joints = (cross_columns(at_parents[:, :, 0], levers) - at_parents[:, :, 1]) * has_parent
     shape_positions = None
     if betas_columns is not None:
         rest_shift = model.joint_shape_basis[: model.num_betas].view(-1, model.num_joints, 3).permute(1, 2, 0)[:count]
@@ -274,7 +283,7 @@ def _corner_points_jacobian(
     carries them all), and F_c = -sum_a (sum of those w_ai) T_a (T_a: the corner maps). Each point
     depends on few carriers, so E and F are built per (point, carrier) pair and applied carrier by
     carrier, (B, 3 pairs, 6) x (B, 6, N): no per-vertex Jacobian is ever formed.
-    corner_vertices (B, Kv, C, 3): the posed corners; sums (B, U, 3, 2, N): xi and psi at the carriers."""
+    corner_vertices (B, Kv, C, 3): the posed corners; sums (B, U, 2, 3, N): xi and psi at the carriers."""
     batch, dtype, device = rotations.shape[0], rotations.dtype, rotations.device
     whole = influences.whole.view(1, -1, 1)
     levers = torch.where(whole, corner_vertices[:, influences.point, influences.corner], 0)  # q (B, G, 3)
@@ -285,11 +294,10 @@ def _corner_points_jacobian(
         carried = torch.einsum("...ij,...j->...i", world_rotations[:, joint], rest - rest_joints) + joints[:, joint]
         levers = levers.index_add(1, influences.group, influences.joint_weight.to(dtype).view(1, -1, 1) * carried)
     maps = corner_maps[:, influences.point, influences.corner]  # (B, G, 3, 3): rows of T_a
-    x, y, z = (component.unsqueeze(-1) for component in levers.unbind(-1))
-    a, b, c = maps.unbind(-1)
-    blocks = torch.stack([torch.stack([y * c - z * b, z * a - x * c, x * b - y * a], dim=-1),
-                          -influences.weight.to(dtype).view(1, -1, 1, 1) * maps], dim=-1)  # (B, G, 3 r, 3 c, E or F)
-    blocks = blocks.new_zeros(batch, len(influences.pair_rows), 3, 3, 2).index_add_(1, influences.pair, blocks)
+    # (B, G, 3 r, E or F, 3 c): E's rows are q x the rows of T_a, F = -(summed weight) T_a
+    blocks = torch.cat([torch.linalg.cross(levers.unsqueeze(-2).expand_as(maps), maps, dim=-1),
+                        -influences.weight.to(dtype).view(1, -1, 1, 1) * maps], dim=-1)
+    blocks = blocks.new_zeros(batch, len(influences.pair_rows), 3, 6).index_add_(1, influences.pair, blocks)
     d_points = torch.zeros(batch, corner_maps.shape[1] * 3, sums.shape[-1], dtype=dtype, device=device)
     for row, (start, end) in enumerate(influences.spans):
         moved = blocks[:, start:end].reshape(batch, 3 * (end - start), 6) @ sums[:, row].reshape(batch, 6, -1)

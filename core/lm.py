@@ -99,7 +99,13 @@ class _Damping:
         return _Damping(self.mu[rows], self.nu[rows])
 
 
-LINEARIZE_CHUNK = 128  # frames per `linearize` call on the CPU: each call's temporaries stay small and cache-resident
+CPU_CHUNK = 128  # frames per `linearize` call and per step solve on the CPU: temporaries stay small and cache-resident
+
+
+def _chunk(count: int, device: torch.device) -> int:
+    """Frames handled at a time: CPU_CHUNK on the CPU (where fresh large temporaries cost page
+    faults), all at once elsewhere (where each call costs launches)."""
+    return CPU_CHUNK if device.type == "cpu" else max(count, 1)
 
 
 @dataclass
@@ -115,17 +121,14 @@ class _Normal:
     def select(self, rows: Tensor) -> _Normal:
         return _Normal(self.matrix[rows], self.gradient[rows], self.cost[rows])
 
-    def replace(self, rows: Tensor, new: _Normal) -> _Normal:
-        """A copy with `rows` taken from `new`."""
-        out = _Normal(self.matrix.clone(), self.gradient.clone(), self.cost.clone())
-        out.matrix[rows], out.gradient[rows], out.cost[rows] = new.matrix, new.gradient, new.cost
-        return out
+    def update(self, rows: Tensor, new: _Normal) -> None:
+        """Take `rows` from `new`, in place."""
+        self.matrix[rows], self.gradient[rows], self.cost[rows] = new.matrix, new.gradient, new.cost
 
 
 def _linearize(problem: LeastSquaresProblem, frames: Tensor) -> _Normal:
-    """The normal equations of `frames`, linearised LINEARIZE_CHUNK frames at a time on the CPU (where
-    fresh large temporaries cost page faults) and all at once elsewhere (where each call costs launches)."""
-    chunk = LINEARIZE_CHUNK if frames.device.type == "cpu" else max(len(frames), 1)
+    """The normal equations of `frames`, linearised a chunk at a time (see _chunk)."""
+    chunk = _chunk(len(frames), frames.device)
     parts = []
     for start in range(0, len(frames), chunk):
         residuals, jacobian, cost = problem.linearize(frames[start:start + chunk])
@@ -182,7 +185,7 @@ def _independent(problem: LeastSquaresProblem, frames: Tensor, options: LMOption
             normal = _linearize(problem, frames[active])
         elif bool(accept.any()):
             moved = torch.nonzero(accept).squeeze(1)
-            normal = normal.replace(moved, _linearize(problem, frames[active[moved]]))
+            normal.update(moved, _linearize(problem, frames[active[moved]]))
     return report
 
 
@@ -206,8 +209,19 @@ def _sweeps(problem: LeastSquaresProblem, frames: Tensor, groups: list[Tensor], 
 
 
 def _damped_step(normal: Tensor, gradient: Tensor, damping: Tensor) -> tuple[Tensor, Tensor]:
-    """Step h (b, n) from (J^T J + mu D) h = -g, and the decrease the linear model predicts. An
-    unknown no residual depends on gets a tiny positive D (clamped) and a zero gradient, so h = 0."""
+    """Step h (b, n) from (J^T J + mu D) h = -g, and the decrease the linear model predicts, a chunk
+    of frames at a time (see _chunk: a whole batch's float64 copies and factors are fresh pages)."""
+    chunk = _chunk(len(normal), normal.device)
+    if len(normal) <= chunk:
+        return _damped_chunk(normal, gradient, damping)
+    parts = [_damped_chunk(normal[start:start + chunk], gradient[start:start + chunk], damping[start:start + chunk])
+             for start in range(0, len(normal), chunk)]
+    return torch.cat([step for step, _ in parts]), torch.cat([predicted for _, predicted in parts])
+
+
+def _damped_chunk(normal: Tensor, gradient: Tensor, damping: Tensor) -> tuple[Tensor, Tensor]:
+    """_damped_step for one chunk. An unknown no residual depends on gets a tiny positive D (clamped)
+    and a zero gradient, so h = 0."""
     dtype = gradient.dtype
     normal = normal.to(torch.float64, copy=True)  # the caller's J^T J is kept for a retry with more damping
     gradient64 = gradient.double()
