@@ -35,13 +35,14 @@ DECODER_CHUNK = 32  # frames per forward-mode pass on the CPU: the (frames * L, 
 def decoder_jacobian(vposer: VPoser, z: Tensor) -> tuple[Tensor, Tensor]:
     """Decoded local rotations (B, 21, 3, 3) and their angular Jacobian (B, 21, 3, L): column l is
     the body-frame angular velocity w of each rotation (dR = R [w]x) per unit change of z[:, l].
-    On the CPU a few frames at a time: whole 128-frame chunks made 8 MB temporaries whose fresh
-    pages cost ~8 % of a marker solve; elsewhere all at once (each call costs launches)."""
+    On the CPU the forward-mode passes take a few frames at a time: whole 128-frame chunks made 8 MB
+    temporaries whose fresh pages cost ~8 % of a marker solve; elsewhere all at once (each call
+    costs launches)."""
     chunk = DECODER_CHUNK if z.device.type == "cpu" else max(len(z), 1)
-    parts = [six_d_angular(*decoder_features(vposer, part, tangents=True)) for part in z.split(chunk)]
+    parts = [decoder_features(vposer, part, tangents=True) for part in z.split(chunk)]
     if len(parts) == 1:
-        return parts[0]
-    return torch.cat([rotations for rotations, _ in parts]), torch.cat([angular for _, angular in parts])
+        return six_d_angular(*parts[0])
+    return six_d_angular(torch.cat([six_d for six_d, _ in parts]), torch.cat([tangent for _, tangent in parts]))
 
 
 def decoder_features(vposer: VPoser, z: Tensor, tangents: bool) -> tuple[Tensor, Tensor | None]:
