@@ -15,7 +15,7 @@ time and only their normal equations are kept, so a large batch never holds all 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -102,10 +102,13 @@ class _Damping:
 CPU_CHUNK = 128  # frames per `linearize` call and per step solve on the CPU: temporaries stay small and cache-resident
 
 
-def _chunk(count: int, device: torch.device) -> int:
-    """Frames handled at a time: CPU_CHUNK on the CPU (where fresh large temporaries cost page
-    faults), all at once elsewhere (where each call costs launches)."""
-    return CPU_CHUNK if device.type == "cpu" else max(count, 1)
+def _by_chunks(count: int, device: torch.device, work: Callable[[slice], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+    """work(part) over `count` frames, CPU_CHUNK at a time on the CPU (where fresh large temporaries
+    cost page faults) and all at once elsewhere (where each call costs launches); the per-frame
+    results joined in frame order."""
+    chunk = CPU_CHUNK if device.type == "cpu" else max(count, 1)
+    parts = [work(slice(start, start + chunk)) for start in range(0, max(count, 1), chunk)]
+    return parts[0] if len(parts) == 1 else tuple(torch.cat(values) for values in zip(*parts))
 
 
 @dataclass
@@ -127,14 +130,14 @@ class _Normal:
 
 
 def _linearize(problem: LeastSquaresProblem, frames: Tensor) -> _Normal:
-    """The normal equations of `frames`, linearised a chunk at a time (see _chunk)."""
-    chunk = _chunk(len(frames), frames.device)
-    parts = []
-    for start in range(0, len(frames), chunk):
-        residuals, jacobian, cost = problem.linearize(frames[start:start + chunk])
+    """The normal equations of `frames`, linearised a chunk at a time (see _by_chunks)."""
+
+    def normal_equations(part: slice) -> tuple[Tensor, Tensor, Tensor]:
+        residuals, jacobian, cost = problem.linearize(frames[part])
         transposed = jacobian.transpose(1, 2)
-        parts.append((transposed @ jacobian, (transposed @ residuals.unsqueeze(-1)).squeeze(-1), cost.double()))
-    return _Normal(*(torch.cat(values) if len(parts) > 1 else values[0] for values in zip(*parts)))
+        return transposed @ jacobian, (transposed @ residuals.unsqueeze(-1)).squeeze(-1), cost.double()
+
+    return _Normal(*_by_chunks(len(frames), frames.device, normal_equations))
 
 
 def _iterate(
@@ -210,13 +213,9 @@ def _sweeps(problem: LeastSquaresProblem, frames: Tensor, groups: list[Tensor], 
 
 def _damped_step(normal: Tensor, gradient: Tensor, damping: Tensor) -> tuple[Tensor, Tensor]:
     """Step h (b, n) from (J^T J + mu D) h = -g, and the decrease the linear model predicts, a chunk
-    of frames at a time (see _chunk: a whole batch's float64 copies and factors are fresh pages)."""
-    chunk = _chunk(len(normal), normal.device)
-    if len(normal) <= chunk:
-        return _damped_chunk(normal, gradient, damping)
-    parts = [_damped_chunk(normal[start:start + chunk], gradient[start:start + chunk], damping[start:start + chunk])
-             for start in range(0, len(normal), chunk)]
-    return torch.cat([step for step, _ in parts]), torch.cat([predicted for _, predicted in parts])
+    of frames at a time (see _by_chunks: a whole batch's float64 copies and factors are fresh pages)."""
+    return _by_chunks(len(normal), normal.device,
+                      lambda part: _damped_chunk(normal[part], gradient[part], damping[part]))
 
 
 def _damped_chunk(normal: Tensor, gradient: Tensor, damping: Tensor) -> tuple[Tensor, Tensor]:
