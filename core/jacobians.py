@@ -36,8 +36,8 @@ def decoder_jacobian(vposer: VPoser, z: Tensor) -> tuple[Tensor, Tensor]:
     """Decoded local rotations (B, 21, 3, 3) and their angular Jacobian (B, 21, 3, L): column l is
     the body-frame angular velocity w of each rotation (dR = R [w]x) per unit change of z[:, l].
     On the CPU the forward-mode passes take a few frames at a time: whole 128-frame chunks made 8 MB
-    temporaries whose fresh pages cost ~8 % of a marker solve; elsewhere all at once (each call
-    costs launches)."""
+    temporaries whose fresh pages slowed a marker solve (docs/benchmarks.md, IK); elsewhere all at
+    once (each call costs launches)."""
     chunk = DECODER_CHUNK if z.device.type == "cpu" else max(len(z), 1)
     parts = [decoder_features(vposer, part, tangents=True) for part in z.split(chunk)]
     if len(parts) == 1:
