@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .body_model import BodyModel, BodyOutput
+from .errors import VPoserError
 from .jacobians import body_jacobians, decoder_jacobian, rotation_tangents
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
 from .lm import LMOptions, levenberg_marquardt
@@ -45,7 +46,7 @@ BODY = slice(1, NUM_BODY_JOINTS)  # the 21 joints VPoser poses
 LIVE_ITERATIONS = 5  # LM iterations per live-posing update, warm-started: the next update goes on from there
 
 
-class IKError(ValueError):
+class IKError(VPoserError):
     """The IK cannot run on these inputs; the message names the problem."""
 
 
@@ -748,7 +749,8 @@ def _align(keypoints: KeypointSet, state: IKState, targets: Tensor, confidence: 
 
 
 def _check_targets(targets, confidence, keypoints: KeypointSet) -> tuple[Tensor, Tensor]:
-    """(B, K, 3) targets with missing ones zeroed, and (B, K) confidence with them at 0."""
+    """(B, K, 3) targets with missing ones (NaN) zeroed, and (B, K) confidence with them at 0.
+    An infinite coordinate is refused (IKError naming the target), not taken as missing."""
     model = keypoints.model
     targets = torch.as_tensor(targets).to(dtype=model.dtype, device=model.device)
     if targets.ndim == 2:
@@ -775,6 +777,12 @@ def _check_targets(targets, confidence, keypoints: KeypointSet) -> tuple[Tensor,
     if (confidence < 0).any():
         frame, target = torch.nonzero(confidence < 0)[0].tolist()
         raise IKError(f"confidence is negative (first at frame {frame}, target {keypoints.names[target]!r})")
+    infinite = torch.isinf(targets).any(-1)
+    if infinite.any():  # NaN marks a missing target; an infinite one is a mistake, never a position
+        frame, target = torch.nonzero(infinite)[0].tolist()
+        raise IKError(f"target {keypoints.names[target]!r} is infinitely far away (frame {frame}; "
+                      f"{int(infinite.sum())} infinite target(s) in all): give it a finite position, or NaN to "
+                      "leave it out")
     confidence = torch.where(torch.isfinite(targets).all(-1), confidence, torch.zeros_like(confidence))
     empty = torch.nonzero((confidence > 0).sum(1) == 0).squeeze(1).tolist()
     if empty:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .body_model import BodyModel
+from .errors import VPoserError
 from .model_files import SMPL_BODY_JOINTS
 from .rotations import skew
 
@@ -40,7 +41,7 @@ EFFECTORS = ("pelvis", "head", "left_wrist", "right_wrist", "left_ankle", "right
 NUM_BODY_JOINTS = len(SMPL_BODY_JOINTS)  # the pelvis and the 21 joints VPoser poses
 
 
-class KeypointError(ValueError):
+class KeypointError(VPoserError):
     """A keypoint definition does not fit the body model; the message names the source and entry."""
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import VPoserError
 
-class BodyModelError(ValueError):
+
+class BodyModelError(VPoserError):
     """A model file or a forward() argument is not what the body model expects."""
 
 

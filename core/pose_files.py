@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import VPoserError
+from .resources import check_memory
 
-class PoseFileError(ValueError):
+
+class PoseFileError(VPoserError):
     """A pose file is missing a field or holds arrays of the wrong shape."""
 
 
@@ -47,9 +50,66 @@ class PoseSequence:
         return result
 
 
-def load_pose_file(path: str | Path) -> PoseSequence:
-    """Read and check an AMASS-style `.npz` (no pickled objects are ever loaded)."""
+FIELDS = ("poses", "trans", "betas", "gender", "mocap_framerate", "mocap_frame_rate")  # what load_pose_file reads
+
+
+@dataclass(frozen=True)
+class PoseFileHeader:
+    """What a pose file declares, read before any array is: frames and numbers per frame of
+    'poses', and the bytes its fields take once loaded as stored."""
+
+    frames: int
+    width: int
+    nbytes: int
+
+    @property
+    def joints(self) -> int:
+        return self.width // 3
+
+
+def read_pose_header(path: str | Path) -> PoseFileHeader:
+    """The shapes a pose file declares, from the .npy headers inside the archive: nothing beyond
+    them is decompressed, so a small compressed file that declares millions of frames costs
+    nothing to inspect. Checks that 'poses' is (T, 3 * joints) with T > 0 and 'trans' (T, 3)."""
     path = Path(path)
+    shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {name[: -len(".npy")]: name for name in archive.namelist() if name.endswith(".npy")}
+            for key in FIELDS:
+                if key in members:
+                    with archive.open(members[key]) as member:
+                        shapes[key] = _npy_header(member)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise PoseFileError(f"{path}: not a readable .npz file ({error})") from error
+    if "poses" not in shapes:
+        raise PoseFileError(f"{path}: missing key 'poses' (T, 3 * joints)")
+    poses = shapes["poses"][0]
+    if len(poses) != 2 or poses[1] % 3 or poses[0] == 0:
+        raise PoseFileError(f"{path}: key 'poses' has shape {poses}, expected (T, 3 * joints) with T > 0")
+    if "trans" in shapes and shapes["trans"][0] != (poses[0], 3):
+        raise PoseFileError(f"{path}: key 'trans' has shape {shapes['trans'][0]}, expected ({poses[0]}, 3)")
+    nbytes = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in shapes.values())
+    return PoseFileHeader(frames=poses[0], width=poses[1], nbytes=nbytes)
+
+
+def _npy_header(member) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the start of a .npy stream (format 1.0; 2.0 and 3.0 differ only in the
+    size of the header length, and 3.0 in its text encoding, which is ASCII for our dtypes)."""
+    version = np.lib.format.read_magic(member)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(member)
+    return tuple(int(size) for size in shape), dtype
+
+
+def load_pose_file(path: str | Path) -> PoseSequence:
+    """Read and check an AMASS-style `.npz` (no pickled objects are ever loaded). The declared
+    shapes are checked first (read_pose_header), and a file whose arrays would not fit in the free
+    memory is refused (InsufficientMemoryError) before anything is allocated."""
+    path = Path(path)
+    header = read_pose_header(path)
+    # as stored, plus the float64 copies of poses and trans
+    check_memory(header.nbytes + 8 * header.frames * (header.width + 3), f"reading {path} ({header.frames:,} frames)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "poses" not in npz.files:

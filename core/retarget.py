@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .body_model import BodyModel
+from .errors import VPoserError
 from .ik import IKResult, IKSolver, IKState, IKWeights, Stage
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
 from .lm import LMOptions
@@ -40,7 +41,7 @@ POSE = ("orient", "transl", "pose")
 WARM_ITERATIONS = 3  # from the rotation transfer, a few steps reach the targets
 
 
-class RetargetError(ValueError):
+class RetargetError(VPoserError):
     """The clip cannot be retargeted as asked; the message says why."""
 
 
@@ -82,6 +83,11 @@ def skeleton_targets(preset: SkeletonPreset | str | dict, names: list[str], rest
         body_rest = model.rest_joints()[0].double().cpu()
     rotations = torch.as_tensor(np.asarray(rotations), dtype=torch.float64)
     positions = torch.as_tensor(np.asarray(positions), dtype=torch.float64)
+    missing = [hip for hip in ("left_hip", "right_hip") if not preset.sources(hip)]
+    if missing:  # the body is placed by its hips (transfer_translation's anchor "hips")
+        raise RetargetError(f"{source}: preset {preset.name!r} maps no {' and no '.join(missing)}; the body is "
+                            "placed at the midpoint of the source's hips, so a skeleton preset must map both "
+                            "left_hip and right_hip")
     try:
         setup = build_transfer(preset, list(names), rest, body_rest, model.parents.cpu(), body_names,
                                source_rest_global=rest_rotations)
@@ -103,6 +109,13 @@ def skeleton_targets(preset: SkeletonPreset | str | dict, names: list[str], rest
 
 
 MIN_MARKERS = 6  # visible markers a frame needs to be solved
+# Fit errors (mm) above which a retarget is reported as suspect: the mean over all keypoints, or
+# one keypoint's mean over the clip. A well-mapped skeleton fits its landmarks to ~2 mm after
+# calibration (CMU clips: worst joint ~3 mm, docs/benchmarks.md) and synthetic marker trials to
+# ~1 mm; a wrong rest pose or a swapped joint leaves tens of millimetres and a twisted body (the
+# CMU walk with its elbows swapped: mean 14 mm, wrists 54-70 mm; shoulders swapped: mean 109 mm).
+FIT_WARNING_MM = 30.0
+FIT_WARNING_WORST_MM = 60.0
 
 
 def marker_targets(model: BodyModel, layout: str | Path, labels: Sequence[str], positions: np.ndarray,
@@ -169,6 +182,7 @@ class RetargetResult:
     fps: float
     seconds: float
     offsets: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # calibrated, metres
+    skeleton: bool = True  # targets from a skeleton's joints (False: markers)
 
     @property
     def mpjpe_mm(self) -> float:
@@ -176,6 +190,25 @@ class RetargetResult:
 
     def per_keypoint_mm(self) -> dict[str, float]:
         return {name: float(value) * 1000 for name, value in zip(self.keypoint_names, self.errors.nanmean(0))}
+
+    def fit_warning(self, worst: int = 3) -> str | None:
+        """None for a plausible fit; else a warning that the fit is far worse than a well-mapped
+        source allows (mean above FIT_WARNING_MM, or a keypoint above FIT_WARNING_WORST_MM), naming
+        the `worst` keypoints and the likely cause."""
+        mean = self.mpjpe_mm
+        ranked = sorted(self.per_keypoint_mm().items(), key=lambda item: -item[1])[:worst]
+        if not (mean > FIT_WARNING_MM or ranked[0][1] > FIT_WARNING_WORST_MM):
+            return None
+        named = ", ".join(f"{name} {value:.0f} mm" for name, value in ranked)
+        if self.skeleton:
+            cause = ("the source's rest pose is not the pose the preset's mapping assumes (set the preset's "
+                     "'rest_frame' to a frame where the source stands in that pose, e.g. its T-pose), or a joint "
+                     "is mapped to the wrong source bone (check the 'joints' entries of the worst joints)")
+        else:
+            cause = ("the marker layout does not match the trial (check the worst markers' labels and where the "
+                     "layout puts them), or the lab's up axis or units are wrong")
+        return (f"poor fit (mean error {mean:.0f} mm, worst {named}; a well-mapped source stays under "
+                f"{FIT_WARNING_MM:.0f} mm, each joint under {FIT_WARNING_WORST_MM:.0f} mm): likely {cause}")
 
 
 class Retarget:
@@ -230,7 +263,8 @@ class Retarget:
             raise RetargetError(f"the retarget stopped after {self._done} of {self.targets.positions.shape[0]} frames")
         offsets = {point.name: point.local for point in self.keypoints.keypoints if any(point.local)}
         return RetargetResult(self.poses, self.transl, self.betas, self.errors, self.iterations,
-                              self.keypoints.names, self.targets.fps, self.seconds, offsets)
+                              self.keypoints.names, self.targets.fps, self.seconds, offsets,
+                              skeleton=self.targets.init is not None)
 
     def _fit_shape(self) -> Tensor:
         """The mean of per-frame shapes solved on spread frames (the fixed shape when not asked for)."""

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 from torch.distributions import Normal
 
+from .errors import VPoserError
 from .rotations import matrix_to_axis_angle, rotation_6d_to_matrix
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ LIGHTNING_PREFIX = "vp_model."
 NUM_JOINTS = 21
 
 
-class VPoserLoadError(ValueError):
+class VPoserLoadError(VPoserError):
     """A file is not a usable VPoser checkpoint; the message names the file and what is wrong."""
 
 
@@ -337,7 +337,16 @@ def _check_state_dict(state_dict: Mapping[str, Any], config: Mapping[str, int], 
 
 
 def _config_from_yaml(path: Path) -> dict[str, int]:
-    """model_params {num_neurons, latentD} from an official config (safe_load: no tags run)."""
+    """model_params {num_neurons, latentD} from an official config (safe_load: no tags run).
+    PyYAML is imported here, not with the module: only the official release has a YAML config, so
+    the shipped prior and our own weights load without it."""
+    try:
+        import yaml
+    except ImportError:
+        raise VPoserLoadError(
+            f"{path}: reading the official release's config needs the PyYAML package, which this Python "
+            "lacks: install it (pip install pyyaml) where PyTorch is installed"
+        ) from None
     try:
         params = yaml.safe_load(path.read_text())["model_params"]
         config = {"num_neurons": int(params["num_neurons"]), "latent_dim": int(params["latentD"])}
@@ -385,7 +394,7 @@ def load_vposer(path: str | Path, map_location: Any = "cpu") -> VPoser:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"VPoser weights not found: {path}")
+        raise VPoserLoadError(f"VPoser weights not found: {path}")
     config = None
     if path.is_dir():
         yaml_path = _find_yaml(path)
@@ -440,10 +449,10 @@ def default_vposer_path() -> Path:
 
 
 def load_default_vposer(map_location: Any = "cpu") -> VPoser:
-    """The shipped open prior; raises FileNotFoundError with directions when it is absent."""
+    """The shipped open prior; raises VPoserLoadError with directions when it is absent."""
     path = default_vposer_path()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise VPoserLoadError(
             f"The open VPoser weights are missing ({path}). Train them with scripts/train_vposer.py, "
             "or load the official VPoser v2 release (the V02_05 folder from the SMPL-X download page, "
             "https://smpl-x.is.tue.mpg.de) with load_vposer(folder)."

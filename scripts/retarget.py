@@ -11,7 +11,8 @@ clip's markers (labels as in the marker layout; lab Z up unless --up y) are solv
 prior from its mean pose. Frames showing too few markers are left out (see "source_frames").
 
 Prints one JSON object: frames, seconds (solve time), frames_per_s, mpjpe_mm (fitted keypoints vs
-the source's), per_joint_mm, and what was written. With --blend, Blender (the bpy module) builds
+the source's), per_joint_mm, fit_warning (null, or why the fit looks wrong: a mean error above
+30 mm or a joint above 60 mm, with the likely cause; also printed to stderr), and what was written. With --blend, Blender (the bpy module) builds
 the body, keys the result on it as an action next to the imported source clip, saves the .blend,
 and writes beside it a rendered preview PNG (Workbench) and a plot of the fit (OUT_fit.png).
 """
@@ -32,11 +33,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.body_model import BodyModel  # noqa: E402
-from core.mocap.bvh import BVHError, read_bvh  # noqa: E402
-from core.mocap.c3d import C3DError, read_c3d, to_model_space  # noqa: E402
+from core.errors import VPoserError  # noqa: E402
+from core.mocap.bvh import read_bvh  # noqa: E402
+from core.mocap.c3d import read_c3d, to_model_space  # noqa: E402
 from core.mocap.convert import subsample_indices  # noqa: E402
 from core.pose_files import PoseSequence, save_pose_file  # noqa: E402
-from core.retarget import ClipTargets, Retarget, RetargetError, RetargetOptions, bvh_targets, marker_targets  # noqa: E402
+from core.retarget import ClipTargets, Retarget, RetargetOptions, bvh_targets, marker_targets  # noqa: E402
 from core.vposer import load_default_vposer, load_vposer  # noqa: E402
 
 DEFAULT_LAYOUT = REPO / "core" / "data" / "markers_plugin_gait_open.json"
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             for done, _ in run:
                 bar.update(done - bar.n)
         result = run.result()
-    except (OSError, BVHError, C3DError, RetargetError, KeyError, ValueError) as error:
+    except (OSError, VPoserError, KeyError, ValueError) as error:
         raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
 
     sequence = PoseSequence(result.poses.cpu().double().numpy(), result.transl.cpu().double().numpy(),
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames_per_s": frames / result.seconds,
         "mpjpe_mm": result.mpjpe_mm,
         "per_joint_mm": result.per_keypoint_mm(),
+        "fit_warning": result.fit_warning(),
         "landmark_offsets_mm": {name: [round(1000 * v, 1) for v in local] for name, local in result.offsets.items()},
         "betas": [round(float(b), 3) for b in result.betas],
         "device": args.device,
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         from blender_scene import save_scene  # a bpy job; imported only when asked for
 
         report.update(save_scene(Path(args.input), out, args.blend, body=args.body, skeleton=args.skeleton))
+    if report["fit_warning"]:
+        print(f"warning: {report['fit_warning']}", file=sys.stderr)
     print(json.dumps(report, indent=1))
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from .dependencies import TORCH_MISSING_HELP, torch_available
+from .dependencies import MISSING_HELP, core_available, missing_phrase
 from .properties import SOURCE_ITEMS, active_body
 from .targets import driven_body, mapped_targets, pinned_joints
 
@@ -20,10 +20,10 @@ class VPOSER_PT_main(bpy.types.Panel):
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
-        if not torch_available():
+        if not core_available():
             box = layout.box()
-            box.label(text="PyTorch is missing", icon="ERROR")
-            for line in TORCH_MISSING_HELP.split(". "):
+            box.label(text=missing_phrase(), icon="ERROR")
+            for line in MISSING_HELP:
                 box.label(text=line)
 
 
@@ -37,7 +37,7 @@ class _VPoserSubPanel:
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return torch_available()
+        return core_available()
 
 
 class VPOSER_PT_body(_VPoserSubPanel, bpy.types.Panel):

@@ -7,6 +7,8 @@ import sys
 
 import bpy
 
+from ..core.errors import VPoserError
+
 # Preferences belong to the extension's top-level package ("vposer", or "bl_ext.<repo>.vposer" once installed).
 ADDON_ID = __package__.rpartition(".")[0]
 
@@ -82,7 +84,7 @@ def get_preferences(context: bpy.types.Context) -> VPoserPreferences | None:
     return addon.preferences if addon else None
 
 
-class DeviceError(RuntimeError):
+class DeviceError(VPoserError):
     """The Device preference asks for what this PyTorch cannot do; the message says what to change."""
 
 

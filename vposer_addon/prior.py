@@ -18,10 +18,11 @@ _priors: dict[tuple[str, str, str], VPoser] = {}  # (path, device, dtype) -> pri
 
 def load_prior(context: bpy.types.Context, like: BodyModel | None = None) -> VPoser:
     """The prior in eval mode on the preferred device, or on `like`'s device and dtype when given
-    (the solver needs prior and body together). Raises core's VPoserLoadError naming the folder."""
+    (the solver needs prior and body together). Raises core's VPoserLoadError naming the folder
+    and the preference it comes from."""
     import torch
 
-    from ..core.vposer import default_vposer_path, load_vposer
+    from ..core.vposer import VPoserLoadError, default_vposer_path, load_vposer
 
     preferences = get_preferences(context)
     folder = bpy.path.abspath(preferences.vposer_path) if preferences and preferences.vposer_path else ""
@@ -30,5 +31,10 @@ def load_prior(context: bpy.types.Context, like: BodyModel | None = None) -> VPo
     dtype = like.dtype if like is not None else torch.float32
     key = (path, device, str(dtype))
     if key not in _priors:
-        _priors[key] = load_vposer(path).to(device=device, dtype=dtype).eval()
+        try:
+            prior = load_vposer(path)
+        except VPoserLoadError as error:
+            where = "the VPoser Folder set in the preferences" if folder else "the shipped one"
+            raise VPoserLoadError(f"cannot load the pose prior ({where}): {error}") from error
+        _priors[key] = prior.to(device=device, dtype=dtype).eval()
     return _priors[key]

@@ -40,14 +40,17 @@ def load_body_model(source: str, path: str = "", device: str = "cpu") -> BodyMod
     Raises core's BodyModelError (a message naming the file) for a missing or malformed file.
     """
     from ..core.body_model import DATA_DIR, OPEN_BODY_VARIANTS, BodyModel
-    from ..core.model_files import load_model_arrays
+    from ..core.model_files import BodyModelError, load_model_arrays
 
     file = DATA_DIR / OPEN_BODY_VARIANTS[_OPEN_VARIANTS[source]] if source in _OPEN_VARIANTS else Path(path)
     key = str(file)
     modified = file.stat().st_mtime_ns if file.is_file() else -1
     cached = _models.get(key)
     if cached is None or cached[0] != modified:
-        arrays = load_model_arrays(file)
+        try:
+            arrays = load_model_arrays(file)
+        except BodyModelError as error:  # said here, as operators load the body on the way to other things
+            raise BodyModelError(f"cannot load the body model file: {error}") from error
         model = BodyModel(arrays, num_betas=min(MAX_BETAS, arrays.shapedirs.shape[-1]), use_pose_correctives=False)
         cached = _models[key] = (modified, {"cpu": model})
     models = cached[1]

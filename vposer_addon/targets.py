@@ -25,6 +25,7 @@ import bpy
 import numpy as np
 from bpy.app.handlers import persistent
 
+from ..core.errors import VPoserError
 from . import bridge
 from .preferences import resolve_device
 from .properties import active_body
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 
 
-class TargetError(ValueError):
+class TargetError(VPoserError):
     """The targets of a body cannot be solved as they are; the message names the object and says why."""
 
 
@@ -115,6 +116,7 @@ def solve(
     names = body.joint_names()
 
     world = np.array([obj.matrix_world.translation for obj in targets])
+    _check_finite(targets, world)
     to_model = np.array(rig.matrix_world.inverted())
     positions = world @ to_model[:3, :3].T + to_model[:3, 3]
     quaternions, transl = bridge.get_pose(rig, names)
@@ -159,6 +161,20 @@ def _target_joints(rig: bpy.types.Object, targets: list[bpy.types.Object]) -> li
                               f"unmap one of them")
         owner[joint] = obj.name
     return list(owner)
+
+
+def _check_finite(targets: list[bpy.types.Object], world: np.ndarray) -> None:
+    """Refuse a target at an infinite or NaN location, naming the object (core would take a NaN
+    one as missing). Blender clamps a location typed as inf to the largest float (3.4e38), which
+    counts as infinite here: no body reaches it."""
+    infinite = ~(np.abs(world) < np.finfo(np.float32).max)  # NaN too
+    bad = np.flatnonzero(infinite.any(axis=1))
+    if len(bad):
+        obj = targets[bad[0]]
+        shown = np.where(infinite[bad[0]], np.copysign(np.inf, world[bad[0]]), world[bad[0]])
+        location = ", ".join(f"{value:g}" for value in np.where(np.isnan(world[bad[0]]), np.nan, shown))
+        raise TargetError(f"target '{obj.name}' is at ({location}), not a finite location: move it back "
+                          f"into the scene{f' ({len(bad)} targets in all)' if len(bad) > 1 else ''}")
 
 
 # rig session id -> (latent of its last solve, the body pose written then as one flat float32 array)

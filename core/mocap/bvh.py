@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import VPoserError
 from ..rotations import euler_to_matrix
 
 __all__ = [
@@ -48,7 +49,7 @@ _POSITION_CHANNELS = ("Xposition", "Yposition", "Zposition")
 _ROTATION_CHANNELS = ("Xrotation", "Yrotation", "Zrotation")
 
 
-class BVHError(ValueError):
+class BVHError(VPoserError):
     """A malformed BVH file; the message names the file and the line."""
 
     def __init__(self, source: str, line: int | None, message: str):

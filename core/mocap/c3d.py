@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import VPoserError
+
 __all__ = ["UNIT_SCALES", "C3DError", "MarkerClip", "lab_to_model_rotation", "read_c3d", "to_model_space"]
 
 UNIT_SCALES = {"mm": 1e-3, "cm": 1e-2, "m": 1.0}  # metres per file unit
@@ -51,7 +53,7 @@ _LAB_TO_MODEL = {
 }
 
 
-class C3DError(ValueError):
+class C3DError(VPoserError):
     """A C3D file that cannot be read as marker trajectories; the message names the file and why."""
 
 

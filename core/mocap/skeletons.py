@@ -27,11 +27,14 @@ Custom presets come from a dict or a JSON file with the same keys (`SkeletonPres
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
+from ..errors import VPoserError
 from ..model_files import KINDS, LEFT_HAND_JOINTS, RIGHT_HAND_JOINTS, SMPL_BODY_JOINTS, SMPL_BODY_PARENTS
 
 __all__ = [
@@ -43,7 +46,9 @@ __all__ = [
     "SMPL_BODY_PARENTS",
     "TARGET_DIRECTION_CHILD",
     "default_target_names",
+    "PRESET_JOINT_NAMES",
     "SkeletonPreset",
+    "SkeletonPresetError",
     "PRESETS",
     "get_preset",
     "load_preset",
@@ -108,6 +113,11 @@ TARGET_DIRECTION_CHILD: dict[str, str] = _sided(
 # Presets
 
 
+class SkeletonPresetError(VPoserError):
+    """A skeleton preset that cannot be used (unknown keys or joint names, a bad value, a rest frame
+    the clip lacks); the message lists what is allowed."""
+
+
 @dataclass(frozen=True)
 class SkeletonPreset:
     name: str
@@ -120,19 +130,52 @@ class SkeletonPreset:
     rest_frame: int | None = None
 
     def __post_init__(self):
+        if not isinstance(self.joints, Mapping) or not self.joints:
+            raise SkeletonPresetError(f"preset {self.name!r}: 'joints' must map SMPL joint names to source joint "
+                                      f"names, got {self.joints!r}")
         for smpl, src in self.joints.items():
             if isinstance(src, list):
                 object.__setattr__(self, "joints", {**self.joints, smpl: tuple(src)})
+        for smpl, src in self.joints.items():
+            if not (_is_name(src) or (isinstance(src, tuple) and src and all(map(_is_name, src)))):
+                raise SkeletonPresetError(f"preset {self.name!r}: 'joints' maps {smpl!r} to {src!r}; expected a "
+                                          "source joint name or a list of them")
+        _check_joint_names(self.name, "joints", self.joints)
         bad = [k for k in self.directions if k not in self.joints]
         if bad:
-            raise ValueError(f"preset {self.name!r}: directions for unmapped SMPL joints {bad}")
+            raise SkeletonPresetError(f"preset {self.name!r}: directions for unmapped SMPL joints {bad}")
+        wrong = {k: v for k, v in self.directions.items() if not _is_name(v)}
+        if wrong:
+            raise SkeletonPresetError(f"preset {self.name!r}: 'directions' must map SMPL joints to one source joint "
+                                      f"name each, got {wrong}")
         if self.axes is not None:
             _check_axes(self.axes)
         if self.landmarks is not None:
             object.__setattr__(self, "landmarks", tuple(self.landmarks))
+            _check_joint_names(self.name, "landmarks", self.landmarks)
             unmapped = [k for k in self.landmarks if k not in self.joints]
             if unmapped:
-                raise ValueError(f"preset {self.name!r}: landmarks name unmapped SMPL joints {unmapped}")
+                raise SkeletonPresetError(f"preset {self.name!r}: landmarks name unmapped SMPL joints {unmapped}")
+        if self.unit_scale is not None and not (_is_number(self.unit_scale) and 0 < self.unit_scale < math.inf):
+            raise SkeletonPresetError(f"preset {self.name!r}: 'unit_scale' must be a positive number of metres per "
+                                      f"source unit (0.01 for centimetres), got {self.unit_scale!r}")
+        if self.rest_frame is not None and not (isinstance(self.rest_frame, int) and not isinstance(self.rest_frame, bool)
+                                                and self.rest_frame >= 0):
+            raise SkeletonPresetError(f"preset {self.name!r}: 'rest_frame' must be a frame index of the clip, 0 or "
+                                      f"more (0 is its first frame), got {self.rest_frame!r}")
+
+    def rest_frame_index(self, num_frames: int, source: str) -> int | None:
+        """The clip frame (0 = its first) whose pose is the rest, or None for the zero-rotation pose.
+        Refused (SkeletonPresetError) when a clip of `num_frames` frames has no such frame: the
+        rest would otherwise come from wherever the reader clamps to."""
+        if self.rest_frame is None:
+            return None
+        if self.rest_frame >= num_frames:
+            raise SkeletonPresetError(
+                f"{source}: preset {self.name!r} takes the rest pose from frame {self.rest_frame} ('rest_frame'), but "
+                f"the clip has {num_frames} frame{'s' * (num_frames != 1)}: valid rest frames are 0-{num_frames - 1} "
+                "(0 is the clip's first frame), or leave 'rest_frame' out to use the zero-rotation pose")
+        return self.rest_frame
 
     def landmark_joints(self) -> list[str]:
         """SMPL joints whose source position is a keypoint target, in the preset's order."""
@@ -176,17 +219,26 @@ class SkeletonPreset:
     @classmethod
     def from_dict(cls, data: Mapping) -> "SkeletonPreset":
         """From a dict with keys joints (required), directions, unit_scale, axes, name, description, landmarks,
-        rest_frame."""
+        rest_frame (the user guide describes each). Unknown keys and joint names are refused, listing
+        the allowed ones."""
+        if not isinstance(data, Mapping):
+            raise SkeletonPresetError(f"a skeleton preset is a JSON object with the keys {', '.join(PRESET_KEYS)}, "
+                                      f"not a {type(data).__name__}")
         if "joints" not in data:
-            raise ValueError("a skeleton preset needs a 'joints' mapping (SMPL name -> source name)")
-        unknown = set(data) - {"name", "joints", "directions", "unit_scale", "axes", "description", "landmarks",
-                               "rest_frame"}
+            raise SkeletonPresetError("a skeleton preset needs a 'joints' mapping (SMPL name -> source name)")
+        unknown = set(data) - set(PRESET_KEYS)
         if unknown:
-            raise ValueError(f"unknown preset keys {sorted(unknown)}")
-        joints = {k: (v if isinstance(v, str) else tuple(v)) for k, v in data["joints"].items()}
+            raise SkeletonPresetError(f"unknown preset keys {sorted(unknown)}; the keys are {', '.join(PRESET_KEYS)}")
+        name = data.get("name", "custom")
+        for key, kind in (("joints", Mapping), ("directions", Mapping), ("axes", list), ("landmarks", list)):
+            if data.get(key) is not None and not isinstance(data[key], kind):
+                expected = "an object" if kind is Mapping else "a list"
+                raise SkeletonPresetError(f"preset {name!r}: '{key}' must be {expected}, got {data[key]!r}")
+        joints = {k: (v if isinstance(v, str) else tuple(v) if isinstance(v, list) else v)
+                  for k, v in data["joints"].items()}
         axes = data.get("axes")
         return cls(
-            name=data.get("name", "custom"),
+            name=name,
             joints=joints,
             directions=dict(data.get("directions") or {}),
             unit_scale=data.get("unit_scale"),
@@ -197,11 +249,48 @@ class SkeletonPreset:
         )
 
 
+PRESET_KEYS = ("name", "description", "joints", "directions", "landmarks", "unit_scale", "axes", "rest_frame")
+# Every SMPL-family joint name a preset may map: SMPL's 24, SMPL-H's fingers, SMPL-X's jaw and eyes.
+PRESET_JOINT_NAMES = tuple(dict.fromkeys(SMPL_JOINT_NAMES + SMPLH_JOINT_NAMES + SMPLX_JOINT_NAMES))
+
+
+def _is_name(value) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _allowed_joint_names() -> str:
+    """The joint names a preset may map, grouped so the list stays readable."""
+    body = set(SMPL_BODY_JOINT_NAMES)
+    smpl_hands = [n for n in SMPL_JOINT_NAMES if n not in body]
+    face = [n for n in SMPLX_JOINT_NAMES if n not in SMPLH_JOINT_NAMES]
+    return (f"the body joints {', '.join(SMPL_BODY_JOINT_NAMES)}; SMPL's {', '.join(smpl_hands)}; the fingers "
+            f"left_ or right_ + {', '.join(_FINGERS)} + 1, 2 or 3 (e.g. left_index1); SMPL-X's {', '.join(face)}")
+
+
+def _check_joint_names(preset: str, key: str, names) -> None:
+    """Refuse names that are not SMPL-family joints, with the closest names and the allowed list."""
+    unknown = [name for name in names if name not in PRESET_JOINT_NAMES]
+    if not unknown:
+        return
+    shown = []
+    for name in unknown:
+        close = difflib.get_close_matches(str(name), PRESET_JOINT_NAMES, n=1)
+        shown.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise SkeletonPresetError(f"preset {preset!r}: '{key}' names unknown SMPL joint{'s' * (len(unknown) > 1)} "
+                              f"{', '.join(shown)}; a preset names the body's joints by their SMPL names: "
+                              f"{_allowed_joint_names()}")
+
+
 def _check_axes(axes) -> None:
-    if len(axes) != 3 or any(len(a) != 2 or a[0] not in "+-" or a[1] not in "xyz" for a in axes):
-        raise ValueError(f"axes must be three of '+x', '-y', ..., got {axes!r}")
+    if len(axes) != 3 or any(not isinstance(a, str) or len(a) != 2 or a[0] not in "+-" or a[1] not in "xyz"
+                             for a in axes):
+        raise SkeletonPresetError(f"axes must be three of '+x', '-y', ..., got {axes!r}")
     if sorted(a[1] for a in axes) != ["x", "y", "z"]:
-        raise ValueError(f"axes must use x, y and z once each, got {axes!r}")
+        raise SkeletonPresetError(f"axes must use x, y and z once each, got {axes!r}")
 
 
 # CMU main set (cgspeed MotionBuilder-style names, from the CMU ASF bones). Decisions, checked on

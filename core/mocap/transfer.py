@@ -350,10 +350,12 @@ def _topological(parents: list[int]) -> list[int]:
 
 def source_rest(motion: BVHMotion, preset: SkeletonPreset) -> tuple[Tensor, Tensor | None]:
     """A clip's rest skeleton: joint positions (Js, 3) and world rotations (Js, 3, 3), None for
-    identity: the zero-rotation (OFFSET) pose, or the preset's `rest_frame`."""
-    if preset.rest_frame is None:
+    identity: the zero-rotation (OFFSET) pose, or the preset's `rest_frame` (SkeletonPresetError
+    when the clip has no such frame)."""
+    frame = preset.rest_frame_index(motion.num_frames, motion.source)
+    if frame is None:
         return rest_positions(motion), None
-    rotations, positions = forward_kinematics(motion, frames=[preset.rest_frame])
+    rotations, positions = forward_kinematics(motion, frames=[frame])
     return positions[0], rotations[0]
 
 

@@ -498,3 +498,69 @@ def test_daz_conversion_drops_the_rest_frame(tmp_path):
     assert clip["source_frames"].tolist() == [4, 8]
     left_shoulder = clip["poses"][:, 16 * 3:17 * 3]
     np.testing.assert_allclose(left_shoulder, REST_BEND.apply(np.deg2rad([[0, 0, 4], [0, 0, 8]])), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom presets: what is not understood is refused, listing what is allowed
+
+
+def test_unknown_joint_names_are_refused_with_the_allowed_names():
+    from core.mocap.skeletons import SkeletonPresetError
+
+    with pytest.raises(SkeletonPresetError) as caught:
+        load_preset({"name": "rig", "joints": {"pelvis": "Hips", "left_elbw": "LeftForeArm", "tail": "Tail"}})
+    message = str(caught.value)
+    assert message.startswith("preset 'rig': 'joints' names unknown SMPL joints 'left_elbw' (did you mean "
+                              "'left_elbow'?), 'tail';")
+    for name in SMPL_BODY_JOINT_NAMES + ["left_hand", "jaw", "left_eye", "right_eye"]:  # every allowed kind is listed
+        assert name in message
+    assert "left_ or right_ + index, middle, pinky, ring, thumb + 1, 2 or 3" in message
+    with pytest.raises(SkeletonPresetError, match=r"'landmarks' names unknown SMPL joint 'Head' \(did you mean "
+                                                  r"'head'\?\)"):
+        load_preset({"joints": {"pelvis": "Hips", "head": "Head"}, "landmarks": ["Head"]})
+    # every name the shipped presets and the body models use is allowed
+    assert load_preset({"joints": {name: name for name in SMPLH_JOINT_NAMES + ["jaw", "left_hand"]}})
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"rest_frame": -1}, r"'rest_frame' must be a frame index of the clip, 0 or more .*got -1"),
+    ({"rest_frame": 1.5}, r"'rest_frame' must be a frame index .*got 1\.5"),
+    ({"rest_frame": "0"}, r"'rest_frame' must be a frame index .*got '0'"),
+    ({"rest_frame": True}, r"'rest_frame' must be a frame index .*got True"),
+    ({"unit_scale": 0}, r"'unit_scale' must be a positive number of metres per source unit"),
+    ({"unit_scale": "cm"}, r"'unit_scale' must be a positive number"),
+    ({"joints": {"pelvis": 3}}, r"'joints' maps 'pelvis' to 3; expected a source joint name or a list of them"),
+    ({"joints": ["pelvis"]}, r"'joints' must be an object"),
+    ({"directions": {"pelvis": ["a"]}}, r"'directions' must map SMPL joints to one source joint name each"),
+    ({"axes": ["+x", "+y"]}, r"axes must be three of"),
+    ({"joint": {}}, r"unknown preset keys \['joint'\]; the keys are name, description, joints, directions"),
+])
+def test_bad_preset_values_are_refused(entry, message):
+    from core.mocap.skeletons import SkeletonPresetError
+
+    with pytest.raises(SkeletonPresetError, match=message):
+        load_preset({"joints": {"pelvis": "Hips"}} | entry)
+
+
+def test_a_preset_file_that_is_not_an_object_is_refused(tmp_path):
+    from core.mocap.skeletons import SkeletonPresetError
+
+    path = tmp_path / "rig.json"
+    path.write_text(json.dumps([["pelvis", "Hips"]]))
+    with pytest.raises(SkeletonPresetError, match="a skeleton preset is a JSON object with the keys .*, not a list"):
+        load_preset(path)
+
+
+def test_a_rest_frame_the_clip_lacks_is_refused_with_the_valid_frames():
+    from core.mocap.skeletons import SkeletonPresetError
+
+    rest, parents = target_skeleton()
+    motion = parse_bvh(daz_like_text([T_POSE, T_POSE | {"lShldr": (120, 0, 0)}, T_POSE]))
+    motion.source = "clip.bvh"
+    far = get_preset("cmu_daz").to_dict() | {"rest_frame": 99999}
+    with pytest.raises(SkeletonPresetError, match=r"clip\.bvh: preset 'cmu_daz' takes the rest pose from frame 99999 "
+                                                  r"\('rest_frame'\), but the clip has 3 frames: valid rest frames "
+                                                  r"are 0-2"):
+        retarget_bvh(motion, far, rest, parents)
+    last = retarget_bvh(motion, far | {"rest_frame": 2}, rest, parents)  # the last frame is a valid rest
+    assert torch.allclose(last.poses[2], torch.zeros_like(last.poses[2]), atol=1e-6)

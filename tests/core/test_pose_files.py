@@ -90,3 +90,46 @@ def test_main_job_reports_a_bad_frame_clearly():
         capture_output=True, text=True,
     )
     assert result.returncode != 0 and "outside 0..85" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes declared by the file, checked before anything is allocated
+
+
+def test_the_declared_size_is_read_without_loading_the_arrays(tmp_path):
+    from pose_file_testing import write_declared_pose_file
+
+    from core.pose_files import read_pose_header
+
+    path = write_declared_pose_file(tmp_path / "huge.npz", 2_000_000)
+    assert path.stat().st_size < 10_000  # the data is not there: only the headers can be read
+    header = read_pose_header(path)
+    assert (header.frames, header.width, header.joints) == (2_000_000, 156, 52)
+    assert header.nbytes == 2_000_000 * (156 + 3) * 4 + 8  # float32 poses and trans, the float64 rate
+    example = read_pose_header(EXAMPLE)
+    assert (example.frames, example.width) == load_pose_file(EXAMPLE).poses.shape
+
+
+def test_a_file_bigger_than_the_free_memory_is_refused_before_loading(tmp_path, monkeypatch):
+    import core.resources
+    from core.errors import InsufficientMemoryError
+    from pose_file_testing import write_declared_pose_file
+
+    path = write_declared_pose_file(tmp_path / "huge.npz", 2_000_000)
+    monkeypatch.setattr(core.resources, "available_memory", lambda: 2 * 10**9)
+    with pytest.raises(InsufficientMemoryError, match=r"huge\.npz \(2,000,000 frames\) needs about 3\.8 GB of "
+                                                      r"memory, but only 2\.0 GB is free"):
+        load_pose_file(path)
+    assert load_pose_file(EXAMPLE).num_frames == 86  # a normal file fits
+
+
+@pytest.mark.parametrize("content", ["npy", "text"])
+def test_a_file_that_is_not_an_npz_archive_is_named(tmp_path, content):
+    path = tmp_path / "poses.npz"
+    if content == "npy":
+        with open(path, "wb") as file:  # np.save would add .npy to the name
+            np.save(file, np.zeros((2, 66)))
+    else:
+        path.write_text("poses")
+    with pytest.raises(PoseFileError, match=r"poses\.npz: not a readable \.npz file"):
+        load_pose_file(path)

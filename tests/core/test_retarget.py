@@ -160,3 +160,67 @@ def test_markers_from_a_known_pose_are_fitted_and_gaps_masked(tmp_path):
     assert result.mpjpe_mm < 10
     with pytest.raises(RetargetError, match="only 2 of its markers are in the layout"):
         marker_targets(body32, layout, ["LFHD", "RFHD", "XYZ"], positions[:, :3], 100.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Mappings that cannot work, or fit too badly to be right
+
+WALK = Path(__file__).resolve().parents[2] / "examples" / "cmu_02_01_walk.bvh"
+
+
+def test_a_preset_without_both_hips_is_refused(body):
+    motion = parse_bvh(WALK.read_text(), source="walk.bvh")
+    cmu = get_preset("cmu").to_dict()
+    cmu["joints"].pop("right_hip")
+    cmu["directions"].pop("right_hip")
+    cmu["landmarks"].remove("right_hip")
+    with pytest.raises(RetargetError, match=r"walk\.bvh: preset 'cmu' maps no right_hip; the body is placed at the "
+                                            r"midpoint of the source's hips, so a skeleton preset must map both"):
+        bvh_targets(motion, cmu, body)
+
+
+def _swapped(preset: str, first: str, second: str) -> dict:
+    """The preset with the source joints of two body joints exchanged (a mapping mistake)."""
+    data = get_preset(preset).to_dict()
+    joints = data["joints"]
+    joints[first], joints[second] = joints[second], joints[first]
+    return data
+
+
+@pytest.mark.parametrize("mistake, worst", [(("left_shoulder", "right_shoulder"), "left_wrist"),
+                                           (("left_elbow", "right_elbow"), "right_wrist")])
+def test_a_mismapped_skeleton_is_reported_with_its_worst_joints_and_the_likely_cause(body, mistake, worst):
+    motion = parse_bvh(WALK.read_text(), source="walk.bvh")
+    frames = np.arange(0, motion.num_frames, 6)
+    right = retarget(body, bvh_targets(motion, "cmu", body, frames))
+    assert right.mpjpe_mm < 5 and right.fit_warning() is None
+
+    wrong = retarget(body, bvh_targets(motion, _swapped("cmu", *mistake), body, frames))
+
+    per_joint = wrong.per_keypoint_mm()
+    ranked = sorted(per_joint, key=per_joint.get, reverse=True)
+    assert ranked[0] == worst and per_joint[worst] > 60  # a twisted body, whatever the mean says
+    warning = wrong.fit_warning()
+    assert warning.startswith(f"poor fit (mean error {wrong.mpjpe_mm:.0f} mm, worst {ranked[0]} "
+                              f"{per_joint[ranked[0]]:.0f} mm, {ranked[1]} {per_joint[ranked[1]]:.0f} mm, {ranked[2]} ")
+    assert "set the preset's 'rest_frame'" in warning and "check the 'joints' entries of the worst joints" in warning
+
+
+def _result(errors_mm: list[float], skeleton: bool = True):
+    from core.retarget import RetargetResult
+
+    errors = torch.tensor([errors_mm, errors_mm], dtype=torch.float64) / 1000  # two frames, the same errors
+    names = tuple(f"joint{k}" for k in range(len(errors_mm)))
+    return RetargetResult(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(1), errors, torch.zeros(2), names,
+                          30.0, 0.0, skeleton=skeleton)
+
+
+def test_the_fit_warning_thresholds():
+    """Mean above 30 mm, or one keypoint above 60 mm over the clip: hand-picked errors either side."""
+    assert _result([29.0, 29.0, 31.0]).fit_warning() is None  # mean 29.67 mm
+    assert _result([10.0, 59.0, 20.0]).fit_warning() is None
+    assert _result([30.0, 30.0, 31.0]).fit_warning().startswith(
+        "poor fit (mean error 30 mm, worst joint2 31 mm, joint0 30 mm, joint1 30 mm;")
+    assert _result([10.0, 61.0, 20.0]).fit_warning().startswith("poor fit (mean error 30 mm, worst joint1 61 mm,")
+    markers = _result([40.0, 40.0], skeleton=False).fit_warning()
+    assert "marker layout does not match the trial" in markers and "rest_frame" not in markers

@@ -25,7 +25,7 @@ def test_retarget_writes_poses_and_reports_the_fit(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["frames"] == 86  # 343 frames at 120 fps, every 4th
-    assert report["mpjpe_mm"] < 15
+    assert report["mpjpe_mm"] < 15 and report["fit_warning"] is None
     assert set(report["per_joint_mm"]) >= {"left_wrist", "right_ankle", "head"}
     assert report["frames_per_s"] > 0 and report["seconds"] > 0
     sequence = load_pose_file(out)
@@ -41,6 +41,23 @@ def test_retarget_refuses_unknown_inputs_clearly(tmp_path):
     assert result.returncode != 0 and "expected a .bvh or .c3d file" in result.stderr
     result = run("scripts/retarget.py", str(CLIP), "--skeleton", "mixamo", "--out", str(tmp_path / "x.npz"))
     assert result.returncode != 0 and "mixamorig:Hips" in result.stderr
+
+
+def test_retarget_warns_of_a_mismapped_skeleton(tmp_path):
+    from core.mocap.skeletons import get_preset
+
+    preset = get_preset("cmu").to_dict()
+    joints = preset["joints"]
+    joints["left_shoulder"], joints["right_shoulder"] = joints["right_shoulder"], joints["left_shoulder"]
+    (tmp_path / "swapped.json").write_text(json.dumps(preset))
+    result = run("scripts/retarget.py", str(CLIP), "--skeleton", str(tmp_path / "swapped.json"), "--fps", "30",
+                 "--out", str(tmp_path / "walk.npz"))
+    assert result.returncode == 0, result.stderr  # the poses are written: the user decides
+    report = json.loads(result.stdout)
+    assert report["mpjpe_mm"] > 30
+    assert report["fit_warning"].startswith(f"poor fit (mean error {report['mpjpe_mm']:.0f} mm, worst ")
+    assert "'rest_frame'" in report["fit_warning"] and "'joints'" in report["fit_warning"]
+    assert f"warning: {report['fit_warning']}" in result.stderr
 
 
 def test_eval_ik_prints_the_stable_keys():

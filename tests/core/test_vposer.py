@@ -380,7 +380,7 @@ def test_not_a_vposer_checkpoint(tmp_path):
     torch.save([torch.zeros(2)], path)
     with pytest.raises(VPoserLoadError, match=r"not a VPoser checkpoint: .*other\.pt"):
         load_vposer(path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(VPoserLoadError, match=r"VPoser weights not found: .*absent\.pt"):
         load_vposer(tmp_path / "absent.pt")
 
 
@@ -406,5 +406,5 @@ def test_own_format_round_trip(tmp_path):
 def test_default_weights_path_and_missing_message(tmp_path, monkeypatch):
     assert default_vposer_path().parts[-3:] == ("core", "data", "vposer_open.pt")
     monkeypatch.setattr(vposer_module, "default_vposer_path", lambda: tmp_path / "vposer_open.pt")
-    with pytest.raises(FileNotFoundError, match="train_vposer"):
+    with pytest.raises(VPoserLoadError, match="train_vposer"):
         load_default_vposer()

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 import bpy
 
 from .. import bridge
-from ..dependencies import torch_available
+from ..dependencies import core_available, missing_message
 from ..preferences import get_preferences
 from ..properties import load_body_model
+from ..reporting import reports_errors
 
 if TYPE_CHECKING:
     from ...core.body_model import BodyModel
@@ -36,8 +37,8 @@ class VPOSER_OT_add_body(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if not torch_available():
-            cls.poll_message_set("PyTorch is missing: the VPoser tab says how to install it")
+        if not core_available():
+            cls.poll_message_set(missing_message())
             return False
         if context.mode != "OBJECT":
             cls.poll_message_set("Switch to Object Mode to add a body")
@@ -47,18 +48,13 @@ class VPOSER_OT_add_body(bpy.types.Operator):
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         return context.window_manager.invoke_props_dialog(self, confirm_text="Add")
 
+    @reports_errors("Cannot add a body")
     def execute(self, context: bpy.types.Context) -> set[str]:
-        from ...core.model_files import BodyModelError
-
         source, path = self._resolve_source(context)
         if source == "FILE" and not path:
             self.report({"ERROR"}, "No model file is set: choose one in the VPoser extension preferences")
             return {"CANCELLED"}
-        try:
-            model = load_body_model(source, path)  # everything that can fail happens before the scene changes
-        except BodyModelError as error:
-            self.report({"ERROR"}, f"Cannot load the body model: {error}")
-            return {"CANCELLED"}
+        model = load_body_model(source, path)  # everything that can fail happens before the scene changes
 
         collection = context.view_layer.active_layer_collection.collection
         rig, skin = bridge.create_body(collection, self.name, _rest_body(model))

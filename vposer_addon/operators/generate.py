@@ -12,6 +12,7 @@ from ...core.model_files import SMPL_BODY_JOINTS
 from .. import bridge
 from ..prior import load_prior
 from ..properties import active_body
+from ..reporting import reports_errors
 from .io import poll_body
 
 if TYPE_CHECKING:
@@ -42,17 +43,10 @@ def _poll_prior_body(cls: type[bpy.types.Operator], context: bpy.types.Context, 
     return True
 
 
-def _prior_for(operator: bpy.types.Operator, context: bpy.types.Context, rig: bpy.types.Object) -> VPoser | None:
-    """The prior on the body model's device and dtype, or None once the operator has reported why
-    it cannot be loaded (called before anything changes, so the caller can simply cancel)."""
-    from ...core.model_files import BodyModelError
-    from ...core.vposer import VPoserLoadError
-
-    try:
-        return load_prior(context, like=rig.vposer_body.body_model())
-    except (BodyModelError, VPoserLoadError, FileNotFoundError) as error:
-        operator.report({"ERROR"}, f"Cannot load the pose prior for {rig.name}: {error}")
-        return None
+def _prior_for(context: bpy.types.Context, rig: bpy.types.Object) -> VPoser:
+    """The prior on the body model's device and dtype; called before anything changes, so what it
+    raises (the body model file, the prior) is reported by reports_errors and the run cancelled."""
+    return load_prior(context, like=rig.vposer_body.body_model())
 
 
 class VPOSER_OT_sample_poses(bpy.types.Operator):
@@ -87,13 +81,12 @@ class VPOSER_OT_sample_poses(bpy.types.Operator):
     def poll(cls, context: bpy.types.Context) -> bool:
         return _poll_prior_body(cls, context, need_action=False)
 
+    @reports_errors("Cannot sample poses for {body}")
     def execute(self, context: bpy.types.Context) -> set[str]:
         from ...core.rotations import axis_angle_to_quaternion
 
         rig = active_body(context)
-        prior = _prior_for(self, context, rig)
-        if prior is None:
-            return {"CANCELLED"}
+        prior = _prior_for(context, rig)
         joint_names = rig.vposer_body.joint_names()
         current, location = bridge.get_pose(rig, joint_names)
         samples = prior.sample(self.count, seed=self.seed, temperature=self.temperature).cpu().double()
@@ -145,6 +138,7 @@ class VPOSER_OT_inbetweens(bpy.types.Operator):
     def poll(cls, context: bpy.types.Context) -> bool:
         return _poll_prior_body(cls, context, need_action=True)
 
+    @reports_errors("Cannot fill in between poses of {body}")
     def execute(self, context: bpy.types.Context) -> set[str]:
         rig = active_body(context)
         joint_names = rig.vposer_body.joint_names()[:BODY_JOINTS]  # hands and face keep their curves
@@ -162,9 +156,7 @@ class VPOSER_OT_inbetweens(bpy.types.Operator):
                 "turn on Replace Existing Keys to overwrite them",
             )
             return {"CANCELLED"}
-        prior = _prior_for(self, context, rig)
-        if prior is None:
-            return {"CANCELLED"}
+        prior = _prior_for(context, rig)
 
         ends = bridge.read_action(rig, joint_names, np.array([start, end]))
         quaternions, translations = _inbetween_poses(prior, *ends, steps=end - start + 1)

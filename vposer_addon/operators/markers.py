@@ -25,6 +25,7 @@ import numpy as np
 from bpy_extras.io_utils import ImportHelper
 
 from .. import bridge
+from ..reporting import reports_errors
 
 VISIBLE = "vposer_visible"
 LABEL = "vposer_marker"
@@ -84,14 +85,11 @@ class VPOSER_OT_import_c3d(bpy.types.Operator, ImportHelper):
             return False
         return True
 
+    @reports_errors("Cannot import markers")
     def execute(self, context: bpy.types.Context) -> set[str]:
-        from ...core.mocap.c3d import C3DError, lab_to_model_rotation, read_c3d
+        from ...core.mocap.c3d import lab_to_model_rotation, read_c3d
 
-        try:
-            clip = read_c3d(self.filepath, units=None if self.units == "FILE" else self.units)
-        except C3DError as error:
-            self.report({"ERROR"}, str(error))
-            return {"CANCELLED"}
+        clip = read_c3d(self.filepath, units=None if self.units == "FILE" else self.units)
         to_world = np.array(bridge.Y_UP_TO_Z_UP.to_3x3()) @ lab_to_model_rotation(self.up_axis)
         positions = clip.positions @ to_world.T
         start = clip.first_frame if self.use_file_start else context.scene.frame_current

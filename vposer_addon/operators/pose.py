@@ -5,8 +5,8 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from ..dependencies import torch_available
-from ..preferences import DeviceError
+from ..dependencies import core_available, missing_message
+from ..reporting import reports_errors
 from ..targets import TargetError, driven_body, mapped_targets, solve
 
 TARGET_SIZE = 0.05  # metres: an empty's display size, about a joint's width
@@ -14,8 +14,8 @@ TARGET_SIZE = 0.05  # metres: an empty's display size, about a joint's width
 
 def _poll_posing(cls: type[bpy.types.Operator], context: bpy.types.Context) -> bool:
     """A body to pose (the active one, or the one the active target drives) in Object or Pose Mode."""
-    if not torch_available():
-        cls.poll_message_set("PyTorch is missing: the VPoser tab says how to install it")
+    if not core_available():
+        cls.poll_message_set(missing_message())
         return False
     if driven_body(context) is None:
         cls.poll_message_set("Select a VPoser body or one of its targets (or add a body with Add Body)")
@@ -47,8 +47,10 @@ class VPOSER_OT_add_targets(bpy.types.Operator):
     def poll(cls, context: bpy.types.Context) -> bool:
         return _poll_posing(cls, context)
 
+    @reports_errors("Cannot add targets to {body}")
     def execute(self, context: bpy.types.Context) -> set[str]:
         rig = driven_body(context)
+        _require_body_joints(rig)
         if self.preset == "SELECTED" and context.mode != "POSE":
             self.report({"ERROR"}, f"'Selected Bones' takes the bones selected in Pose Mode: enter Pose Mode on {rig.name}")
             return {"CANCELLED"}
@@ -91,6 +93,16 @@ class VPOSER_OT_add_targets(bpy.types.Operator):
         return [name for name in names if name in selected]
 
 
+def _require_body_joints(rig: bpy.types.Object) -> None:
+    """Targets pull a body's joints, which the solve poses through the prior: a model without them
+    (a MANO hand) is refused, whichever joints were asked for."""
+    from ...core.model_files import SMPL_BODY_JOINTS
+
+    if not set(SMPL_BODY_JOINTS) <= set(rig.vposer_body.joint_names()):
+        raise TargetError(f"{rig.name} is a hand model: it has no body joints to target (Solve Pose poses the "
+                          f"{len(SMPL_BODY_JOINTS)} body joints of SMPL, SMPL-H, SMPL-X or the open body)")
+
+
 def _targets_collection(scene: bpy.types.Scene, rig: bpy.types.Object) -> bpy.types.Collection:
     """The collection "<body> Targets", made (and linked to the scene) on first use."""
     name = f"{rig.name} Targets"
@@ -117,18 +129,10 @@ class VPOSER_OT_solve_pose(bpy.types.Operator):
     def poll(cls, context: bpy.types.Context) -> bool:
         return _poll_posing(cls, context)
 
+    @reports_errors("Cannot solve {body}")
     def execute(self, context: bpy.types.Context) -> set[str]:
-        from ...core.ik import IKError
-        from ...core.model_files import BodyModelError
-        from ...core.vposer import VPoserLoadError
-
         rig = driven_body(context)
-        targets = mapped_targets(context.scene, rig)
-        try:
-            errors_mm = 1000.0 * solve(context, rig, targets)
-        except (TargetError, IKError, BodyModelError, VPoserLoadError, DeviceError) as error:
-            self.report({"ERROR"}, f"Cannot solve {rig.name}: {error}")
-            return {"CANCELLED"}
+        errors_mm = 1000.0 * solve(context, rig, mapped_targets(context.scene, rig))
         used = np.count_nonzero(~np.isnan(errors_mm))
         message = (f"Solved {rig.name} to {used} targets: mean error {np.nanmean(errors_mm):.1f} mm, "
                    f"max {np.nanmax(errors_mm):.1f} mm")
@@ -177,6 +181,7 @@ class VPOSER_OT_pin_bones(bpy.types.Operator):
             return False
         return True
 
+    @reports_errors("Cannot pin bones of {body}")
     def execute(self, context: bpy.types.Context) -> set[str]:
         rig = driven_body(context)
         joints = set(rig.vposer_body.joint_names())

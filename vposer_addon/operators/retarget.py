@@ -28,10 +28,12 @@ import bpy
 import numpy as np
 from bpy_extras.anim_utils import action_get_channelbag_for_slot
 
+from ...core.errors import VPoserError
 from .. import bridge
-from ..preferences import DeviceError, resolve_device
+from ..preferences import resolve_device
 from ..prior import load_prior
 from ..properties import MAX_BETAS, active_body
+from ..reporting import reports_errors
 from .io import poll_body
 from .markers import LABEL, VISIBLE
 
@@ -57,8 +59,11 @@ PLAUSIBLE_HEIGHT = (0.3, 3.0)  # metres: a rest skeleton outside this was import
 TYPICAL_HEIGHT = 1.7  # metres, to suggest a scale
 
 
-class SourceError(ValueError):
+class SourceError(VPoserError):
     """The source cannot be read as asked; the message names it and says what was expected."""
+
+
+FAILURE = "Cannot retarget onto {body}"  # how reports_errors introduces a refusal
 
 
 class VPOSER_OT_retarget(bpy.types.Operator):
@@ -112,10 +117,9 @@ class VPOSER_OT_retarget(bpy.types.Operator):
             return False
         return True
 
+    @reports_errors(FAILURE)
     def execute(self, context: bpy.types.Context) -> set[str]:
         job = self._prepare(context)
-        if job is None:
-            return {"CANCELLED"}
         window_manager = context.window_manager
         window_manager.progress_begin(0, job.total)
         try:
@@ -125,10 +129,9 @@ class VPOSER_OT_retarget(bpy.types.Operator):
             window_manager.progress_end()
         return self._finish(job)
 
+    @reports_errors(FAILURE)
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         job = self._prepare(context)
-        if job is None:
-            return {"CANCELLED"}
         self._job = job
         window_manager = context.window_manager
         self._timer = window_manager.event_timer_add(0.001, window=context.window)
@@ -136,6 +139,7 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         window_manager.progress_begin(0, job.total)
         return {"RUNNING_MODAL"}
 
+    @reports_errors(FAILURE)
     def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         """One batch per timer event; Esc stops before anything was written."""
         if event.type == "ESC":
@@ -160,32 +164,22 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         window_manager.event_timer_remove(self._timer)
         window_manager.progress_end()
 
-    def _prepare(self, context: bpy.types.Context) -> RetargetJob | None:
-        """Sample the source and set up the solve, or report why not (None); changes nothing."""
-        from ...core.keypoints import KeypointError
-        from ...core.model_files import BodyModelError
-        from ...core.retarget import RetargetError
-        from ...core.vposer import VPoserLoadError
-
+    def _prepare(self, context: bpy.types.Context) -> RetargetJob:
+        """Sample the source and set up the solve; changes nothing (raises what reports_errors reports)."""
         rig = active_body(context)
         started = time.perf_counter()
-        try:
-            model = rig.vposer_body.body_model(resolve_device(context))
-            if self.source == "ARMATURE":
-                source = self._source_armature(context, rig)
-                clip, frames = self._skeleton_targets(context, rig, source, model)
-            else:
-                source = self._marker_source(context)
-                clip, frames = self._marker_targets(context, rig, source, model)
-            return RetargetJob(context, rig, model, source.name, clip, frames, self.fit_shape, started)
-        except (SourceError, RetargetError, KeypointError, BodyModelError, VPoserLoadError, DeviceError, KeyError,
-                OSError) as error:
-            message = error.args[0] if isinstance(error, KeyError) else str(error)
-            self.report({"ERROR"}, f"Cannot retarget onto {rig.name}: {message}")
-            return None
+        model = rig.vposer_body.body_model(resolve_device(context))
+        if self.source == "ARMATURE":
+            source = self._source_armature(context, rig)
+            clip, frames = self._skeleton_targets(context, rig, source, model)
+        else:
+            source = self._marker_source(context)
+            clip, frames = self._marker_targets(context, rig, source, model)
+        return RetargetJob(context, rig, model, source.name, clip, frames, self.fit_shape, started)
 
     def _finish(self, job: RetargetJob) -> set[str]:
-        self.report({"INFO"}, job.write())
+        report, warning = job.write()
+        self.report({"WARNING"} if warning else {"INFO"}, report)
         return {"FINISHED"}
 
     def _source_armature(self, context: bpy.types.Context, rig: bpy.types.Object) -> bpy.types.Object:
@@ -224,7 +218,8 @@ class VPOSER_OT_retarget(bpy.types.Operator):
             if span is None:
                 raise SourceError(f"{armature.name} has no action: preset '{preset.name}' takes its rest from "
                                   f"the clip's frame {preset.rest_frame}")
-            rest = sample_armature(context, armature, np.array([span[0] + preset.rest_frame]))[2][0]
+            rest_frame = preset.rest_frame_index(span[1] - span[0] + 1, f"{armature.name}'s action")
+            rest = sample_armature(context, armature, np.array([span[0] + rest_frame]))[2][0]
         to_model = np.linalg.inv(np.array(rig.matrix_world))
         rest_rotations, rest_heads = _rotations_and_positions(to_model @ rest)
         rotations, heads = _rotations_and_positions(to_model @ posed)
@@ -266,8 +261,8 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         path = bpy.path.abspath(self.preset_path)
         try:
             return load_preset(path)
-        except ValueError as error:  # malformed JSON or preset keys
-            raise SourceError(f"{path}: not a skeleton preset ({error})") from None
+        except (ValueError, KeyError) as error:  # malformed JSON, preset keys or values; not a .json file
+            raise SourceError(f"{path}: not a skeleton preset ({error.args[0] if error.args else error})") from None
 
 
 class RetargetJob:
@@ -295,8 +290,9 @@ class RetargetJob:
         self.done = progress[0]
         return True
 
-    def write(self) -> str:
-        """Key the result as a new action (the previous one kept), set the shape; returns the report."""
+    def write(self) -> tuple[str, bool]:
+        """Key the result as a new action (the previous one kept), set the shape; returns the report
+        and whether it warns of a poor fit (see core.retarget.RetargetResult.fit_warning)."""
         from ...core.retarget import MIN_MARKERS
         from ...core.rotations import axis_angle_to_quaternion
 
@@ -316,9 +312,11 @@ class RetargetJob:
         kept = f"; the previous action '{previous.name}' is kept with a fake user" if previous else ""
         skipped = (f" ({self.skipped} frame{'s' * (self.skipped > 1)} with fewer than {MIN_MARKERS} markers "
                    "left out)" if self.skipped else "")
-        return (f"Retargeted {self.total} frames of {self.source} onto {rig.name}{skipped} in "
-                f"{time.perf_counter() - self.started:.1f} s as action '{action.name}': mean error "
-                f"{result.mpjpe_mm:.1f} mm, worst {worst[0]} {worst[1]:.1f} mm{kept}")
+        warning = result.fit_warning()
+        report = (f"Retargeted {self.total} frames of {self.source} onto {rig.name}{skipped} in "
+                  f"{time.perf_counter() - self.started:.1f} s as action '{action.name}': mean error "
+                  f"{result.mpjpe_mm:.1f} mm, worst {worst[0]} {worst[1]:.1f} mm{kept}")
+        return (f"{report}. {warning[0].upper()}{warning[1:]}" if warning else report), warning is not None
 
 
 def source_armatures(context: bpy.types.Context, rig: bpy.types.Object) -> list[bpy.types.Object]:
