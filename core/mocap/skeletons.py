@@ -22,7 +22,9 @@ A preset is plain data:
   with a synthetic T-pose); it is left out of the motion. None: the zero-rotation (OFFSET) pose.
 
 Custom presets come from a dict or a JSON file with the same keys (`SkeletonPreset.from_dict`,
-`load_preset`).
+`load_preset`; docs/user_guide.md documents each key with an example). Unknown keys, joint names
+that are not SMPL-family joints, values of the wrong kind and (once the clip is known) a rest
+frame outside it are refused with SkeletonPresetError, listing what is allowed.
 """
 
 from __future__ import annotations

@@ -564,3 +564,18 @@ def test_a_rest_frame_the_clip_lacks_is_refused_with_the_valid_frames():
         retarget_bvh(motion, far, rest, parents)
     last = retarget_bvh(motion, far | {"rest_frame": 2}, rest, parents)  # the last frame is a valid rest
     assert torch.allclose(last.poses[2], torch.zeros_like(last.poses[2]), atol=1e-6)
+
+
+def test_the_user_guide_documents_every_preset_key_and_its_example_loads():
+    from core.mocap.skeletons import PRESET_KEYS
+
+    guide = (ROOT / "docs" / "user_guide.md").read_text()
+    section = guide[guide.index("### Custom skeleton presets (JSON)"):]
+    section = section[:section.index("\n## ")]
+    for key in PRESET_KEYS:
+        assert f"- **`{key}`**" in section, key
+    example = json.loads(section[section.index("```json") + len("```json"):section.index("```\n", section.index("```json"))])
+    preset = load_preset(example)
+    assert set(example) == set(PRESET_KEYS)
+    assert set(preset.joints) == set(SMPL_BODY_JOINT_NAMES)
+    assert preset.sources("left_hip") and preset.sources("right_hip") and len(preset.landmark_joints()) >= 3

@@ -50,7 +50,8 @@ PRESET_ITEMS = [
                              "import at Scale 0.01"),
     ("MIXAMO", "Mixamo", "A Mixamo rig (mixamorig:Hips, ...; any 'name:' prefix)"),
     ("SMPL_LIKE", "SMPL-like", "Bones named like SMPL-H joints (pelvis, left_hip, ...)"),
-    ("CUSTOM", "Custom JSON", "A skeleton preset file (keys as core.mocap.skeletons.SkeletonPreset.from_dict reads)"),
+    ("CUSTOM", "Custom JSON", "A skeleton preset file (.json: joints, directions, landmarks, unit_scale, axes, "
+                              "rest_frame; the user guide describes each)"),
 ]
 PRESET_NAMES = {"CMU": "cmu", "CMU_DAZ": "cmu_daz", "MIXAMO": "mixamo", "SMPL_LIKE": "smpl_like"}
 MARKER_LAYOUT = "markers_plugin_gait_open.json"  # shipped with core's data
