@@ -33,7 +33,7 @@ from .ik import IKResult, IKSolver, IKState, IKWeights, Stage
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
 from .lm import LMOptions
 from .mocap.bvh import BVHMotion, forward_kinematics
-from .mocap.skeletons import SkeletonPreset, load_preset
+from .mocap.skeletons import SMPL_BODY_JOINT_NAMES, SkeletonPreset, load_preset
 from .mocap.transfer import build_transfer, source_rest, transfer_rotations, transfer_translation
 from .vposer import VPoser
 
@@ -78,6 +78,7 @@ def skeleton_targets(preset: SkeletonPreset | str | dict, names: list[str], rest
     rest positions (Js, 3) and world rotations at rest (Js, 3, 3) (None: identity, as BVH's
     zero-rotation pose), and per frame world rotations (T, Js, 3, 3) and positions (T, Js, 3)."""
     preset = load_preset(preset)
+    _require_body(model, source)
     body_names = list(model.joint_names)
     with torch.no_grad():
         body_rest = model.rest_joints()[0].double().cpu()
@@ -108,6 +109,13 @@ def skeleton_targets(preset: SkeletonPreset | str | dict, names: list[str], rest
     return ClipTargets(KeypointSet.from_joints(model, landmarks), targets.to(**like), fps, init, frames)
 
 
+def _require_body(model: BodyModel, source: str) -> None:
+    """Mocap drives a whole body: a hand model (MANO) has none of its joints."""
+    if not set(SMPL_BODY_JOINT_NAMES) <= set(model.joint_names):
+        raise RetargetError(f"{source}: mocap is retargeted onto a body model (SMPL, SMPL-H, SMPL-X or the open "
+                            f"body), and a {model.kind.name} hand model has no body joints")
+
+
 MIN_MARKERS = 6  # visible markers a frame needs to be solved
 # Fit errors (mm) above which a retarget is reported as suspect: the mean over all keypoints, or
 # one keypoint's mean over the clip. A well-mapped skeleton fits its landmarks to ~2 mm after
@@ -124,6 +132,7 @@ def marker_targets(model: BodyModel, layout: str | Path, labels: Sequence[str], 
     was not seen, and a layout (JSON, see core.keypoints) naming where each label sits on the body.
     Markers the layout does not know are ignored; frames with fewer than MIN_MARKERS visible
     layout markers are left out (`source_frames` keeps the others' indices)."""
+    _require_body(model, source)
     full = KeypointSet.from_json(model, layout)
     entries = full.to_dict()
     known = [label for label in full.names if label in set(labels)]

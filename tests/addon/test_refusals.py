@@ -260,6 +260,18 @@ def test_add_targets_on_a_hand_model_says_it_has_no_body_joints(addon, empty_sce
     assert len(bpy.data.objects) == objects
 
 
+def test_retarget_onto_a_hand_model_says_it_has_no_body_joints(addon, empty_scene, preferences, tmp_path):
+    preferences.model_path = str(write_model(tmp_path / "mano.npz", "mano"))
+    assert bpy.ops.vposer.add_body(source="USER_FILE", name="Hand") == {"FINISHED"}
+    hand = bpy.context.active_object
+    assert bpy.ops.import_anim.bvh(filepath=str(WALK), global_scale=CMU_SCALE) == {"FINISHED"}
+    _select_source(hand, bpy.context.active_object)
+    refused(bpy.ops.vposer.retarget, r"Cannot retarget onto Hand: cmu_02_01_walk: mocap is retargeted onto a body "
+                                     r"model \(SMPL, SMPL-H, SMPL-X or the open body\), and a mano hand model has no "
+                                     r"body joints", source="ARMATURE", preset="CMU")
+    assert hand.animation_data is None
+
+
 def test_sample_poses_with_a_missing_body_model_file_names_the_file(addon, empty_scene, preferences, tmp_path):
     model = write_model(tmp_path / "my_smplh.npz", "smplh")
     preferences.model_path = str(model)

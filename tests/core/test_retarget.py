@@ -224,3 +224,17 @@ def test_the_fit_warning_thresholds():
     assert _result([10.0, 61.0, 20.0]).fit_warning().startswith("poor fit (mean error 30 mm, worst joint1 61 mm,")
     markers = _result([40.0, 40.0], skeleton=False).fit_warning()
     assert "marker layout does not match the trial" in markers and "rest_frame" not in markers
+
+
+def test_a_hand_model_is_refused_as_a_retarget_target(tmp_path):
+    from core.body_model import DATA_DIR
+    from core.retarget import marker_targets
+    from core.synthetic_models import write_model
+
+    hand = BodyModel.from_file(write_model(tmp_path / "mano.npz", "mano"))
+    motion = parse_bvh(WALK.read_text(), source="walk.bvh")
+    message = r"mocap is retargeted onto a body model \(SMPL, SMPL-H, SMPL-X or the open body\), and a mano hand"
+    with pytest.raises(RetargetError, match=rf"walk\.bvh: {message}"):
+        bvh_targets(motion, "cmu", hand)
+    with pytest.raises(RetargetError, match=rf"trial: {message}"):
+        marker_targets(hand, DATA_DIR / "markers_plugin_gait_open.json", ["LASI"], np.zeros((2, 1, 3)), 100.0, "trial")
