@@ -33,7 +33,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.body_model import BodyModel  # noqa: E402
-from core.errors import VPoserError  # noqa: E402
 from core.mocap.bvh import read_bvh  # noqa: E402
 from core.mocap.c3d import read_c3d, to_model_space  # noqa: E402
 from core.mocap.convert import subsample_indices  # noqa: E402
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             for done, _ in run:
                 bar.update(done - bar.n)
         result = run.result()
-    except (OSError, VPoserError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError) as error:  # the project's errors (VPoserError) are ValueErrors
         raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
 
     sequence = PoseSequence(result.poses.cpu().double().numpy(), result.transl.cpu().double().numpy(),
