@@ -27,14 +27,11 @@ BODY_JOINTS = len(SMPL_BODY_JOINTS)
 def _poll_prior_body(cls: type[bpy.types.Operator], context: bpy.types.Context, need_action: bool) -> bool:
     """poll_body plus what the prior needs: a full body skeleton (not a hand model) in Object or
     Pose Mode, and, to fill in between poses, an action to fill."""
-    if not poll_body(cls, context):
+    if not poll_body(cls, context, posing=True):
         return False
     rig = active_body(context)
     if len(rig.vposer_body.joints) < BODY_JOINTS:
         cls.poll_message_set(f"{rig.name} is not a full body: the pose prior poses the 21 body joints")
-        return False
-    if context.mode not in {"OBJECT", "POSE"}:
-        cls.poll_message_set("Switch to Object or Pose Mode")
         return False
     if need_action and not (rig.animation_data and rig.animation_data.action and rig.animation_data.action_slot):
         cls.poll_message_set(f"{rig.name} has no action: key a pose on each side of the frames to fill")

@@ -13,8 +13,11 @@ from ..dependencies import torch_available
 from ..properties import MAX_BETAS, active_body
 
 
-def poll_body(cls: type[bpy.types.Operator], context: bpy.types.Context, need_action: bool = False) -> bool:
-    """Operators on the active body need torch and a body; the poll message says which is missing."""
+def poll_body(
+    cls: type[bpy.types.Operator], context: bpy.types.Context, need_action: bool = False, posing: bool = False
+) -> bool:
+    """Operators on the active body need torch and a body (and, `posing`, Object or Pose Mode);
+    the poll message says which is missing."""
     if not torch_available():
         cls.poll_message_set("PyTorch is missing: the VPoser tab says how to install it")
         return False
@@ -24,6 +27,9 @@ def poll_body(cls: type[bpy.types.Operator], context: bpy.types.Context, need_ac
         return False
     if need_action and not (rig.animation_data and rig.animation_data.action):
         cls.poll_message_set("The body has no action to export")
+        return False
+    if posing and context.mode not in {"OBJECT", "POSE"}:
+        cls.poll_message_set("Switch to Object or Pose Mode")
         return False
     return True
 
