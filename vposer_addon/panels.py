@@ -63,6 +63,7 @@ class VPOSER_PT_body(_VPoserSubPanel, bpy.types.Panel):
                 column.prop(body, "betas", index=index, text=f"Shape {index + 1}")
             if not column.enabled:
                 layout.label(text="Shape sliders work in Object or Pose Mode", icon="INFO")
+        _draw_snap_to_floor(layout, context)
         row = layout.row(align=True)
         row.operator("vposer.import_poses", icon="IMPORT")
         row.operator("vposer.export_poses", icon="EXPORT")
@@ -102,12 +103,22 @@ class VPOSER_PT_pose(_VPoserSubPanel, bpy.types.Panel):
             box.prop(target, "weight")
 
 
+def _draw_snap_to_floor(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """Snap to Floor with its last-used frames and floor (the button runs with what is shown)."""
+    snap = context.window_manager.operator_properties_last("vposer.snap_to_floor")
+    row = layout.row(align=True)
+    row.prop(snap, "mode", text="")
+    row.prop(snap, "floor", text="")
+    button = layout.operator("vposer.snap_to_floor", icon="SNAP_FACE")
+    button.mode, button.floor = snap.mode, snap.floor
+
+
 def _draw_hands(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     """Set Hand Pose: one button per pose, with the operator's last-used side and keying (greyed
     out, with the operator's poll message as tooltip, for bodies without finger joints)."""
     hand = context.window_manager.operator_properties_last("vposer.set_hand_pose")
     box = layout.box()
-    box.label(text="Hands", icon="VIEW_PAN")
+    box.label(text="Hands", icon="HAND")
     box.row().prop(hand, "side", expand=True)
     row = box.row(align=True)
     for item in hand.bl_rna.properties["pose"].enum_items:
