@@ -33,7 +33,9 @@ def hand_poses(path: Path = HAND_POSE_FILE) -> dict[str, tuple[str, np.ndarray]]
     except (OSError, ValueError) as error:
         raise HandPoseError(f"{path}: cannot read the hand poses ({error})") from error
     if not isinstance(document, dict) or document.get("joints") != list(HAND_JOINTS) or document.get("side") != "left":
-        raise HandPoseError(f"{path}: 'side' must be \"left\" and 'joints' the SMPL-H finger joints {list(HAND_JOINTS)}")
+        raise HandPoseError(
+            f"{path}: 'side' must be \"left\" and 'joints' the SMPL-H finger joints {list(HAND_JOINTS)}"
+        )
     poses = document.get("poses")
     if not isinstance(poses, dict) or not poses:
         raise HandPoseError(f"{path}: 'poses' must map pose names to {{'description', 'axis_angle'}}")

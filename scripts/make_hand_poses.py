@@ -100,7 +100,8 @@ def main() -> None:
         "poses": poses,
     }
     text = json.dumps(document, indent=1)
-    text = re.sub(r"\[\s+([-\d.e,\s]+?)\s+\]", lambda match: "[" + ", ".join(match[1].split()).replace(",,", ",") + "]", text)
+    # One line per [x, y, z] row.
+    text = re.sub(r"\[\s+([-\d.e,\s]+?)\s+\]", lambda match: "[" + " ".join(match[1].split()) + "]", text)
     HAND_POSE_FILE.write_text(text + "\n")
     print(f"wrote {HAND_POSE_FILE}")
 

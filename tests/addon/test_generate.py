@@ -328,7 +328,8 @@ def _stored_properties():
     assert operator.bl_idname == "VPOSER_OT_inbetweens"
     names = [name for name in operator.properties.bl_rna.properties.keys() if name != "rna_type"]
     values = {name: getattr(operator.properties, name) for name in names}
-    return {name: value if isinstance(value, (bool, int, float, str)) else tuple(value) for name, value in values.items()}
+    return {name: value if isinstance(value, (bool, int, float, str)) else tuple(value)
+            for name, value in values.items()}
 
 
 def test_inbetweens_redo_fills_the_same_span(body, bridge, prior):

@@ -133,4 +133,5 @@ def test_poll_needs_finger_joints(addon, empty_scene, tmp_path):
 def test_panel_settings_are_the_operators_own(addon):
     hand = bpy.context.window_manager.operator_properties_last("vposer.set_hand_pose")
     assert all(name in hand.bl_rna.properties for name in ("pose", "side", "insert_keyframe"))
-    assert [item.identifier for item in hand.bl_rna.properties["pose"].enum_items] == ["FLAT", "RELAXED", "FIST", "POINT"]
+    poses = [item.identifier for item in hand.bl_rna.properties["pose"].enum_items]
+    assert poses == ["FLAT", "RELAXED", "FIST", "POINT"]
