@@ -178,6 +178,56 @@ def insert_keys(
         _add_keys(channelbag.fcurves.ensure(path, index=index, group_name=bone), frames, column)
 
 
+def shift_location(
+    rig: bpy.types.Object, bone: str, frames: np.ndarray, shifts: np.ndarray, whole_clip: bool
+) -> tuple[list[int], int, int]:
+    """Move a pose bone by (T, 3) location shifts at `frames`, touching no other channel.
+
+    Only the location axes with a non-zero shift change. An axis the action animates has its keys
+    moved in place (value and handles): with `whole_clip` all of its keys by the one shift (the
+    curve keeps its shape), otherwise the keys at `frames`, and a frame without a key there gets
+    one holding the curve's value there plus its shift. An axis without a curve holds one value,
+    which moves (whole_clip, or a single frame) or gets keys at `frames` (frame by frame).
+    Returns (axes changed, keys moved, keys added).
+    """
+    pose_bone = rig.pose.bones[bone]
+    path = _bone_path(bone, "location")
+    curves = _active_curves(rig)
+    frames = np.asarray(frames, dtype=np.float64)
+    axes = [axis for axis in range(3) if np.abs(shifts[:, axis]).max() > 1e-9]
+    moved = added = 0
+    for axis in axes:
+        curve, column = curves.get((path, axis)), shifts[:, axis]
+        if curve is None and (whole_clip or len(frames) == 1):
+            pose_bone.location[axis] += column[0]
+            continue
+        if curve is None:
+            animation_data = rig.animation_data
+            channelbag = action_ensure_channelbag_for_slot(animation_data.action, animation_data.action_slot)
+            _add_keys(channelbag.fcurves.new(path, index=axis, group_name=bone), frames,
+                      pose_bone.location[axis] + column)
+            added += len(frames)
+            continue
+        keys = _key_frames(curve).astype(np.float64)
+        if whole_clip:
+            offsets = np.full(len(keys), column[0])
+            missing = np.zeros(0, dtype=bool)
+        else:
+            at = np.searchsorted(frames, keys).clip(max=len(frames) - 1)
+            on_frames = np.isclose(frames[at], keys)
+            offsets = np.where(on_frames, column[at], 0.0)
+            missing = ~np.isin(frames, keys[on_frames])
+        new_values = [curve.evaluate(frame) + shift for frame, shift in zip(frames[missing], column[missing])]
+        _offset_keys(curve, offsets)
+        for frame, value in zip(frames[missing], new_values):
+            curve.keyframe_points.insert(frame, value, options={"FAST"})
+        curve.update()
+        moved += int(np.count_nonzero(offsets))
+        added += len(new_values)
+        pose_bone.location[axis] = curve.evaluate(bpy.context.scene.frame_current)
+    return axes, moved, added
+
+
 def new_action(obj: bpy.types.Object, name: str) -> tuple[bpy.types.Action, bpy.types.ActionChannelbag]:
     """A new slotted action (one layer, one keyframe strip, a slot for `obj`) assigned to `obj`, and
     the channelbag its curves go in; the object's previous action is only unassigned."""
@@ -386,6 +436,17 @@ def _add_keys(curve: bpy.types.FCurve, frames: np.ndarray, values: np.ndarray) -
     added_co = np.column_stack([frames[new], values[new]]).astype(np.float32).ravel()
     points.foreach_set("co", np.concatenate([co, added_co]))
     points.foreach_set("interpolation", np.concatenate([interpolation, np.full(added, _LINEAR, dtype=np.int32)]))
+    curve.update()
+
+
+def _offset_keys(curve: bpy.types.FCurve, offsets: np.ndarray) -> None:
+    """Add one value per key to the keys' values and their handles (the curve keeps its shape)."""
+    points = curve.keyframe_points
+    buffer = np.empty(2 * len(points), dtype=np.float64)
+    for attribute in ("co", "handle_left", "handle_right"):
+        points.foreach_get(attribute, buffer)
+        buffer[1::2] += offsets
+        points.foreach_set(attribute, buffer)
     curve.update()
 
 

@@ -63,6 +63,7 @@ class VPOSER_PT_body(_VPoserSubPanel, bpy.types.Panel):
                 column.prop(body, "betas", index=index, text=f"Shape {index + 1}")
             if not column.enabled:
                 layout.label(text="Shape sliders work in Object or Pose Mode", icon="INFO")
+        _draw_snap_to_floor(layout, context)
         row = layout.row(align=True)
         row.operator("vposer.import_poses", icon="IMPORT")
         row.operator("vposer.export_poses", icon="EXPORT")
@@ -89,6 +90,7 @@ class VPOSER_PT_pose(_VPoserSubPanel, bpy.types.Panel):
             row = layout.row(align=True)
             row.operator("vposer.pin_bones", text="Pin", icon="PINNED").pin = True
             row.operator("vposer.pin_bones", text="Unpin", icon="UNPINNED").pin = False
+        _draw_hands(layout, context)
         obj = context.active_object
         if obj is not None and (obj.type == "EMPTY" or obj.vposer_target.body):
             target = obj.vposer_target
@@ -99,6 +101,30 @@ class VPOSER_PT_pose(_VPoserSubPanel, bpy.types.Panel):
             row.enabled = target.body is not None
             row.prop(target, "joint")
             box.prop(target, "weight")
+
+
+def _draw_snap_to_floor(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """Snap to Floor with its last-used frames and floor (the button runs with what is shown)."""
+    snap = context.window_manager.operator_properties_last("vposer.snap_to_floor")
+    row = layout.row(align=True)
+    row.prop(snap, "mode", text="")
+    row.prop(snap, "floor", text="")
+    button = layout.operator("vposer.snap_to_floor", icon="SNAP_FACE")
+    button.mode, button.floor = snap.mode, snap.floor
+
+
+def _draw_hands(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """Set Hand Pose: one button per pose, with the operator's last-used side and keying (greyed
+    out, with the operator's poll message as tooltip, for bodies without finger joints)."""
+    hand = context.window_manager.operator_properties_last("vposer.set_hand_pose")
+    box = layout.box()
+    box.label(text="Hands", icon="HAND")
+    box.row().prop(hand, "side", expand=True)
+    row = box.row(align=True)
+    for item in hand.bl_rna.properties["pose"].enum_items:
+        button = row.operator("vposer.set_hand_pose", text=item.name)
+        button.pose, button.side, button.insert_keyframe = item.identifier, hand.side, hand.insert_keyframe
+    box.prop(hand, "insert_keyframe")
 
 
 class VPOSER_PT_retarget(_VPoserSubPanel, bpy.types.Panel):

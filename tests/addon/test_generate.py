@@ -322,6 +322,76 @@ def test_inbetweens_need_frames_between_a_and_b(body, bridge, prior):
         bpy.ops.vposer.inbetweens(use_frames=True, frame_a=1, frame_b=2)
 
 
+def _stored_properties():
+    """The settings the last run of In-betweens kept on its operator (what a redo runs with)."""
+    operator = bpy.context.window_manager.operators[-1]
+    assert operator.bl_idname == "VPOSER_OT_inbetweens"
+    names = [name for name in operator.properties.bl_rna.properties.keys() if name != "rna_type"]
+    values = {name: getattr(operator.properties, name) for name in names}
+    return {name: value if isinstance(value, (bool, int, float, str)) else tuple(value)
+            for name, value in values.items()}
+
+
+def test_inbetweens_redo_fills_the_same_span(body, bridge, prior):
+    """Adjust Last Operation (F9, the redo panel) undoes the run and executes the operator again
+    with its stored settings; run again without the undo (Repeat Last, or an undo step that did not
+    take the keys back) the same settings still mean the same span, not the keys now around the
+    current frame."""
+    names = body.vposer_body.joint_names()[:NUM_BODY_JOINTS]
+    _key_poses(body, bridge, prior, [1, 11, 21])
+    bpy.context.scene.frame_current = 4
+    bpy.ops.ed.undo_push(message="three poses")
+    assert bpy.ops.vposer.inbetweens("EXEC_DEFAULT", True) == {"FINISHED"}
+    first = _keys(bpy.data.objects["Body"], names)
+    stored = _stored_properties()
+
+    bpy.ops.ed.undo()
+    assert bpy.ops.vposer.inbetweens("EXEC_DEFAULT", True, **stored) == {"FINISHED"}
+
+    rig = bpy.data.objects["Body"]
+    again = _keys(rig, names)
+    np.testing.assert_array_equal(again[0], [*range(1, 12), 21])
+    np.testing.assert_allclose(again[1], first[1], atol=1e-6)
+    # On the filled keys the same settings refuse with the real reason, and replace them when told.
+    with pytest.raises(RuntimeError, match=r"keys between frames 1 and 11 \(on frames 2, 3, 4, 5, 6, 7, \.\.\.\)"):
+        bpy.ops.vposer.inbetweens(**stored)
+    assert bpy.ops.vposer.inbetweens(**{**stored, "replace_existing": True}) == {"FINISHED"}
+    np.testing.assert_allclose(_keys(rig, names)[1], first[1], atol=1e-6)
+
+
+def test_inbetweens_next_run_finds_its_own_span(body, bridge, prior):
+    """The span a run resolved is its own: the next run (the panel's button) looks again."""
+    names = body.vposer_body.joint_names()[:NUM_BODY_JOINTS]
+    _key_poses(body, bridge, prior, [1, 11, 21])
+    bpy.context.scene.frame_current = 4
+    assert bpy.ops.vposer.inbetweens() == {"FINISHED"}
+    assert tuple(bpy.context.window_manager.operator_properties_last("vposer.inbetweens").filled_span) == (0, 0)
+    bpy.context.scene.frame_current = 15
+
+    assert bpy.ops.vposer.inbetweens() == {"FINISHED"}
+
+    np.testing.assert_array_equal(_keys(body, names)[0], np.arange(1, 22))
+    bpy.context.scene.frame_current = 4
+    with pytest.raises(RuntimeError, match="No frames to fill around frame 4: Body's keys on frames 4 and 5 are next"):
+        bpy.ops.vposer.inbetweens()
+
+
+def test_inbetweens_refuse_frames_outside_the_keys(body, bridge, prior):
+    _key_poses(body, bridge, prior, [1, 5, 9])
+    before = _all_keys(body)
+
+    for frame_a, frame_b in ((20, 40), (5, 12), (-3, 5)):
+        with pytest.raises(RuntimeError, match=rf"Frames {frame_a}-{frame_b} reach outside Body's keyed poses "
+                                               r"\(frames 1-9\).*from 1 to 9"):
+            bpy.ops.vposer.inbetweens(use_frames=True, frame_a=frame_a, frame_b=frame_b, replace_existing=True)
+
+    after = _all_keys(body)
+    assert after.keys() == before.keys() and all(np.array_equal(after[key], before[key]) for key in before)
+    # Within the keys, frames that are not keyed themselves are fine: the poses there are the action's.
+    assert bpy.ops.vposer.inbetweens(use_frames=True, frame_a=2, frame_b=5) == {"FINISHED"}
+    np.testing.assert_array_equal(_keys(body, body.vposer_body.joint_names()[:NUM_BODY_JOINTS])[0], [1, 2, 3, 4, 5, 9])
+
+
 def test_undo_removes_the_inbetweens(body, bridge, prior):
     _key_poses(body, bridge, prior, [1, 11])
     bpy.ops.ed.undo_push(message="two poses")

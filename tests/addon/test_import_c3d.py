@@ -5,6 +5,8 @@ from __future__ import annotations
 import bpy
 import numpy as np
 import pytest
+from curves_testing import action_curves as _curves
+from curves_testing import key_co as _keys
 
 c3d = pytest.importorskip("c3d")
 
@@ -50,19 +52,6 @@ def c3d_file(tmp_path, lab_points):
 def seen(lab_points):
     points, invalid = lab_points
     return ~invalid & ~(points == 0).all(axis=-1)
-
-
-def _curves(empty):
-    """{(data path, index): F-curve} of the empty's action, read through its own slot."""
-    animation_data = empty.animation_data
-    channelbag = animation_data.action.layers[0].strips[0].channelbag(animation_data.action_slot)
-    return {(curve.data_path, curve.array_index): curve for curve in channelbag.fcurves}
-
-
-def _keys(curve):
-    co = np.empty(2 * len(curve.keyframe_points), dtype=np.float32)
-    curve.keyframe_points.foreach_get("co", co)
-    return co.reshape(-1, 2)
 
 
 def test_import_creates_keyed_empties_in_a_new_collection(addon, empty_scene, c3d_file, lab_points, seen):

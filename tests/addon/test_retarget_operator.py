@@ -43,7 +43,9 @@ def module(addon):
 @pytest.fixture
 def rig(addon, empty_scene):
     assert bpy.ops.vposer.add_body() == {"FINISHED"}
-    return bpy.context.active_object
+    rig = bpy.context.active_object
+    rig.location = (0.0, 0.0, 0.0)  # Add Body stands it on the cursor; here model space is the clip's world
+    return rig
 
 
 def _known_poses(prior, frames: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

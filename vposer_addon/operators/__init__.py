@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import body, generate, io, markers, pose, retarget
+from . import body, floor, generate, hands, io, markers, pose, retarget
 
-CLASSES: tuple[type, ...] = (*body.CLASSES, *io.CLASSES, *pose.CLASSES, *retarget.CLASSES, *markers.CLASSES,
-                             *generate.CLASSES)
+CLASSES: tuple[type, ...] = (*body.CLASSES, *floor.CLASSES, *io.CLASSES, *pose.CLASSES, *retarget.CLASSES,
+                             *markers.CLASSES, *generate.CLASSES, *hands.CLASSES)

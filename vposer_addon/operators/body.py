@@ -1,10 +1,13 @@
-"""Add Body: a skinned body (armature + mesh) from the open default or the user's model file."""
+"""Add Body: a skinned body (armature + mesh) from the open default or the user's model file,
+standing on the 3D cursor."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import bpy
+import numpy as np
+from mathutils import Matrix, Vector
 
 from .. import bridge
 from ..dependencies import core_available, missing_message
@@ -57,8 +60,9 @@ class VPOSER_OT_add_body(bpy.types.Operator):
         model = load_body_model(source, path)  # everything that can fail happens before the scene changes
 
         collection = context.view_layer.active_layer_collection.collection
-        rig, skin = bridge.create_body(collection, self.name, _rest_body(model))
-        rig.location = context.scene.cursor.location
+        rest = _rest_body(model)
+        rig, skin = bridge.create_body(collection, self.name, rest)
+        rig.location = _standing_location(context.scene.cursor.location, rest.vertices)
         body = rig.vposer_body
         body.is_body = True
         body.source = source
@@ -84,6 +88,16 @@ class VPOSER_OT_add_body(bpy.types.Operator):
         if choice == "USER_FILE":
             return "FILE", bpy.path.abspath(preferences.model_path) if preferences else ""
         return choice, ""
+
+
+def _standing_location(cursor: Vector, vertices: np.ndarray) -> Vector:
+    """Where the rig goes so its rest mesh stands on the 3D cursor: the lowest point (the soles;
+    for a hand model, the hand's underside) at the cursor's height, the model's origin above the
+    cursor (a body's pelvis, a hand's wrist side)."""
+    from ...core.floor import lowest_heights
+
+    at_cursor = Matrix.Translation(cursor) @ bridge.Y_UP_TO_Z_UP
+    return cursor + Vector((0.0, 0.0, cursor.z - float(lowest_heights(vertices, np.array(at_cursor)))))
 
 
 def _rest_body(model: BodyModel) -> bridge.BodyArrays:

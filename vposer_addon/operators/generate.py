@@ -28,14 +28,11 @@ BODY_JOINTS = len(SMPL_BODY_JOINTS)
 def _poll_prior_body(cls: type[bpy.types.Operator], context: bpy.types.Context, need_action: bool) -> bool:
     """poll_body plus what the prior needs: a full body skeleton (not a hand model) in Object or
     Pose Mode, and, to fill in between poses, an action to fill."""
-    if not poll_body(cls, context):
+    if not poll_body(cls, context, posing=True):
         return False
     rig = active_body(context)
     if len(rig.vposer_body.joints) < BODY_JOINTS:
         cls.poll_message_set(f"{rig.name} is not a full body: the pose prior poses the 21 body joints")
-        return False
-    if context.mode not in {"OBJECT", "POSE"}:
-        cls.poll_message_set("Switch to Object or Pose Mode")
         return False
     if need_action and not (rig.animation_data and rig.animation_data.action and rig.animation_data.action_slot):
         cls.poll_message_set(f"{rig.name} has no action: key a pose on each side of the frames to fill")
@@ -133,6 +130,10 @@ class VPOSER_OT_inbetweens(bpy.types.Operator):
         description="Delete the body's keys between the two frames and fill over them (off: refuse when there are any)",
         default=False,
     )
+    # The span a run around the current frame resolved, kept on the operator (not remembered for the
+    # next run: SKIP_SAVE) so that a redo (the Adjust Last Operation panel, F9) fills the same span
+    # with the stored settings, even where the keys around the current frame have changed since.
+    filled_span: bpy.props.IntVectorProperty(size=2, default=(0, 0), options={"HIDDEN", "SKIP_SAVE"})
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -170,25 +171,50 @@ class VPOSER_OT_inbetweens(bpy.types.Operator):
     def _span(
         self, context: bpy.types.Context, rig: bpy.types.Object, joint_names: list[str]
     ) -> tuple[int, int] | None:
-        """Frames A and B (the options', or the body's keys around the current frame), or None once
-        the operator has reported why there is nothing to fill."""
+        """Frames A and B (the options', the span an earlier run of this operator resolved, or the
+        body's keys around the current frame), or None once the operator has reported why there is
+        nothing to fill."""
+        keyed = np.rint(bridge.keyed_frames(rig, joint_names))
+        if not keyed.size:
+            self.report({"ERROR"}, f"{rig.name} has no keyed body pose: key a pose on each side of the frames to fill")
+            return None
         if self.use_frames:
-            start, end = self.frame_a, self.frame_b
-        else:
-            current = context.scene.frame_current
-            keyed = np.rint(bridge.keyed_frames(rig, joint_names))
-            before, after = keyed[keyed <= current], keyed[keyed > current]
-            if not (before.size and after.size):
-                self.report(
-                    {"ERROR"},
-                    f"{rig.name} needs a keyed pose at or before frame {current} and one after it "
-                    "(or turn on Between Frames and set Frame A and Frame B)",
-                )
-                return None
-            start, end = int(before[-1]), int(after[0])
+            return self._chosen_span(rig, keyed)
+        if self.filled_span[1] - self.filled_span[0] >= 2:  # a redo: the span the first run filled
+            return self.filled_span[0], self.filled_span[1]
+        current = context.scene.frame_current
+        before, after = keyed[keyed <= current], keyed[keyed > current]
+        if not (before.size and after.size):
+            self.report(
+                {"ERROR"},
+                f"{rig.name} needs a keyed pose at or before frame {current} and one after it "
+                "(or turn on Between Frames and set Frame A and Frame B)",
+            )
+            return None
+        start, end = int(before[-1]), int(after[0])
+        if end - start < 2:
+            self.report({"ERROR"}, f"No frames to fill around frame {current}: {rig.name}'s keys on frames "
+                                   f"{start} and {end} are next to each other")
+            return None
+        self.filled_span = (start, end)
+        return start, end
+
+    def _chosen_span(self, rig: bpy.types.Object, keyed: np.ndarray) -> tuple[int, int] | None:
+        """Frame A and Frame B, if they leave frames to fill and lie within the body's keyed poses
+        (beyond its last key an action only holds that pose: the fill would key copies of it)."""
+        start, end = self.frame_a, self.frame_b
         if end - start < 2:
             self.report({"ERROR"}, f"No frames to fill between frame {start} and frame {end}: "
                                    "Frame B must come at least 2 frames after Frame A")
+            return None
+        first, last = int(keyed[0]), int(keyed[-1])
+        if start < first or end > last:
+            self.report(
+                {"ERROR"},
+                f"Frames {start}-{end} reach outside {rig.name}'s keyed poses (frames {first}-{last}): "
+                f"beyond its keys the action only repeats the nearest pose. Choose Frame A and Frame B "
+                f"from {first} to {last}",
+            )
             return None
         return start, end
 

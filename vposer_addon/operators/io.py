@@ -18,8 +18,11 @@ if TYPE_CHECKING:
     from ...core.pose_files import PoseFileHeader
 
 
-def poll_body(cls: type[bpy.types.Operator], context: bpy.types.Context, need_action: bool = False) -> bool:
-    """Operators on the active body need torch and a body; the poll message says which is missing."""
+def poll_body(
+    cls: type[bpy.types.Operator], context: bpy.types.Context, need_action: bool = False, posing: bool = False
+) -> bool:
+    """Operators on the active body need torch and a body (and, `posing`, Object or Pose Mode);
+    the poll message says which is missing."""
     if not core_available():
         cls.poll_message_set(missing_message())
         return False
@@ -29,6 +32,9 @@ def poll_body(cls: type[bpy.types.Operator], context: bpy.types.Context, need_ac
         return False
     if need_action and not (rig.animation_data and rig.animation_data.action):
         cls.poll_message_set("The body has no action to export")
+        return False
+    if posing and context.mode not in {"OBJECT", "POSE"}:
+        cls.poll_message_set("Switch to Object or Pose Mode")
         return False
     return True
 
