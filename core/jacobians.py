@@ -167,7 +167,7 @@ def body_jacobians(
     table = ancestors[rows][:, moving]  # (R, M)
     batch = angular.shape[0]
     sums = (table @ torch.cat([angular, cross_columns(angular, joints[:, moving])], dim=-2).reshape(
-        batch, len(moving), -1)).view(batch, len(rows), 2, 3, -1)  # (B, R, xi or psi, 3, N)
+        batch, len(moving), 6 * num_columns)).view(batch, len(rows), 2, 3, num_columns)  # (B, R, xi or psi, 3, N); M, R may be 0
     at_parents = sums[:, len(rows) - len(safe_parent):]
     # A point carried by a joint's parent segment moves as that segment does: w x (point) - sum w_a x p_a.
     levers = joints[:, joint_ids] if joint_points is None else joint_points
