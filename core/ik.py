@@ -311,8 +311,8 @@ class IKSolver:
                 _check_scale(self.keypoints, state, targets, confidence)
             if init is None or align:
                 _align(self.keypoints, state, targets, confidence)
-        final = Stage(self.unknowns, max_iterations=self.lm_options.max_iterations)
         if stages is None:
+            final = Stage(self.unknowns, max_iterations=self.lm_options.max_iterations)
             stages = [final] if init is not None else [Stage(("orient", "transl"), max_iterations=3), final]
         start = state.rotations
         if init is not None:  # pins keep the rotations as given, not the prior's re-encoding of a pose made elsewhere
