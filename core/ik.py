@@ -490,7 +490,8 @@ class _Problem:
         self.limit_signs = self.limit_signs.to(model.dtype)
         self.smooth = weights.smoothness > 0 and targets.shape[0] >= 3
         live = self._live_joints()
-        live[pins.ids] = False  # no unknowns: a pinned joint's rotation is fixed
+        if len(pins.ids):
+            live[pins.ids] = False  # no unknowns: a pinned joint's rotation is fixed
         self.raw_joints = {"hands": solver.hand_joints[live[solver.hand_joints]]}
         if self.prior is None:
             self.raw_joints["pose"] = torch.nonzero(live[BODY]).squeeze(1) + BODY.start
@@ -640,7 +641,8 @@ class _Problem:
             local[:, 0, :, self.columns["orient"]] = point.rotations[:, 0].transpose(-1, -2)
         if "pose" in self.columns and self.prior is not None:
             local[:, self.body_positions, :, self.columns["pose"]] = _decoder_angular(self.prior, point.latent)
-            local[:, self.pinned_positions] = 0
+            if len(self.pinned_positions):
+                local[:, self.pinned_positions] = 0
         return local
 
     def _prior_terms(self, rows: Tensor, point: IKState, local: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
