@@ -24,6 +24,7 @@ pose instead of re-solving it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import bpy
@@ -270,7 +271,7 @@ def _live_step(scene: bpy.types.Scene, rig: bpy.types.Object) -> None:
         bpy.app.timers.register(_finish_timer, first_interval=FINISH_DELAY)
 
 
-def _guarded(scene: bpy.types.Scene, work) -> None:
+def _guarded(scene: bpy.types.Scene, work: Callable[[], object]) -> None:
     """Run `work` with the re-entry guard up (writing a pose causes another depsgraph update); a
     failure turns the scene's Live Posing off and is printed."""
     global _busy
