@@ -320,7 +320,8 @@ class IKSolver:
             start = _broadcast(given.rotations, batch, "init rotations").to(model.v_template)
         held = {}
         for kind, names in (("pin", pins), ("hold", stay)):
-            ids = torch.tensor([_joint_index(model, name, kind) for name in names], dtype=torch.long, device=model.device)
+            ids = torch.tensor([_joint_index(model, name, kind) for name in names], dtype=torch.long,
+                               device=model.device)
             held[kind] = _Held(ids, start[:, ids].clone())
         start_betas = None if state.betas is None else state.betas.clone()
         run = self._run(targets, confidence, centre, state, stages, held["pin"], held["hold"])

@@ -300,7 +300,8 @@ def test_pinned_joints_without_a_prior_and_a_pinned_root(model, joints):
     ids = [model.joint_names.index(name) for name in pins]
     pinned = solver.solve(targets, init=start, pins=pins)
     assert torch.equal(pinned.rotations[:, ids], start.rotations[:, ids])
-    assert pinned.errors.mean() < 0.5 * (targets_for(joints, start.rotations, start.transl) - targets).norm(dim=-1).mean()
+    before = (targets_for(joints, start.rotations, start.transl) - targets).norm(dim=-1)
+    assert pinned.errors.mean() < 0.5 * before.mean()  # the other joints moved
     free = solver.solve(targets, init=start)
     assert _turn(free.rotations[:, ids], start.rotations[:, ids]).max() > 1e-2
     effectors = IKSolver(model, KeypointSet.named(model, "effectors"), None)
