@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import VPoserError
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -26,7 +28,7 @@ FOOT_JOINTS = ("left_ankle", "left_foot", "right_ankle", "right_foot")
 _FRAMES_PER_BATCH = 256  # frames skinned at once: bounds memory on long clips
 
 
-class FloorError(ValueError):
+class FloorError(VPoserError):
     """A body or a request that cannot be stood on a floor (no feet, no frames)."""
 
 

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import VPoserError
 from .model_files import HAND_JOINTS, LEFT_HAND_JOINTS, RIGHT_HAND_JOINTS
 
 HAND_POSE_FILE = Path(__file__).resolve().parent / "data" / "hand_poses.json"
 SIDES = ("left", "right")
 
 
-class HandPoseError(ValueError):
+class HandPoseError(VPoserError):
     """A hand pose file or a request for a pose is not what the hand poses expect."""
 
 

@@ -3,8 +3,9 @@
 Unknowns per frame: global orientation, translation, the body pose through VPoser's latent (or raw
 per-joint rotations when no prior is given), optionally betas and the hand joints. The objective is a
 sum of per-frame terms: robust distances to the targets, the latent prior ||z||^2, a shape prior
-||betas||^2, knee/elbow hyperextension, pinned joints, and optionally the joints' acceleration over a
-sequence.
+||betas||^2, knee/elbow hyperextension, a soft hold of some joints' rotations, and optionally the
+joints' acceleration over a sequence. Pinned joints are no term: their rotations are fixed exactly
+(the prior's decoding is overridden there, and they have no unknowns).
 
 The default optimiser is a batched Levenberg-Marquardt (core.lm) on each frame's small parameter
 vector with analytic Jacobians (core.jacobians), so every frame converges on its own and finished
@@ -14,7 +15,8 @@ as the original VPoser IK does, are offered for comparison.
 Rotations move by small increments about the current point (the root by exp(h) R in the world, other
 joints by R exp(h) in their own frame), so no unknown sits at a singularity of its parameterisation.
 Targets are solved relative to each frame's target centroid, so scenes far from the origin keep
-their precision; results are given back in the targets' own coordinates.
+their precision; results are given back in the targets' own coordinates. Frames that a solve leaves
+far from a target are solved again from other starts (see Retry).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class IKWeights:
         ("gm": Geman-McClure, "huber": smooth-L1, "l2": plain squares; all ~ d^2 for small d),
     latent * ||z||^2, betas * ||betas||^2,
     joint_limits * (knee/elbow hyperextension as sin(angle))^2,
-    pin * ||R_j - R_j(start)||^2 over pinned joints, and over a sequence
+    stay * ||R_j - R_j(start)||^2 over the joints a solve is asked to hold (`stay`; pins are exact,
+        no term), and over a sequence
     smoothness * ||joint acceleration (metres per frame^2)||^2 summed over the 22 body joints.
     Distances are in metres, so 1e-4 is the cost of one target 1 cm off.
     """
@@ -73,7 +76,7 @@ class IKWeights:
     latent: float = 1e-5
     betas: float = 1e-5
     joint_limits: float = 1e-2
-    pin: float = 1.0
+    stay: float = 1.0
     smoothness: float = 0.0
 
 
@@ -89,6 +92,35 @@ class Stage:
     max_iterations: int = 30
     weights: dict[str, float] = field(default_factory=dict)
     prior: bool = True
+
+
+@dataclass(frozen=True)
+class Retry:
+    """More tries for frames that a solve leaves far from a target (LM, frames not coupled by
+    smoothness). A robust data term barely pulls on a target far beyond its scale, and a few
+    rejected first steps leave LM with large damping: it can meet its stopping test with a target a
+    hand's width away that the next solve from there reaches. A frame whose worst usable target
+    ends more than `distance` metres away is solved again, in turn: on from where it stopped (fresh
+    damping, `iterations` LM iterations), from the prior's mean pose, and from `restarts` latent
+    points drawn from the prior (generator seeded with `seed`, so solves repeat exactly). Each
+    attempt runs on the frames still far only, and every frame keeps the attempt with the lowest
+    objective. Frames that land cost nothing more than the check."""
+
+    distance: float = 0.05
+    iterations: int = 60
+    restarts: int = 2
+    seed: int = 0
+
+
+@dataclass
+class _Held:
+    """Joints (P,) whose local rotations are held, and the rotations (B, P, 3, 3) they are held at."""
+
+    ids: Tensor
+    rotations: Tensor
+
+    def select(self, rows: Tensor) -> _Held:
+        return _Held(self.ids, self.rotations[rows])
 
 
 @dataclass
@@ -120,7 +152,8 @@ class IKResult:
     """A solve's outcome per frame. `errors` (B, K) are distances to the targets in metres (NaN where
     a target was missing); `loss` (B,) is each frame's objective without the smoothness terms, which
     frames share and which `smoothness` sums (the whole objective is loss.sum() + smoothness);
-    `iterations` sums all stages; `converged` says the last stage met its stopping test."""
+    `iterations` sums all stages and retries; `converged` says the last stage met its stopping
+    test; `retried` (B,) marks the frames that were solved again (see Retry)."""
 
     state: IKState
     points: Tensor
@@ -130,6 +163,7 @@ class IKResult:
     iterations: Tensor
     converged: Tensor
     method: str
+    retried: Tensor | None = None
 
     @property
     def rotations(self) -> Tensor:
@@ -162,6 +196,32 @@ class IKResult:
         return matrix_to_axis_angle(self.state.rotations).flatten(1)
 
 
+@dataclass
+class _Run:
+    """Stages run over some frames (centred coordinates): the final state, its keypoints (b, K, 3)
+    and objective (b,) float64 (without smoothness), the sequence's smoothness cost, LM iterations
+    (b,) and the last stage's stopping test (b,)."""
+
+    state: IKState
+    points: Tensor
+    cost: Tensor
+    smoothness: float
+    iterations: Tensor
+    converged: Tensor
+
+    def take(self, rows: Tensor, other: _Run, chosen: Tensor) -> None:
+        """Frames `rows[chosen]` take `other`'s outcome (other ran on `rows`), in place."""
+        mine, theirs = rows[chosen], chosen.nonzero().squeeze(1)
+        self.state.rotations[mine] = other.state.rotations[theirs]
+        self.state.transl[mine] = other.state.transl[theirs]
+        for name in ("latent", "betas"):  # both runs end in the same stage: both have them or neither
+            value, given = getattr(self.state, name), getattr(other.state, name)
+            if value is not None and given is not None:
+                value[mine] = given[theirs]
+        self.points[mine], self.cost[mine] = other.points[theirs], other.cost[theirs]
+        self.converged[mine] = other.converged[theirs]
+
+
 @dataclass(frozen=True)
 class FirstOrderOptions:
     """LBFGS (strong-Wolfe line search) and Adam on the batch-mean loss: iterations per stage
@@ -178,9 +238,10 @@ class IKSolver:
     """Fits body parameters to keypoint targets for one body model, keypoint set and prior.
 
     prior=None solves raw joint rotations (no learned prior); method is "lm" (default), "lbfgs" or
-    "adam"; unknowns are what the last stage solves ("hands" and "betas" are opt-in). For live
-    posing, warm-start each update from the last result with lm_options=LMOptions(LIVE_ITERATIONS):
-    the next update goes on from where this one stopped.
+    "adam"; unknowns are what the last stage solves ("hands" and "betas" are opt-in). retry: how
+    frames left far from a target are solved again (None: never). For live posing, warm-start each
+    update from the last result with lm_options=LMOptions(LIVE_ITERATIONS) and retry=None: the next
+    update goes on from where this one stopped, and a full solve finishes once the target stops.
     """
 
     def __init__(
@@ -194,6 +255,7 @@ class IKSolver:
         method: str = "lm",
         lm_options: LMOptions | None = None,
         first_order: FirstOrderOptions = FirstOrderOptions(),
+        retry: Retry | None = Retry(),
     ) -> None:
         if keypoints.model is not model:
             raise IKError("the keypoint set was built for a different body model")
@@ -203,6 +265,8 @@ class IKSolver:
             raise IKError(f"unknown method {method!r}; expected one of {METHODS}")
         _check_weights(weights)
         _check_unknowns(unknowns, model)
+        if retry is not None and not (retry.distance > 0 and retry.iterations >= 1 and retry.restarts >= 0):
+            raise IKError(f"retry needs a positive distance, at least 1 iteration and restarts >= 0, got {retry}")
         if prior is not None:
             parameter = next(prior.parameters())
             if parameter.device != model.device or parameter.dtype != model.dtype:
@@ -212,7 +276,7 @@ class IKSolver:
                 raise IKError("the prior is in training mode (dropout on): call prior.eval()")
         self.model, self.keypoints, self.prior = model, keypoints, prior
         self.weights, self.unknowns, self.method = weights, tuple(unknowns), method
-        self.lm_options, self.first_order = lm_options or LMOptions(), first_order
+        self.lm_options, self.first_order, self.retry = lm_options or LMOptions(), first_order, retry
         self.hand_joints = torch.tensor(_hand_joints(model), dtype=torch.long, device=model.device)
 
     # ----------------------------------------------------------------- public API
@@ -224,16 +288,18 @@ class IKSolver:
         init: IKState | IKResult | None = None,
         betas: Tensor | np.ndarray | None = None,
         pins: Sequence[str] = (),
+        stay: Sequence[str] = (),
         stages: Sequence[Stage] | None = None,
         align: bool = False,
     ) -> IKResult:
         """targets (B, K, 3) or (K, 3) in metres, NaN where missing; confidence (B, K) or (K,)
         (0 = ignore). init: a previous result or state to start from (warm start), else the
         T-pose (prior: its mean pose, z = 0) rigidly aligned to the targets. betas: a fixed shape
-        (the start value when "betas" is solved). pins: joints whose local rotation stays as at the
-        start. stages: default one stage over `unknowns`, preceded on a cold start by an
-        orientation + translation stage. align: also move a given start rigidly onto the targets
-        (a cold start always is), in closed form."""
+        (the start value when "betas" is solved). pins: joints whose local rotation stays exactly as
+        at the start (as given in `init`, not the prior's decoding of its latent). stay: joints held
+        near their start rotation by the soft `IKWeights.stay` term. stages: default one stage over
+        `unknowns`, preceded on a cold start by an orientation + translation stage. align: also move
+        a given start rigidly onto the targets (a cold start always is), in closed form."""
         model = self.model
         targets, confidence = _check_targets(targets, confidence, self.keypoints)
         batch = targets.shape[0]
@@ -249,12 +315,37 @@ class IKSolver:
         if stages is None:
             final = Stage(self.unknowns, max_iterations=self.lm_options.max_iterations)
             stages = [final] if init is not None else [Stage(("orient", "transl"), max_iterations=3), final]
-        pin_ids = torch.tensor([_joint_index(model, name) for name in pins], dtype=torch.long, device=model.device)
         start = state.rotations
         if init is not None:  # pins keep the rotations as given, not the prior's re-encoding of a pose made elsewhere
             given = init.state if isinstance(init, IKResult) else init
             start = _broadcast(given.rotations, batch, "init rotations").to(model.v_template)
-        pinned = start[:, pin_ids].clone()
+        held = {}
+        for kind, names in (("pin", pins), ("hold", stay)):
+            ids = torch.tensor([_joint_index(model, name, kind) for name in names], dtype=torch.long,
+                               device=model.device)
+            held[kind] = _Held(ids, start[:, ids].clone())
+        start_betas = None if state.betas is None else state.betas.clone()
+        run = self._run(targets, confidence, centre, state, stages, held["pin"], held["hold"])
+        retried = torch.zeros(batch, dtype=torch.bool, device=model.device)
+        if self.retry is not None and self.method == "lm" and not self._smooth(stages, batch):
+            retried = self._retry(run, targets, confidence, centre, stages, held["pin"], held["hold"], start_betas)
+        errors = (run.points - targets).norm(dim=-1)
+        errors = torch.where(confidence > 0, errors, torch.full_like(errors, float("nan")))
+        state = run.state.clone()
+        state.transl = state.transl + centre
+        return IKResult(state=state, points=run.points + centre.unsqueeze(1), errors=errors, loss=run.cost,
+                        smoothness=run.smoothness, iterations=run.iterations, converged=run.converged,
+                        method=self.method, retried=retried)
+
+    def _smooth(self, stages: Sequence[Stage], batch: int) -> bool:
+        """Whether the last stage couples frames through smoothness (no per-frame retries then)."""
+        weights = dataclasses.replace(self.weights, **stages[-1].weights)
+        return weights.smoothness > 0 and batch >= 3
+
+    def _run(self, targets: Tensor, confidence: Tensor, centre: Tensor, state: IKState, stages: Sequence[Stage],
+             pins: _Held, stay: _Held) -> _Run:
+        """The stages in turn from `state` (centred coordinates), and the final point's evaluation."""
+        model, batch = self.model, targets.shape[0]
         iterations = torch.zeros(batch, dtype=torch.long, device=model.device)
         converged = torch.zeros(batch, dtype=torch.bool, device=model.device)
         problem = None
@@ -262,12 +353,12 @@ class IKSolver:
             _check_unknowns(stage.unknowns, model)
             weights = dataclasses.replace(self.weights, **stage.weights)
             _check_weights(weights)
-            problem = _Problem(self, targets, confidence, centre, state, stage, weights, pin_ids, pinned)
+            problem = _Problem(self, targets, confidence, centre, state, stage, weights, pins, stay)
             if self.method == "lm":
                 with torch.inference_mode():
                     report = problem.solve_lm(dataclasses.replace(self.lm_options, max_iterations=stage.max_iterations))
                 iterations += report.iterations
-                converged = report.converged
+                converged = report.converged.clone()  # a normal tensor: retries update it in place
             else:
                 steps, done = problem.solve_first_order(self.method, self.first_order)
                 iterations += steps
@@ -275,14 +366,50 @@ class IKSolver:
             state = problem.state
         with torch.no_grad():
             every = torch.arange(batch, device=model.device)
-            final_eval = problem.evaluate(every, state, jacobian=False, output=problem.known_output(every))
-        smoothness = float(problem.sequence_smoothness(final_eval.body_joints)) if problem.smooth else 0.0
-        errors = (final_eval.points - targets).norm(dim=-1)
-        errors = torch.where(confidence > 0, errors, torch.full_like(errors, float("nan")))
-        state = state.clone()
-        state.transl = state.transl + centre
-        return IKResult(state=state, points=final_eval.points + centre.unsqueeze(1), errors=errors,
-                        loss=final_eval.cost, smoothness=smoothness, iterations=iterations, converged=converged, method=self.method)
+            final = problem.evaluate(every, state, jacobian=False, output=problem.known_output(every))
+        smoothness = float(problem.sequence_smoothness(final.body_joints)) if problem.smooth else 0.0
+        return _Run(state, final.points, final.cost, smoothness, iterations, converged)
+
+    # ----------------------------------------------------------------- retries
+    def _far(self, points: Tensor, targets: Tensor, confidence: Tensor) -> Tensor:
+        """(b,) bool: frames with a usable target more than Retry.distance from its keypoint."""
+        errors = (points - targets).norm(dim=-1)
+        return ((errors > self.retry.distance) & (confidence > 0)).any(1)
+
+    def _retry(self, run: _Run, targets: Tensor, confidence: Tensor, centre: Tensor, stages: Sequence[Stage],
+               pins: _Held, stay: _Held, start_betas: Tensor | None) -> Tensor:
+        """Solve the frames of `run` left far from a target again (see Retry), keeping each frame's
+        best attempt by the objective, in place; (B,) bool, the frames retried."""
+        far = self._far(run.points, targets, confidence)
+        retried = far.clone()
+        if not bool(far.any()):
+            return retried
+        final = stages[-1]
+        generator = torch.Generator().manual_seed(self.retry.seed)
+        restarts = self.retry.restarts if self.prior is not None and final.prior else 0
+        attempts = ["continue", "mean"] + ["sample"] * restarts
+        for attempt in attempts:
+            rows = torch.nonzero(far).squeeze(1)
+            if not len(rows):
+                break
+            if attempt == "continue":
+                state = run.state.select(rows).clone()
+                attempt_stages = [dataclasses.replace(final, max_iterations=self.retry.iterations)]
+            else:
+                latent = None
+                if attempt == "sample":
+                    latent = torch.randn(len(rows), self.prior.latent_dim, generator=generator).to(self.model.v_template)
+                betas = None if start_betas is None else start_betas[rows]
+                with torch.no_grad():
+                    state = self._rest_state(len(rows), betas, latent)
+                    _align(self.keypoints, state, targets[rows], confidence[rows])
+                attempt_stages = [Stage(("orient", "transl"), max_iterations=3), final]
+            trial = self._run(targets[rows], confidence[rows], centre[rows], state, attempt_stages,
+                              pins.select(rows), stay.select(rows))
+            run.iterations[rows] += trial.iterations
+            run.take(rows, trial, trial.cost < run.cost[rows])
+            far[rows] = self._far(run.points[rows], targets[rows], confidence[rows])
+        return retried
 
     # ----------------------------------------------------------------- start point
     def _start(self, init: IKState | IKResult | None, betas, batch: int, centre: Tensor) -> IKState:
@@ -290,12 +417,8 @@ class IKSolver:
         model = self.model
         shape = _check_betas(betas, model, batch)
         if init is None:
-            rotations = axis_angle_to_matrix(model.full_pose({}, 1).view(1, -1, 3)).expand(batch, -1, -1, -1).clone()
-            latent = None
-            if self.prior is not None:
-                latent = torch.zeros(batch, self.prior.latent_dim, dtype=model.dtype, device=model.device)
-                rotations[:, BODY] = self.prior.decode_matrix(latent)
-            transl = torch.zeros(batch, 3, dtype=model.dtype, device=model.device)
+            state = self._rest_state(batch, shape)
+            rotations, transl, latent = state.rotations, state.transl, state.latent
         else:
             start = init.state if isinstance(init, IKResult) else init
             rotations, transl = _broadcast(start.rotations, batch, "init rotations"), _broadcast(start.transl, batch, "init transl")
@@ -316,6 +439,18 @@ class IKSolver:
             shape = torch.zeros(batch, model.num_betas, dtype=model.dtype, device=model.device)
         return IKState(rotations, transl, latent, shape)
 
+    def _rest_state(self, batch: int, betas: Tensor | None, latent: Tensor | None = None) -> IKState:
+        """B frames at the origin in the T-pose, or with a prior at the decoding of `latent` (B, L)
+        (default its mean, z = 0)."""
+        model = self.model
+        rotations = axis_angle_to_matrix(model.full_pose({}, 1).view(1, -1, 3)).expand(batch, -1, -1, -1).clone()
+        if self.prior is not None:
+            if latent is None:
+                latent = torch.zeros(batch, self.prior.latent_dim, dtype=model.dtype, device=model.device)
+            rotations[:, BODY] = self.prior.decode_matrix(latent)
+        transl = torch.zeros(batch, 3, dtype=model.dtype, device=model.device)
+        return IKState(rotations, transl, latent, betas)
+
 
 @dataclass
 class _Evaluation:
@@ -332,8 +467,10 @@ class _Problem:
     """One stage: its unknowns' layout, objective, and the frames' current points (LM protocol)."""
 
     def __init__(self, solver: IKSolver, targets: Tensor, confidence: Tensor, centre: Tensor, state: IKState,
-                 stage: Stage, weights: IKWeights, pin_ids: Tensor, pinned: Tensor) -> None:
+                 stage: Stage, weights: IKWeights, pins: _Held, stay: _Held) -> None:
         model, unknowns = solver.model, stage.unknowns
+        if bool((pins.ids == 0).any()):  # a pinned root: the global orientation is fixed
+            unknowns = tuple(name for name in unknowns if name != "orient")
         self.solver, self.model, self.keypoints = solver, model, solver.keypoints
         self.prior = solver.prior if stage.prior else None
         self.targets, self.centre, self.weights = targets, centre, weights
@@ -345,7 +482,9 @@ class _Problem:
             elif self.state.latent is None:
                 with torch.no_grad():
                     self.state.latent = _encode(self.prior, self.state.rotations)
-        self.pin_ids, self.pinned = pin_ids, pinned
+        self.pins, self.stay = pins, stay
+        if len(pins.ids):  # a start decoded from a latent shows the pinned joints as they were given
+            self.state.rotations[:, pins.ids] = pins.rotations
         limits = [(model.joint_names.index(name), axis, sign)
                   for name, axis, sign in HYPEREXTENSION if name in model.joint_names]
         self.limit_joints, self.limit_axes, self.limit_signs = (
@@ -353,6 +492,8 @@ class _Problem:
         self.limit_signs = self.limit_signs.to(model.dtype)
         self.smooth = weights.smoothness > 0 and targets.shape[0] >= 3
         live = self._live_joints()
+        if len(pins.ids):
+            live[pins.ids] = False  # no unknowns: a pinned joint's rotation is fixed
         self.raw_joints = {"hands": solver.hand_joints[live[solver.hand_joints]]}
         if self.prior is None:
             self.raw_joints["pose"] = torch.nonzero(live[BODY]).squeeze(1) + BODY.start
@@ -393,7 +534,7 @@ class _Problem:
             while joint >= 0:
                 live[joint] = True
                 joint = parents[joint]
-        live[self.pin_ids] = True
+        live[self.stay.ids] = True
         if self.weights.joint_limits > 0:
             live[self.limit_joints] = True
         return live
@@ -412,6 +553,8 @@ class _Problem:
         self.moving = torch.cat(moving) if moving else torch.zeros(0, dtype=torch.long, device=device)
         self.position = torch.full((self.model.num_joints,), -1, dtype=torch.long, device=device)
         self.position[self.moving] = torch.arange(len(self.moving), device=device)
+        pinned = self.position[self.pins.ids]
+        self.pinned_positions = pinned[pinned >= 0]  # decoded by the prior, but held: no angular velocity
         first_body = 1 if "orient" in columns else 0
         self.body_positions = slice(first_body, first_body + NUM_BODY_JOINTS - 1)
         constant = torch.zeros(len(self.moving), 3, self.size, dtype=dtype, device=device)
@@ -434,6 +577,8 @@ class _Problem:
         if "pose" in columns and self.prior is not None:
             latent = latent + step[:, columns["pose"]]
             rotations[:, BODY] = self.prior.decode_matrix(latent)
+            if len(self.pins.ids):
+                rotations[:, self.pins.ids] = self.pins.rotations[rows]
         for name, joints in self.raw_joints.items():
             if name in columns:
                 increments = axis_angle_to_matrix(step[:, columns[name]].unflatten(1, (-1, 3)))
@@ -498,10 +643,12 @@ class _Problem:
             local[:, 0, :, self.columns["orient"]] = point.rotations[:, 0].transpose(-1, -2)
         if "pose" in self.columns and self.prior is not None:
             local[:, self.body_positions, :, self.columns["pose"]] = _decoder_angular(self.prior, point.latent)
+            if len(self.pinned_positions):
+                local[:, self.pinned_positions] = 0
         return local
 
     def _prior_terms(self, rows: Tensor, point: IKState, local: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
-        """(residuals (b, m), Jacobian (b, m, N) or None) of the latent, shape, joint-limit and pin terms;
+        """(residuals (b, m), Jacobian (b, m, N) or None) of the latent, shape, joint-limit and stay terms;
         the Jacobian only when the local angular velocities are given."""
         weights, columns = self.weights, self.columns
         batch, dtype, device = point.rotations.shape[0], self.model.dtype, self.model.device
@@ -533,25 +680,27 @@ class _Problem:
                 derivative = root * (signs.unsqueeze(-1) * slopes * active.unsqueeze(-1)).unsqueeze(-2)
                 derivative = (derivative @ self._select_angular(local, ids)).squeeze(-2)
             terms.append((root * bend * active, derivative))
-        if len(self.pin_ids) and weights.pin > 0:
-            # 2 sqrt(2) sin(angle / 2) * axis of each pinned joint's turn from its start: 3 residuals
+        if len(self.stay.ids) and weights.stay > 0:
+            # 2 sqrt(2) sin(angle / 2) * axis of each held joint's turn from its start: 3 residuals
             # per joint whose squares add up to ||R - R_start||^2 and grow all the way to 180 degrees.
-            turn = self.pinned[rows].transpose(-1, -2) @ point.rotations[:, self.pin_ids]
+            turn = self.stay.rotations[rows].transpose(-1, -2) @ point.rotations[:, self.stay.ids]
             sine = _skew_part(turn)  # sin(angle) * axis
             cosine = 0.5 * (1 + turn.diagonal(dim1=-2, dim2=-1).sum(-1)).clamp_min(1e-12).sqrt()  # cos(angle / 2)
-            root = (8 * weights.pin) ** 0.5
+            root = (8 * weights.stay) ** 0.5
             derivative = None
             if local is not None:  # d sine / d w_local, and d cos(angle / 2) / d w_local = -sine / (4 cos)
                 slopes = _skew_part(rotation_tangents(turn)).transpose(-1, -2)  # (b, P, 3, 3)
                 half = (slopes / (2 * cosine[..., None, None])
                         + sine.unsqueeze(-1) * sine.unsqueeze(-2) / (8 * cosine[..., None, None] ** 3))
-                derivative = root * (half @ self._select_angular(local, self.pin_ids)).flatten(1, 2)
+                derivative = root * (half @ self._select_angular(local, self.stay.ids)).flatten(1, 2)
             terms.append((root * (sine / (2 * cosine.unsqueeze(-1))).flatten(1), derivative))
         return terms
 
     def _select_angular(self, local: Tensor, joints: Tensor) -> Tensor:
         """Local angular velocities (b, n, 3, N) of some joints; zero for joints that do not move."""
         position = self.position[joints]
+        if not len(self.moving):  # e.g. a pinned root in a stage that turns nothing else
+            return local.new_zeros(local.shape[0], len(joints), 3, local.shape[-1])
         picked = local[:, position.clamp_min(0)]
         return picked * (position >= 0).to(local.dtype)[None, :, None, None]
 
@@ -867,9 +1016,9 @@ def _broadcast(value: Tensor, batch: int, name: str) -> Tensor:
     raise IKError(f"{name} has batch {value.shape[0]}, but the targets have {batch} frames")
 
 
-def _joint_index(model: BodyModel, name: str) -> int:
+def _joint_index(model: BodyModel, name: str, verb: str) -> int:
     if name not in model.joint_names:
-        raise IKError(f"cannot pin {name!r}: no such joint in a {model.kind.name} model")
+        raise IKError(f"cannot {verb} {name!r}: no such joint in a {model.kind.name} model")
     return model.joint_names.index(name)
 
 

@@ -164,10 +164,10 @@ def body_jacobians(
     # xi_i = sum of w_j over j in ancestors-or-self(i); psi_i = sum of w_j x p_j over the same joints;
     # needed at the keypoint joints' parents and at the joints whose skinning weights move the corners.
     rows = safe_parent if influences is None else torch.cat([influences.carriers, safe_parent])
-    table = ancestors[rows][:, moving]  # (R, M)
+    table = ancestors[rows][:, moving]  # (R, M); M and R may be 0 (explicit sizes below)
     batch = angular.shape[0]
     sums = (table @ torch.cat([angular, cross_columns(angular, joints[:, moving])], dim=-2).reshape(
-        batch, len(moving), -1)).view(batch, len(rows), 2, 3, -1)  # (B, R, xi or psi, 3, N)
+        batch, len(moving), 6 * num_columns)).view(batch, len(rows), 2, 3, num_columns)  # (B, R, xi or psi, 3, N)
     at_parents = sums[:, len(rows) - len(safe_parent):]
     # A point carried by a joint's parent segment moves as that segment does: w x (point) - sum w_a x p_a.
     levers = joints[:, joint_ids] if joint_points is None else joint_points

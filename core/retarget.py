@@ -162,7 +162,7 @@ class RetargetOptions:
     skeletons place joints differently (CMU's shoulder sits above SMPL's), and without it those
     constant differences would show as error or bend every pose.
     The prior is used only for frames without a start state (markers). With a start state,
-    `stay` weighs each joint's rotation change from it (as IKWeights.pin): positions leave some
+    `stay` weighs each joint's rotation change from it (as IKWeights.stay): positions leave some
     rotations free (twist about a bone, how a spine without targets bends), and those keep the
     source's."""
 
@@ -324,10 +324,13 @@ class Retarget:
         if solve_betas:
             weights = dataclasses.replace(weights, betas=self.options.shape_prior)
         if init is not None:  # a close start: raw rotations only, held near it where the targets allow
-            weights = dataclasses.replace(weights, pin=self.options.stay)
-            solver = IKSolver(self.model, keypoints, None, weights=weights, unknowns=unknowns, lm_options=lm)
+            weights = dataclasses.replace(weights, stay=self.options.stay)
+            # No retries: a frame far off its transferred start means a mismapped source, which
+            # fit_warning names; re-solving it far from the source's rotations would hide that.
+            solver = IKSolver(self.model, keypoints, None, weights=weights, unknowns=unknowns, lm_options=lm,
+                              retry=None)
             # Aligned rigidly first: a start off by a rigid shift would otherwise be taken up by the joints.
-            return solver.solve(targets, init=init.select(rows), betas=betas, pins=_moving_joints(keypoints),
+            return solver.solve(targets, init=init.select(rows), betas=betas, stay=_moving_joints(keypoints),
                                 stages=[Stage(unknowns, iterations, prior=False)], align=True)
         solver = IKSolver(self.model, keypoints, self.prior, weights=weights, unknowns=unknowns,
                           lm_options=lm)

@@ -16,7 +16,8 @@ Every clip is read at --fps (30 by default, as the prior's training data).
       the prior and with raw joint rotations; on --sparse-frames frames spread over all clips
   interactive_ms, interactive_error_mm  median time of a warm-started single-frame solve with those
       6 effectors (the previous frame's solution as the start, capped at core.ik.LIVE_ITERATIONS LM
-      iterations as Live Posing runs), and the effectors' mean distance to their targets after it
+      iterations and without retries, as a Live Posing step runs), and the effectors' mean distance
+      to their targets after it
 
 Keys are stable: other tools read them.
 """
@@ -106,7 +107,7 @@ def interactive_latency(model: BodyModel, prior, effectors: KeypointSet, targets
                         solves: int = 200) -> dict:
     """Median ms of single-frame solves, each warm-started from the previous frame's solution
     along the clips (one cold solve per clip to start, not timed), and their mean effector error."""
-    solver = IKSolver(model, effectors, prior, lm_options=LMOptions(max_iterations=LIVE_ITERATIONS))
+    solver = IKSolver(model, effectors, prior, lm_options=LMOptions(max_iterations=LIVE_ITERATIONS), retry=None)
     per_clip = max(2, solves // len(counts) + 1)
     times, errors, start = [], [], 0
     for frames in counts:

@@ -11,14 +11,20 @@ drags go on smoothly; when the pose was changed by other means it is encoded afr
 prior may turn a little.
 
 Live Posing is a `depsgraph_update_post` handler that re-solves a body, with a few iterations,
-whenever one of its targets moves. It is persistent, so it keeps working across file loads; it
-only acts on scenes whose Live Posing is on, and its latents are checked against the rig's pose
-before use, so nothing it remembers can go stale across loads or undo. The update that undo and
-redo cause is skipped, so they restore the pose instead of re-solving it.
+whenever one of its targets moves. A few iterations follow a drag, but a jump can leave the body
+short, so once the targets stop a full solve (with its retries) finishes the pose: when an update
+finds the targets where the last live step saw them, or, in the UI, from a timer shortly after the
+last step (`finish_live_solves`; headless, timers never fire, so tests call it). The handler is
+persistent, so it keeps working across file loads; it only acts on scenes whose Live Posing is on,
+and its latents are checked against the rig's pose before use, so nothing it remembers can go
+stale across loads or undo. The update that undo and redo cause is skipped, so they restore the
+pose instead of re-solving it.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import bpy
@@ -33,7 +39,7 @@ from .properties import active_body
 if TYPE_CHECKING:
     from torch import Tensor
 
-
+FINISH_DELAY = 0.3  # seconds without a live step after which a timer finishes the body's solve
 
 class TargetError(VPoserError):
     """The targets of a body cannot be solved as they are; the message names the object and says why."""
@@ -89,18 +95,19 @@ def solve(
     context: bpy.types.Context,
     rig: bpy.types.Object,
     targets: list[bpy.types.Object],
-    iterations: int | None = None,
+    live: bool = False,
 ) -> np.ndarray:
     """Pose the rig's body joints so its joints reach the targets, and write the pose bones.
 
     Returns the distances (metres, in the scene) from each target to its joint, NaN for targets of
-    weight 0. iterations: LM iterations (core's default when None). Raises TargetError for bad
+    weight 0. live: a Live Posing step (core.ik.LIVE_ITERATIONS iterations, no retries: the step
+    after goes on from it, and a full solve finishes once the targets stop). Raises TargetError for bad
     mappings and core's IKError / BodyModelError / VPoserLoadError when the solve cannot run; the
     pose is only written once the solve succeeded.
     """
     import torch
 
-    from ..core.ik import IKSolver, IKState
+    from ..core.ik import LIVE_ITERATIONS, IKSolver, IKState
     from ..core.keypoints import NUM_BODY_JOINTS, KeypointSet
     from ..core.lm import LMOptions
     from ..core.rotations import matrix_to_quaternion, quaternion_to_matrix
@@ -125,8 +132,8 @@ def solve(
         torch.as_tensor(transl, dtype=model.dtype)[None],
         latent=_remembered_latent(rig, quaternions[:NUM_BODY_JOINTS], transl),
     )
-    options = LMOptions(max_iterations=iterations) if iterations else None
-    solver = IKSolver(model, KeypointSet.from_joints(model, joints), prior, lm_options=options)
+    options = {"lm_options": LMOptions(max_iterations=LIVE_ITERATIONS), "retry": None} if live else {}
+    solver = IKSolver(model, KeypointSet.from_joints(model, joints), prior, **options)
     result = solver.solve(
         torch.as_tensor(positions, dtype=model.dtype),
         torch.as_tensor(weights, dtype=model.dtype),
@@ -177,12 +184,14 @@ def _check_finite(targets: list[bpy.types.Object], world: np.ndarray) -> None:
                           f"into the scene{f' ({len(bad)} targets in all)' if len(bad) > 1 else ''}")
 
 
-# rig session id -> (latent of its last solve, the body pose written then as one flat float32 array)
+# rig session id -> (latent of its last solve, the body pose written then as one flat float32 array
+# followed by the pinned joints' flags: a latent decodes the pinned joints differently from the pose)
 _latents: dict[int, tuple[Tensor, np.ndarray]] = {}
 
 
-def _pose_key(body_quaternions: np.ndarray, transl: np.ndarray) -> np.ndarray:
-    return np.concatenate([body_quaternions.ravel(), transl]).astype(np.float32)
+def _pose_key(rig: bpy.types.Object, body_quaternions: np.ndarray, transl: np.ndarray) -> np.ndarray:
+    pinned = [rig.pose.bones[name].vposer_pinned for name in rig.vposer_body.joint_names()]
+    return np.concatenate([body_quaternions.ravel(), transl, pinned]).astype(np.float32)
 
 
 def _remember(rig: bpy.types.Object, latent: Tensor | None, body_names: list[str]) -> None:
@@ -190,13 +199,13 @@ def _remember(rig: bpy.types.Object, latent: Tensor | None, body_names: list[str
     if latent is None:
         return
     quaternions, transl = bridge.get_pose(rig, body_names)
-    _latents[rig.session_uid] = (latent.detach().cpu().clone(), _pose_key(quaternions, transl))
+    _latents[rig.session_uid] = (latent.detach().cpu().clone(), _pose_key(rig, quaternions, transl))
 
 
 def _remembered_latent(rig: bpy.types.Object, body_quaternions: np.ndarray, transl: np.ndarray) -> Tensor | None:
     """The last solve's latent if the rig still shows the pose it wrote, else None (encode afresh)."""
     entry = _latents.get(rig.session_uid)
-    if entry is None or not np.allclose(entry[1], _pose_key(body_quaternions, transl), rtol=0.0, atol=1e-6):
+    if entry is None or not np.allclose(entry[1], _pose_key(rig, body_quaternions, transl), rtol=0.0, atol=1e-6):
         return None
     return entry[0]
 
@@ -206,12 +215,31 @@ _busy = False  # re-entry guard: writing the pose triggers another depsgraph upd
 _restoring = False  # set by undo and redo: the update that follows restores the scene, it is no drag
 
 
+# rig session id -> where its targets stood (and the rig) at its last live step, until a full solve
+# finishes it; and when the last live step ran, for the timer
+_unfinished: dict[int, tuple[tuple[str, ...], np.ndarray]] = {}
+_last_step = 0.0
+
+
 @persistent
 def _on_undo_redo(*_args: object) -> None:
     """undo_post / redo_post: the restored targets report a transform update, which must not re-solve
-    the body (it would overwrite the pose the undo just brought back)."""
+    the body (it would overwrite the pose the undo just brought back), nor may a pending finish."""
     global _restoring
     _restoring = True
+    _unfinished.clear()
+
+
+def _targets_key(rig: bpy.types.Object, targets: list[bpy.types.Object]) -> tuple[tuple[str, ...], np.ndarray]:
+    """What a solve reads from the scene: the targets' joints, and their weights and world positions
+    with the rig's world matrix as one array."""
+    numbers = np.concatenate([[obj.vposer_target.weight for obj in targets],
+                              np.ravel([obj.matrix_world.translation for obj in targets]), np.ravel(rig.matrix_world)])
+    return tuple(obj.vposer_target.joint for obj in targets), numbers
+
+
+def _unchanged(key: tuple[tuple[str, ...], np.ndarray] | None, other: tuple[tuple[str, ...], np.ndarray]) -> bool:
+    return key is not None and key[0] == other[0] and np.array_equal(key[1], other[1])
 
 
 def _moved_bodies(depsgraph: bpy.types.Depsgraph) -> list[bpy.types.Object]:
@@ -228,26 +256,79 @@ def _moved_bodies(depsgraph: bpy.types.Depsgraph) -> list[bpy.types.Object]:
 
 @persistent
 def live_update(scene: bpy.types.Scene, depsgraph: bpy.types.Depsgraph) -> None:
-    """depsgraph_update_post: re-solve each body whose target moved. Never raises: a failure is
+    """depsgraph_update_post: a live step for each body whose target moved, or the full solve that
+    finishes it when its targets are where its last live step saw them. Never raises: a failure is
     printed once and turns Live Posing off, since a handler has no operator to report through."""
-    global _busy, _restoring
+    global _restoring
     restoring, _restoring = _restoring, False
     if restoring or _busy or not scene.vposer_live:
         return
     bodies = _moved_bodies(depsgraph)
-    if not bodies:
+
+    def steps() -> None:
+        for rig in bodies:
+            _live_step(scene, rig)
+
+    if bodies:
+        _guarded(scene, steps)
+
+
+def _live_step(scene: bpy.types.Scene, rig: bpy.types.Object) -> None:
+    global _last_step
+    targets = mapped_targets(scene, rig)
+    key = _targets_key(rig, targets)
+    if _unchanged(_unfinished.pop(rig.session_uid, None), key):  # the targets stopped: finish
+        solve(bpy.context, rig, targets)
         return
+    solve(bpy.context, rig, targets, live=True)
+    _unfinished[rig.session_uid] = key
+    _last_step = time.monotonic()
+    if not bpy.app.timers.is_registered(_finish_timer):
+        bpy.app.timers.register(_finish_timer, first_interval=FINISH_DELAY)
+
+
+def _guarded(scene: bpy.types.Scene, work: Callable[[], object]) -> None:
+    """Run `work` with the re-entry guard up (writing a pose causes another depsgraph update); a
+    failure turns the scene's Live Posing off and is printed."""
+    global _busy
     _busy = True
     try:
-        from ..core.ik import LIVE_ITERATIONS
-
-        for rig in bodies:
-            solve(bpy.context, rig, mapped_targets(scene, rig), iterations=LIVE_ITERATIONS)
+        work()
     except Exception as error:  # noqa: BLE001 - anything escaping a handler would repeat on every update
         scene.vposer_live = False
+        _unfinished.clear()
         print(f"VPoser: Live Posing turned off in scene '{scene.name}': {error}")
     finally:
         _busy = False
+
+
+def finish_live_solves() -> int:
+    """Run the full solve for every body whose last live step is not yet finished and whose targets
+    have not moved since (in a scene with Live Posing on); the number of bodies solved. The timer
+    calls it once the targets stop; it is safe to call at any time."""
+    solved = 0
+    for uid, key in list(_unfinished.items()):
+        rig = next((obj for obj in bpy.data.objects if obj.session_uid == uid), None)
+        scene = next((scene for scene in rig.users_scene if scene.vposer_live), None) if rig else None
+        if scene is None:
+            del _unfinished[uid]
+            continue
+        targets = mapped_targets(scene, rig)
+        if not _unchanged(key, _targets_key(rig, targets)):
+            continue  # moved again: the next live step takes it on
+        del _unfinished[uid]
+        _guarded(scene, lambda rig=rig, targets=targets: solve(bpy.context, rig, targets))
+        solved += 1
+    return solved
+
+
+def _finish_timer() -> float | None:
+    """bpy.app.timers callback: wait until no live step ran for FINISH_DELAY, then finish."""
+    wait = FINISH_DELAY - (time.monotonic() - _last_step)
+    if wait > 0.01:
+        return wait
+    finish_live_solves()
+    return None
 
 
 _HANDLERS = (
@@ -273,7 +354,10 @@ def detach() -> None:
     for handlers, handler in _HANDLERS:
         while handler in handlers:
             handlers.remove(handler)
+    if bpy.app.timers.is_registered(_finish_timer):
+        bpy.app.timers.unregister(_finish_timer)
     _latents.clear()
+    _unfinished.clear()
     del bpy.types.Scene.vposer_live
     del bpy.types.PoseBone.vposer_pinned
     del bpy.types.Object.vposer_target

@@ -229,6 +229,81 @@ def test_pinned_joint_keeps_its_rotation(rig):
     assert not rig.pose.bones["left_elbow"].vposer_pinned
 
 
+def test_pinned_joints_hold_exactly_over_ten_solves(rig):
+    """Pins hold exactly, however many solves: left shoulder, left elbow and spine2 pinned, then ten
+    Solve Pose clicks, each after moving the right wrist's target a little further."""
+    targets = _add_targets(rig, "EFFECTORS")
+    bpy.ops.object.mode_set(mode="POSE")
+    pins = ("left_shoulder", "left_elbow", "spine2")
+    for bone in rig.pose.bones:
+        bone.select = bone.name in pins
+    assert bpy.ops.vposer.pin_bones(pin=True) == {"FINISHED"}
+    ids = [rig.vposer_body.joint_names().index(name) for name in pins]
+    before = _rig_rotations(rig)
+    wrist = targets["right_wrist"]
+    start = np.array(wrist.location)
+    for step in range(1, 11):
+        wrist.location = start + step * np.array([0.006, -0.004, 0.008])
+        bpy.context.view_layer.update()
+        assert bpy.ops.vposer.solve_pose() == {"FINISHED"}
+        turned = (_rig_rotations(rig)[ids] - before[ids]).flatten(-2).norm(dim=-1) / math.sqrt(2)  # ~ radians
+        assert turned.max() < 1e-5, f"solve {step}: pinned joints turned {turned.tolist()} rad"
+    assert _turn_degrees(before[:22], _rig_rotations(rig)[:22]).max() > 5  # other joints did the work
+    assert np.linalg.norm(_bone_world_head(rig, "right_wrist") - np.array(wrist.location)) < 0.01
+
+
+def _overhead_reach(scene):
+    """A user's report: the open adult body added at the origin, Add Targets > Effectors, the right
+    wrist's target moved to head + (-0.15, -0.05, 0.35) m. Returns (body, targets, left wrist at start)."""
+    assert bpy.ops.vposer.add_body() == {"FINISHED"}
+    body = bpy.context.active_object
+    targets = _add_targets(body, "EFFECTORS")
+    left_wrist = _bone_world_head(body, "left_wrist")
+    targets["right_wrist"].location = np.array(targets["head"].location) + np.array([-0.15, -0.05, 0.35])
+    bpy.context.view_layer.update()
+    return body, targets, left_wrist
+
+
+def _target_errors(body, targets) -> dict[str, float]:
+    """Distances (m) from each target to its joint, by Blender's own evaluation."""
+    return {joint: float(np.linalg.norm(_bone_world_head(body, joint) - np.array(target.location)))
+            for joint, target in targets.items()}
+
+
+def test_solve_pose_reaches_an_overhead_target_on_the_first_click(addon, empty_scene):
+    body, targets, left_wrist = _overhead_reach(empty_scene)
+
+    assert bpy.ops.vposer.solve_pose() == {"FINISHED"}  # was: mean error 82.9 mm, max 384.3 mm
+
+    errors = _target_errors(body, targets)
+    assert max(errors.values()) < 0.005, errors
+    assert np.linalg.norm(_bone_world_head(body, "left_wrist") - left_wrist) < 0.005  # was dragged 71 mm
+
+
+def test_live_posing_finishes_the_solve_when_the_target_stops(addon, empty_scene, targets_module):
+    """A live step runs a few iterations, which a jump leaves short; once the target stops, a full
+    solve finishes the pose: from the timer (headless: called directly) or from an update that
+    finds the targets where the last step saw them."""
+    body, targets, _ = _overhead_reach(empty_scene)
+    bpy.context.scene.vposer_live = True
+    targets["right_wrist"].location = targets["right_wrist"].location  # the jump, as a transform update
+    bpy.context.view_layer.update()
+    assert _target_errors(body, targets)["right_wrist"] > 0.05  # the live step alone stays short
+
+    assert targets_module.finish_live_solves() == 1
+    assert max(_target_errors(body, targets).values()) < 0.005
+    assert targets_module.finish_live_solves() == 0  # finished: nothing more to do
+
+    targets["right_wrist"].location.y -= 0.25  # another jump (forward), then an update with the target still
+    bpy.context.view_layer.update()
+    stepped = _target_errors(body, targets)["right_wrist"]
+    assert stepped > 0.015
+    targets["right_wrist"].location = targets["right_wrist"].location
+    bpy.context.view_layer.update()
+    assert _target_errors(body, targets)["right_wrist"] < 0.5 * stepped  # the prior's compromise: ~1 cm
+    assert targets_module.finish_live_solves() == 0
+
+
 def test_insert_keyframes_keys_the_current_frame_of_the_existing_action(rig):
     rig.pose.bones["head"].keyframe_insert("rotation_quaternion", frame=1)
     action = rig.animation_data.action

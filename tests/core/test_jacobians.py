@@ -42,11 +42,12 @@ def test_decoder_jacobian_needs_eval_mode():
 
 
 @pytest.mark.parametrize(("markers", "moving"), [(False, range(22)), (True, range(22)), (True, range(1, 22, 2)),
-                                                  (True, [0])])
+                                                  (True, [0]), (False, []), (True, [])])
 def test_body_jacobian_matches_differences(tmp_path, markers, moving):
     """Unknowns: root turned in the world, body joints turned in their own frames (all 21, or only
     some: the others' columns are zero), translation and betas; keypoints are joints or offset
-    surface points (pose correctives on)."""
+    surface points (pose correctives on). No moving joint at all (a pinned root in an orientation and
+    translation stage) leaves translation and betas."""
     model = small_body(tmp_path)
     assert model.use_pose_correctives
     keypoints = (KeypointSet.from_dict(model, {**sample_surface(model, 8, offset=0.02).to_dict(),
@@ -66,7 +67,7 @@ def test_body_jacobian_matches_differences(tmp_path, markers, moving):
     output = model.forward_rotations(rotations, betas, None, transl, return_vertices=False,
                                      vertex_ids=keypoints.vertex_ids)
     world = output.joint_rotations
-    moving = torch.tensor(list(moving))
+    moving = torch.tensor(list(moving), dtype=torch.long)
     angular = torch.zeros(batch, len(moving), 3, size, dtype=F64)
     for position, joint in enumerate(moving.tolist()):
         if joint == 0:  # exp(h) R: the root turns about world axes
