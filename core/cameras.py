@@ -117,19 +117,18 @@ class Cameras:
         focal = torch.as_tensor(np.asarray(focal, dtype=np.float64), **real)
         if focal.dim() == 0 or focal.shape[-1] != 2:
             focal = torch.stack([focal, focal], -1)
-        shape = focal.shape[:-1]
-        size = torch.as_tensor(np.asarray(image_size, dtype=np.float64), **real).expand(*shape, 2).clone()
+        size = torch.as_tensor(np.asarray(image_size, dtype=np.float64), **real)
         centre = size / 2 if principal is None else torch.as_tensor(np.asarray(principal, np.float64), **real)
-        if rotation is None:
-            rotation = torch.eye(3, **real).expand(*shape, 3, 3)
-        else:
-            rotation = torch.as_tensor(np.asarray(rotation, dtype=np.float64), **real)
-            if rotation.shape[-2:] != (3, 3):
-                rotation = axis_angle_to_matrix(rotation)
-        translation = torch.zeros(*shape, 3, **real) if translation is None else \
+        rotation = torch.eye(3, **real) if rotation is None else \
+            torch.as_tensor(np.asarray(rotation, dtype=np.float64), **real)
+        if rotation.shape[-2:] != (3, 3):
+            rotation = axis_angle_to_matrix(rotation)
+        translation = torch.zeros(3, **real) if translation is None else \
             torch.as_tensor(np.asarray(translation, dtype=np.float64), **real)
-        return cls(focal, centre.expand(*shape, 2).clone(), size, rotation.expand(*shape, 3, 3).clone(),
-                   translation.expand(*shape, 3).clone(), tuple(names))
+        shape = torch.broadcast_shapes(focal.shape[:-1], size.shape[:-1], centre.shape[:-1], rotation.shape[:-2],
+                                       translation.shape[:-1])
+        return cls(focal.expand(*shape, 2).clone(), centre.expand(*shape, 2).clone(), size.expand(*shape, 2).clone(),
+                   rotation.expand(*shape, 3, 3).clone(), translation.expand(*shape, 3).clone(), tuple(names))
 
     @classmethod
     def look_at(cls, eye, target, focal, image_size, up=(0.0, 1.0, 0.0), dtype: torch.dtype = torch.float64
