@@ -100,20 +100,6 @@ def test_coco_list_labels_and_scores(tmp_path):
     assert np.allclose(read_keypoints(path).data[0], scored)  # a detector's scores are kept
 
 
-@pytest.mark.parametrize("content, message", [
-    ([{"image_id": 1, "keypoints": [1.0] * 50}], "expected 51 numbers"),
-    ([{"image_id": 1, "keypoints": _person(17).ravel().tolist()},
-      {"image_id": 2, "keypoints": _person(17).ravel().tolist()}], "2 different image_ids"),
-    ([{"image_id": 1, "keypoints": ["a"] * 51}], "must be numbers"),
-    ([{"image_id": 1}], "expected a list of 51 numbers"),
-])
-def test_coco_errors(tmp_path, content, message):
-    path = tmp_path / "coco.json"
-    path.write_text(json.dumps(content))
-    with pytest.raises(KeypointFileError, match=message):
-        read_keypoints(path, format="coco")
-
-
 def test_mediapipe_normalised_to_pixels_with_world_landmarks(tmp_path):
     normalised = _person(33, centre=(0.5, 0.5), spread=0.4, seed=4)
     world = np.random.default_rng(5).normal(size=(33, 3)) * 0.3
@@ -131,19 +117,26 @@ def test_mediapipe_normalised_to_pixels_with_world_landmarks(tmp_path):
     assert np.allclose(read_keypoints(path, image_size=(100, 200)).pixels[0], normalised[:, :2] * [100, 200])
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"landmarks": _mediapipe_entry(_person(33, centre=(0.5, 0.5), spread=0.3))}, "image size is needed"),
-    ({"image_size": [640, 480], "landmarks": _mediapipe_entry(_person(33))}, "look like pixels"),
-    ({"image_size": [640, 480], "landmarks": _mediapipe_entry(_person(32, (0.5, 0.5), 0.3))}, "expected 33 MediaPipe"),
-    ({"image_size": [640, 480], "landmarks": [{"x": 0.5}] * 33}, "expected an object with 'x', 'y'"),
-    ({"image_size": [640, 480], "people": [{"world_landmarks": []}]}, "missing 'landmarks'"),
-    ({"image_size": [640, -2], "landmarks": []}, "image size must be positive"),
+@pytest.mark.parametrize("format, content, message", [
+    ("coco", [{"image_id": 1, "keypoints": [1.0] * 50}], "expected 51 numbers"),
+    ("coco", [{"image_id": 1, "keypoints": _person(17).ravel().tolist()},
+              {"image_id": 2, "keypoints": _person(17).ravel().tolist()}], "2 different image_ids"),
+    ("coco", [{"image_id": 1, "keypoints": ["a"] * 51}], "must be numbers"),
+    ("coco", [{"image_id": 1}], "expected a list of 51 numbers"),
+    ("mediapipe", {"landmarks": _mediapipe_entry(_person(33, centre=(0.5, 0.5), spread=0.3))}, "image size is needed"),
+    ("mediapipe", {"image_size": [640, 480], "landmarks": _mediapipe_entry(_person(33))}, "look like pixels"),
+    ("mediapipe", {"image_size": [640, 480], "landmarks": _mediapipe_entry(_person(32, (0.5, 0.5), 0.3))},
+     "expected 33 MediaPipe"),
+    ("mediapipe", {"image_size": [640, 480], "landmarks": [{"x": 0.5}] * 33}, "expected an object with 'x', 'y'"),
+    ("mediapipe", {"image_size": [640, 480], "people": [{"world_landmarks": []}]}, "missing 'landmarks'"),
+    ("mediapipe", {"image_size": [640, -2], "landmarks": []}, "image size must be positive"),
 ])
-def test_mediapipe_errors(tmp_path, content, message):
-    path = tmp_path / "mp.json"
+def test_coco_and_mediapipe_errors(tmp_path, format, content, message):
+    path = tmp_path / "keypoints.json"
     path.write_text(json.dumps(content))
-    with pytest.raises(KeypointFileError, match=message):
-        read_keypoints(path, format="mediapipe")
+    with pytest.raises(KeypointFileError, match=message) as caught:
+        read_keypoints(path, format=format)
+    assert "keypoints.json" in str(caught.value)
 
 
 def test_unrecognised_and_unreadable_files(tmp_path):
