@@ -131,6 +131,17 @@ class Cameras:
                    rotation.expand(*shape, 3, 3).clone(), translation.expand(*shape, 3).clone(), tuple(names))
 
     @classmethod
+    def for_image(cls, width: float, height: float, focal: float | None = None,
+                  dtype: torch.dtype = torch.float64) -> Cameras:
+        """A start camera (batch shape ()) for a photo with no calibration: `focal` pixels (default
+        max(width, height), a ~53 degree field of view across the longer side, between a phone's wide
+        and a portrait lens), the principal point at the centre, at the model origin looking along
+        model -Z with image up = model +Y, so a body placed in front of it (negative Z) stands upright
+        and, unrotated, faces it. The fit moves the body (or these extrinsics) from there."""
+        return cls.create(max(width, height) if focal is None else focal, (width, height),
+                          rotation=np.diag([1.0, -1.0, -1.0]), dtype=dtype)
+
+    @classmethod
     def look_at(cls, eye, target, focal, image_size, up=(0.0, 1.0, 0.0), dtype: torch.dtype = torch.float64
                 ) -> Cameras:
         """Cameras at `eye` (*S, 3) looking at `target` (*S, 3), image up along `up` (model Y by default)."""
@@ -165,11 +176,13 @@ class Cameras:
         return k
 
     def __getitem__(self, index) -> Cameras:
-        pick = (lambda value: value[index])
-        names = self.names[index] if self.names and isinstance(index, (int, slice)) else ()
-        names = (names,) if isinstance(names, str) else tuple(names)
-        return Cameras(pick(self.focal), pick(self.principal), pick(self.image_size), pick(self.rotation),
-                       pick(self.translation), names)
+        """Cameras indexed along the leading batch dimension(s), as tensors are; names follow an int or a
+        slice of a one-dimensional batch."""
+        names: tuple[str, ...] = ()
+        if self.names and len(self.batch_shape) == 1 and isinstance(index, (int, slice)):
+            names = (self.names[index],) if isinstance(index, int) else tuple(self.names[index])
+        return Cameras(self.focal[index], self.principal[index], self.image_size[index], self.rotation[index],
+                       self.translation[index], names)
 
     def to(self, dtype: torch.dtype | None = None, device=None) -> Cameras:
         move = (lambda value: value.to(dtype=dtype, device=device))
@@ -352,7 +365,7 @@ class BlenderCamera:
 
 
 def from_blender(camera: BlenderCamera, body_matrix=BODY_MATRIX, dtype: torch.dtype = torch.float64) -> Cameras:
-    """Our camera () for a Blender camera, with extrinsics in the model space of a body object whose
+    """Our camera (batch shape ()) for a Blender camera, with extrinsics in the model space of a body object whose
     world matrix is `body_matrix` (4x4; default the +90 degree X rotation at the origin)."""
     if camera.sensor_fit not in SENSOR_FITS:
         raise CameraError(f"Blender camera: sensor_fit must be one of {SENSOR_FITS}, got {camera.sensor_fit!r}")

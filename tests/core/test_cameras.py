@@ -225,3 +225,20 @@ def test_initial_depth_and_translation_place_a_known_body():
     nothing = initial_depth(torso, pixels, torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64),
                             camera.focal[0], pairs)
     assert torch.isnan(nothing)
+
+
+def test_photo_start_camera_sees_an_upright_body_facing_it():
+    camera = Cameras.for_image(1080, 1920)
+    assert torch.allclose(camera.focal, torch.tensor([1920.0, 1920.0], dtype=torch.float64))
+    body = torch.tensor([[0.0, 1.7, -4.0], [0.0, 0.0, -4.0], [0.3, 1.0, -4.0], [0.0, 1.0, -3.9]], dtype=torch.float64)
+    pixels = camera.project(body)
+    assert pixels[0, 1] < pixels[1, 1]  # head above feet
+    assert pixels[2, 0] > 540  # the body's left (model +X) on the image's right: it faces the camera
+    assert camera.to_camera(body)[3, 2] < camera.to_camera(body)[1, 2]  # its front (+Z) is nearer
+
+
+def test_indexing_keeps_names():
+    cameras = _random_cameras()
+    cameras.names = ("a", "b", "c")
+    assert cameras[1].names == ("b",) and cameras[1:].names == ("b", "c")
+    assert cameras[1].batch_shape == () and torch.equal(cameras[1:].focal, cameras.focal[1:])
