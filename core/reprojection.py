@@ -93,11 +93,15 @@ class Reprojection:
 
     def evaluate(self, cameras: Cameras, points: Tensor, jacobian: bool = False) -> ReprojectionEvaluation:
         """Cost, residuals and (with `jacobian`) derivatives for the body's keypoints `points` (B, K, 3)
-        in model space, seen by `cameras` (batch () or (B,) for one view; (C,) or (B, C) for C views)."""
+        in model space, seen by `cameras` (batch () or (B,) for one view; (C,) or (B, C) for C views).
+        Everything is computed in the points' dtype and device (the cameras and pixels follow them)."""
         batch, views, count = self.pixels.shape[:3]
         if tuple(points.shape) != (batch, count, 3):
             raise ReprojectionError(f"2D keypoints: expected body points of shape {(batch, count, 3)}, "
                                     f"got {tuple(points.shape)}")
+        if cameras.rotation.dtype != points.dtype or cameras.rotation.device != points.device:
+            cameras = cameras.to(points.dtype, points.device)
+        observed, confidence = self.pixels.to(points.dtype), self.confidence.to(points.dtype)
         if self.single_view:
             cameras = cameras.reshape(*cameras.batch_shape, 1) if cameras.batch_shape == (batch,) else \
                 cameras.reshape(1)
@@ -107,10 +111,10 @@ class Reprojection:
         else:
             pixels, d_pixels, d_camera = cameras.project(views_points), None, None
         pixels = pixels.expand(batch, views, count, 2)
-        error = pixels - self.pixels
+        error = pixels - observed
         squared = (error * error).sum(-1)
         rho, irls = robust_loss(self.robust, self.scale, squared)
-        confidence = self.weight * self.confidence
+        confidence = self.weight * confidence
         cost = 0.5 * (confidence * rho).flatten(1).sum(-1).double()
         root = (confidence * irls).sqrt().unsqueeze(-1)  # (B, C, K, 1)
         residuals = (root * error).flatten(1)

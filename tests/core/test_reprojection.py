@@ -144,3 +144,12 @@ def test_wrong_point_count_is_refused():
     cameras, points, pixels, confidence = _setup(None)
     with pytest.raises(ReprojectionError, match="body points of shape"):
         Reprojection(pixels, confidence).evaluate(cameras, points[:, :4])
+
+
+def test_float32_body_with_float64_cameras_and_pixels():
+    cameras, points, pixels, confidence = _setup(None)
+    term = Reprojection(pixels, confidence, camera_unknowns=ALL)
+    single = term.evaluate(cameras, points.float(), jacobian=True)
+    double = term.evaluate(cameras, points, jacobian=True)
+    assert single.residuals.dtype == single.d_points.dtype == single.d_camera.dtype == torch.float32
+    assert torch.allclose(single.residuals.double(), double.residuals, rtol=1e-3, atol=1e-2)
