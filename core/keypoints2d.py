@@ -39,6 +39,7 @@ from .keypoints import KeypointSet
 DATA = Path(__file__).resolve().parent / "data"
 FORMATS = {"openpose": "openpose_body25", "coco": "coco17", "mediapipe": "mediapipe33"}  # short -> map file
 COUNTS = {"openpose": 25, "coco": 17, "mediapipe": 33}
+TORSO = (("left_shoulder", "left_hip"), ("right_shoulder", "right_hip"))  # SMPLify's depth start: bends least
 
 
 class KeypointFileError(VPoserError):
@@ -333,6 +334,12 @@ class KeypointMap:
         if not markers:
             raise KeypointFileError(f"{source}: none of its keypoints exist on a {model.kind.name} model")
         return cls(format, np.array(columns), KeypointSet.from_dict(model, markers, source=source), np.array(weights))
+
+    @property
+    def torso_pairs(self) -> list[tuple[int, int]]:
+        """Shoulder-hip pairs as indices into `keypoints` (for core.cameras.initial_depth)."""
+        names = self.keypoints.names
+        return [(names.index(a), names.index(b)) for a, b in TORSO if a in names and b in names]
 
     def select(self, keypoints: Keypoints2D) -> tuple[np.ndarray, np.ndarray]:
         """Pixels (T, K', 2) and weighted confidences (T, K') of the mapped keypoints, ready for the

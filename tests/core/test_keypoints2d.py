@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.body_model import BodyModel
-from core.cameras import Cameras
+from core.cameras import Cameras, initial_depth
 from core.keypoints2d import COUNTS, KeypointFileError, KeypointMap, keypoint_names, read_keypoints
 from core.reprojection import Reprojection
 from core.rotations import axis_angle_to_matrix
@@ -199,6 +199,12 @@ def test_projected_body_written_and_read_back_scores_zero(open_body, tmp_path):
     term = Reprojection(torch.as_tensor(observed), torch.as_tensor(confidence))
     assert float(term.evaluate(camera, points).cost[0]) < 1e-12
     assert float(term.evaluate(camera, points + torch.tensor([0.0, 0.01, 0.0])).cost[0]) > 1.0
+    # the SMPLify-style start from the torso finds the body's depth (~3.5 m; the torso is nearly flat)
+    depth = initial_depth(points, torch.as_tensor(observed), torch.as_tensor(confidence), camera.focal.mean(),
+                          mapping.torso_pairs)
+    true_depth = camera.to_camera(points)[0, [mapping.keypoints.names.index(n) for n in ("left_hip", "right_hip")],
+                                          2].mean()
+    assert len(mapping.torso_pairs) == 2 and abs(float(depth[0] - true_depth)) < 0.15
 
 
 def test_counts_match_the_maps():
