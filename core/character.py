@@ -650,7 +650,8 @@ def limb_direction_errors(binding: CharacterBinding, body_joints: Tensor, heads:
 # Fitting the body to the character
 
 
-def fit_body(binding: CharacterBinding, model, iterations: int = 30) -> tuple[Tensor, float]:
+def fit_body(binding: CharacterBinding, model, iterations: int = 30, stay: float = 1.0,
+             shape_prior: float = 1e-5) -> tuple[Tensor, float]:
     """The body's betas (num_betas,) and a uniform scale (character metres per body metre) that
     put the body's joints on the character's rest joints: the character's limb joints and head,
     scaled to the body's leg length, are keypoint targets of the shape fit that mocap clips use
@@ -674,7 +675,9 @@ def fit_body(binding: CharacterBinding, model, iterations: int = 30) -> tuple[Te
     init = IKState(axis_angle_to_matrix(poses).to(**like), transl.to(**like))
     targets = ClipTargets(KeypointSet.from_joints(model, landmarks), (heads / s0).unsqueeze(0).to(**like), 1.0, init,
                           np.zeros(1, dtype=np.int64))
-    options = RetargetOptions(shape_frames=1, calibrate=False, max_iterations=iterations)
+    # The pose is known (the character's rest carried to the body): held there, the shape does the fitting.
+    options = RetargetOptions(shape_frames=1, calibrate=False, max_iterations=iterations, stay=stay,
+                              shape_prior=shape_prior)
     run = Retarget(model, targets, None, options)
     for _ in run:
         pass
