@@ -57,7 +57,7 @@ the deepest of them (cmu_daz's spine2 = abdomen + chest: abdomen drives spine2, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .mocap.bvh import BVHMotion, forward_kinematics, read_bvh, rest_positions
+from .mocap.bvh import BVHMotion, forward_kinematics, motion_channels, read_bvh, rest_positions
 from .mocap.skeletons import (
     TARGET_DIRECTION_CHILD,
     BoneMapError,
@@ -75,7 +75,7 @@ from .mocap.skeletons import (
     load_preset,
     missing_required,
 )
-from .mocap.transfer import axes_matrix, infer_axes, minimal_rotation, skeleton_fk
+from .mocap.transfer import TransferSetup, axes_matrix, infer_axes, minimal_rotation, skeleton_fk
 from .rotations import (
     axis_angle_to_matrix,
     matrix_to_axis_angle,
@@ -98,14 +98,20 @@ __all__ = [
     "rig_world_rotations",
     "fit_body",
     "limb_direction_errors",
+    "source_agreement",
+    "bvh_channels",
     "LIMB_JOINTS",
+    "END_JOINTS",
 ]
 
 # Blender's world (Z up, a character facing -Y) -> model space: p_model = (x, z, -y).
 BLENDER_TO_MODEL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 _SPREAD_WHOLE = ("pelvis", "spine1", "spine2", "spine3", "neck", "head")  # chains bend along their length
+# Limbs whose direction a character must follow (the collars are left out: mocap skeletons and
+# rigs place the clavicle too differently for its direction to be compared).
 LIMB_JOINTS = tuple(f"{side}_{joint}" for side in ("left", "right")
-                    for joint in ("hip", "knee", "ankle", "collar", "shoulder", "elbow", "wrist"))  # fmt: skip
+                    for joint in ("hip", "knee", "ankle", "shoulder", "elbow", "wrist"))  # fmt: skip
+END_JOINTS = ("left_wrist", "right_wrist", "left_ankle", "right_ankle")  # hands and feet
 _UNIT_GUESSES = (1.0, 0.01, 0.001, 0.0254)  # metres, centimetres, millimetres, inches
 _LEG_METRES = 0.85  # a typical adult's hip -> ankle length, for guessing units
 
@@ -330,7 +336,7 @@ def _rig_to_model(skeleton: CharacterSkeleton, preset: SkeletonPreset, dtype) ->
         return axes_matrix(preset.axes, dtype)
     heads = skeleton.heads
     first = {k: skeleton.index(preset.sources(k)[0]) for k in preset.joints if preset.sources(k)}
-    upper = next(k for k in ("neck", "spine3", "spine2", "spine1", "head") if k in first)
+    upper = _upper_joint(torch.as_tensor(heads), first, ("neck", "spine3", "spine2", "spine1", "head"))
     up = heads[first[upper]] - heads[first["pelvis"]]
     left = heads[first["left_hip"]] - heads[first["right_hip"]]
     exact = _frame(torch.as_tensor(up, dtype=dtype), torch.as_tensor(left, dtype=dtype))  # columns: left, up, fwd
@@ -439,7 +445,8 @@ def _bind(skeleton, preset, body_rest, body_parents, body_names, scale, dtype) -
             align[j] = _root_alignment(heads, body_rest, first, jindex)
         else:  # carried rigidly with its parent, then bent (not twisted) onto the body's bone
             d = _directions(name, chain, heads, tails, body_rest, first, jindex)
-            align[j] = parent_align if d is None else minimal_rotation(parent_align @ d[0], d[1]) @ parent_align
+            usable = d is not None and float(d[0].norm()) > 1e-9 and float(d[1].norm()) > 1e-9
+            align[j] = minimal_rotation(parent_align @ d[0], d[1]) @ parent_align if usable else parent_align
     body_legs = _leg_length(body_rest, jindex)
     return CharacterBinding(
         skeleton=skeleton, bone_map=preset, body_names=list(body_names), body_parents=list(body_parents),
@@ -463,9 +470,20 @@ def _directions(name, chain, heads, tails, body_rest, first, jindex):
     return tails[chain[-1]] - heads[chain[0]], body_rest[jindex[child]] - body_rest[jindex[name]]
 
 
+def _upper_joint(heads, first, order=("spine1", "spine2", "spine3", "neck", "head")) -> str:
+    """The first mapped upper-body joint whose bone starts away from the pelvis bone's head (CMU's
+    LowerBack starts where its Hips does)."""
+    pelvis = heads[first["pelvis"]]
+    reach = max(float((heads[b] - pelvis).norm()) for b in first.values())
+    for k in order:
+        if k in first and float((heads[first[k]] - pelvis).norm()) > 1e-3 * reach:
+            return k
+    raise BoneMapError("no upper-body bone starts away from the pelvis bone: cannot tell up from the rest pose")
+
+
 def _root_alignment(heads, body_rest, first, jindex) -> Tensor:
     """The pelvis: both rests' frames from (pelvis -> upper body, right hip -> left hip)."""
-    upper = next(k for k in ("spine1", "spine2", "spine3", "neck", "head") if k in first)
+    upper = _upper_joint(heads, first)
     up_rig = heads[first[upper]] - heads[first["pelvis"]]
     up_body = body_rest[jindex[upper]] - body_rest[jindex["pelvis"]]
     left_rig = heads[first["left_hip"]] - heads[first["right_hip"]]
@@ -644,6 +662,51 @@ def limb_direction_errors(binding: CharacterBinding, body_joints: Tensor, heads:
         cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1, 1)
         out[name] = torch.rad2deg(torch.acos(cos))
     return out
+
+
+def source_agreement(binding: CharacterBinding, setup: TransferSetup, source_world: Tensor, source_positions: Tensor,
+                     heads: Tensor, D: Tensor) -> dict[str, dict[str, float]]:
+    """How a character follows a mocap source, per frame and joint: `limb` the angle (degrees)
+    between the source's limb (source joint -> the child's source joint) and the character's
+    (first bone heads), for LIMB_JOINTS mapped in both; `end` the angle between the hands' and
+    feet's world rotations from rest, the source's carried through both rest alignments
+    (D_src A_src^T A_char: what a perfect transfer gives). Returns {"limb": {joint: mean deg},
+    "end": {joint: mean deg}}. source_world (T, Js, 3, 3) and source_positions (T, Js, 3) in file
+    axes (forward_kinematics); heads (T, N, 3) and D (T, N, 3, 3) from character_fk."""
+    names = binding.body_names
+    src_names = setup.target_names
+    C = setup.axes.to(D.dtype)
+    out: dict[str, dict[str, float]] = {"limb": {}, "end": {}}
+    for name in LIMB_JOINTS:
+        child = TARGET_DIRECTION_CHILD.get(name)
+        if child not in names or name not in src_names or child not in src_names:
+            continue
+        j, c = names.index(name), names.index(child)
+        sj, sc = setup.sources[src_names.index(name)], setup.sources[src_names.index(child)]
+        if not (binding.joint_bones[j] and binding.joint_bones[c] and sj and sc):
+            continue
+        a = (source_positions[:, sc[0]] - source_positions[:, sj[0]]).to(D.dtype) @ C.T
+        b = heads[:, binding.joint_bones[c][0]] - heads[:, binding.joint_bones[j][0]]
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1, 1)
+        out["limb"][name] = float(torch.rad2deg(torch.acos(cos)).mean())
+    for name in END_JOINTS:
+        if name not in names or name not in src_names:
+            continue
+        j, s = names.index(name), src_names.index(name)
+        if not binding.joint_bones[j] or not setup.sources[s]:
+            continue
+        D_src = C @ source_world[:, setup.sources[s][-1]].to(D.dtype) @ C.T @ setup.rest_global[setup.sources[s][-1]].T
+        expected = D_src @ setup.align[s].T.to(D.dtype) @ binding.align[j]
+        turn = matrix_to_quaternion(expected.transpose(-1, -2) @ D[:, binding.joint_bones[j][-1]])
+        out["end"][name] = float(torch.rad2deg(2 * torch.acos(turn[..., 0].abs().clamp(max=1))).mean())
+    return out
+
+
+def bvh_channels(binding: CharacterBinding, motion: BVHMotion, pose: CharacterPose) -> np.ndarray:
+    """(T, C) channel values of a BVH character (`motion`: the file its skeleton came from) in a pose."""
+    heads, D = character_fk(binding, pose.quaternions, pose.location)
+    rig_positions = heads @ binding.to_model.to(heads.dtype) / binding.unit_scale  # C^T p per row
+    return motion_channels(motion, rig_world_rotations(binding, D), rig_positions)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
     python scripts/retarget.py CLIP.bvh --skeleton cmu --out clip_poses.npz
     python scripts/retarget.py TRIAL.c3d --markers core/data/markers_plugin_gait_open.json --out trial.npz
     python scripts/retarget.py CLIP.bvh --blend clip.blend        # also a Blender scene and a preview PNG
+    python scripts/retarget.py CLIP.bvh --character HERO.bvh --out clip_on_hero.bvh   # onto a character's skeleton
 
 A BVH clip is read at --fps (default: its own rate), its joints mapped to the body by the skeleton
 preset (cmu, cmu_daz, mixamo, smpl_like, or a JSON file), and each frame solved from the rotation transfer
@@ -14,6 +15,15 @@ Prints one JSON object: frames, seconds (solve time), frames_per_s, mpjpe_mm (fi
 the source's), per_joint_mm, and what was written. With --blend, Blender (the bpy module) builds
 the body, keys the result on it as an action next to the imported source clip, saves the .blend,
 and writes beside it a rendered preview PNG (Workbench) and a plot of the fit (OUT_fit.png).
+
+With --character, the solved body drives a character given as a BVH file (its hierarchy and
+OFFSETs; its own motion is ignored, except the bind pose of --character-rest-frame): the motion is
+written in the character's skeleton as BVH (--out OUT.bvh) at the clip's frame rate (or --fps), the
+bone map detected from its joint names (--character-map auto) or named (a preset or a JSON file).
+The report adds character_map (body joint -> bones), character_scale (character metres per body
+metre), limb_direction_deg (mean angle between the source's limbs and the character's; the solved
+body's for C3D), limb_direction_body_deg (the character's against the solved body's) and
+end_rotation_deg (hands and feet against the source's, BVH sources).
 """
 
 from __future__ import annotations
@@ -32,7 +42,20 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.body_model import BodyModel  # noqa: E402
-from core.mocap.bvh import BVHError, read_bvh  # noqa: E402
+from core.character import (  # noqa: E402
+    BoneMapError,
+    CharacterSkeleton,
+    bind_character,
+    body_to_character,
+    bvh_channels,
+    character_fk,
+    limb_direction_errors,
+    source_agreement,
+)
+from core.mocap.bvh import BVHError, forward_kinematics, read_bvh, write_bvh  # noqa: E402
+from core.mocap.skeletons import load_preset  # noqa: E402
+from core.mocap.transfer import build_transfer, skeleton_fk, source_rest  # noqa: E402
+from core.rotations import axis_angle_to_matrix  # noqa: E402
 from core.mocap.c3d import C3DError, read_c3d, to_model_space  # noqa: E402
 from core.mocap.convert import subsample_indices  # noqa: E402
 from core.pose_files import PoseSequence, save_pose_file  # noqa: E402
@@ -62,6 +85,48 @@ def load_targets(args: argparse.Namespace, model: BodyModel) -> ClipTargets:
     raise SystemExit(f"error: {path}: expected a .bvh or .c3d file")
 
 
+def write_character(args: argparse.Namespace, model: BodyModel, result, targets: ClipTargets, out: Path) -> dict:
+    """Drive the --character BVH with the solved body and write it to `out`; the report's additions."""
+    path = Path(args.character)
+    if path.suffix.lower() != ".bvh":
+        raise ValueError(f"{path}: --character takes a .bvh file")
+    character = read_bvh(path)
+    skeleton = CharacterSkeleton.from_bvh(character, rest_frame=args.character_rest_frame)
+    like = {"dtype": model.dtype, "device": model.device}
+    with torch.no_grad():
+        body_rest = model.rest_joints(result.betas.to(**like).unsqueeze(0))[0].cpu().double()
+    binding = bind_character(skeleton, args.character_map, body_rest, model.parents.cpu(), list(model.joint_names))
+    poses = result.poses.cpu().double().reshape(result.poses.shape[0], -1, 3)
+    transl = result.transl.cpu().double()
+    pose = body_to_character(binding, poses, transl)
+    write_bvh(out, character, bvh_channels(binding, character, pose), 1.0 / result.fps)
+    heads, D = character_fk(binding, pose.quaternions, pose.location)
+    report = {"character": str(path), "character_map": binding.character_map(),
+              "character_scale": round(binding.scale, 4)}
+    report.update(_limb_agreement(args, model, binding, targets, poses, transl, body_rest, heads, D))
+    return report
+
+
+def _limb_agreement(args, model, binding, targets, poses, transl, body_rest, heads, D) -> dict:
+    """limb_direction_deg (and end_rotation_deg) of the character against a BVH source's skeleton,
+    or against the solved body for markers."""
+    joints, _ = skeleton_fk(axis_angle_to_matrix(poses), body_rest, model.parents.tolist(), transl)
+    to_body = float(torch.stack(list(limb_direction_errors(binding, joints, heads).values())).mean())
+    if Path(args.input).suffix.lower() != ".bvh":
+        return {"limb_direction_deg": to_body, "limb_reference": "body"}
+    motion = read_bvh(args.input)
+    preset = load_preset(args.skeleton)
+    rest, rest_rotations = source_rest(motion, preset)
+    setup = build_transfer(preset, motion.names, rest, body_rest, model.parents.cpu(), list(model.joint_names),
+                           source_rest_global=rest_rotations)
+    world, positions = forward_kinematics(motion, frames=np.asarray(targets.source_frames))
+    agreement = source_agreement(binding, setup, world, positions, heads, D)
+    return {"limb_direction_deg": float(np.mean(list(agreement["limb"].values()))),
+            "limb_direction_per_joint_deg": {k: round(v, 3) for k, v in agreement["limb"].items()},
+            "end_rotation_deg": {k: round(v, 3) for k, v in agreement["end"].items()}, "limb_reference": "source",
+            "limb_direction_body_deg": to_body}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", metavar="INPUT", help="a .bvh or .c3d clip")
@@ -78,12 +143,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--blend", type=Path, help="also save a Blender scene with the body keyed (needs bpy)")
+    parser.add_argument("--character", type=Path, help="a character's skeleton (.bvh): write the motion in it (--out .bvh)")
+    parser.add_argument("--character-map", default="auto",
+                        help="bone map of the character: auto (by bone names), a preset name or a .json")
+    parser.add_argument("--character-rest-frame", type=int,
+                        help="frame of the character file holding its bind pose (default: its OFFSET pose)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but this PyTorch sees no CUDA device")
-    out = args.out or Path(Path(args.input).stem + "_poses.npz")
+    out = args.out or Path(Path(args.input).stem + ("_character.bvh" if args.character else "_poses.npz"))
+    if args.character and out.suffix.lower() != ".bvh":
+        raise SystemExit(f"error: --character writes BVH; --out must end in .bvh, got {out}")
 
     model = BodyModel.from_file(args.body) if args.body else BodyModel.open_default("adult")
     model = model.to(args.device)
@@ -100,9 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, BVHError, C3DError, RetargetError, KeyError, ValueError) as error:
         raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
 
-    sequence = PoseSequence(result.poses.cpu().double().numpy(), result.transl.cpu().double().numpy(),
-                            result.betas.cpu().double().numpy(), framerate=result.fps)
-    save_pose_file(out, sequence, source_frames=np.asarray(targets.source_frames))
+    if args.character:
+        try:
+            character_report = write_character(args, model, result, targets, out)
+        except (OSError, BVHError, BoneMapError, KeyError, ValueError) as error:
+            raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
+    else:
+        sequence = PoseSequence(result.poses.cpu().double().numpy(), result.transl.cpu().double().numpy(),
+                                result.betas.cpu().double().numpy(), framerate=result.fps)
+        save_pose_file(out, sequence, source_frames=np.asarray(targets.source_frames))
     frames = result.poses.shape[0]
     report = {
         "input": str(args.input),
@@ -116,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "out": str(out),
     }
+    if args.character:
+        report.update(character_report)
     if args.blend:
         from blender_scene import save_scene  # a bpy job; imported only when asked for
 

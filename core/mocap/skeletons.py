@@ -551,7 +551,8 @@ def missing_required(preset: SkeletonPreset) -> list[str]:
 
 
 def detect_preset(bone_names, source: str = "armature", candidates=None) -> SkeletonPreset:
-    """The built-in preset that maps the most required joints of a rig, resolved to its bone names.
+    """The built-in preset that maps the most required joints of a rig, resolved to its bone names
+    (then the most body joints, then the most joints, fingers included).
 
     Ties go to the earlier preset in PRESETS (the mocap presets first: a cgspeed DAZ clip is
     `cmu_daz`, not `daz_genesis`; a generated Rigify rig's FK controls before its DEF bones).
@@ -561,8 +562,8 @@ def detect_preset(bone_names, source: str = "armature", candidates=None) -> Skel
     best, best_key = None, None
     for preset in (candidates or PRESETS.values()):
         resolved = preset.resolve(names)
-        mapped = sum(1 for k in resolved.joints if resolved.sources(k))
-        key = (len(REQUIRED_JOINTS) - len(missing_required(resolved)), mapped)
+        body = sum(1 for k in SMPL_BODY_JOINT_NAMES if resolved.sources(k))
+        key = (len(REQUIRED_JOINTS) - len(missing_required(resolved)), body, len(resolved.joints))
         if best_key is None or key > best_key:
             best, best_key = resolved, key
     if best is None or best_key[0] < MIN_HUMANOID:
