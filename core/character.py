@@ -75,7 +75,15 @@ from .mocap.skeletons import (
     load_preset,
     missing_required,
 )
-from .mocap.transfer import TransferSetup, axes_matrix, infer_axes, minimal_rotation, skeleton_fk
+from .mocap.transfer import (
+    TransferSetup,
+    axes_matrix,
+    build_transfer,
+    infer_axes,
+    minimal_rotation,
+    skeleton_fk,
+    source_rest,
+)
 from .rotations import (
     axis_angle_to_matrix,
     matrix_to_axis_angle,
@@ -99,6 +107,8 @@ __all__ = [
     "fit_body",
     "limb_direction_errors",
     "source_agreement",
+    "character_motion",
+    "clip_agreement",
     "bvh_channels",
     "LIMB_JOINTS",
     "END_JOINTS",
@@ -700,6 +710,33 @@ def source_agreement(binding: CharacterBinding, setup: TransferSetup, source_wor
         turn = matrix_to_quaternion(expected.transpose(-1, -2) @ D[:, binding.joint_bones[j][-1]])
         out["end"][name] = float(torch.rad2deg(2 * torch.acos(turn[..., 0].abs().clamp(max=1))).mean())
     return out
+
+
+def character_motion(skeleton: CharacterSkeleton, bone_map, model, poses, transl, betas=None):
+    """A solved body motion (poses (T, J, 3) or (T, 3 J) axis-angle, transl (T, 3), the body's betas)
+    on a character bound to that body shape (its scale from the leg lengths): returns
+    (binding, CharacterPose, heads (T, N, 3), D (T, N, 3, 3)) as character_fk gives them."""
+    like = {"dtype": model.dtype, "device": model.device}
+    with torch.no_grad():
+        shape = None if betas is None else torch.as_tensor(betas).to(**like).reshape(1, -1)
+        body_rest = model.rest_joints(shape)[0].detach().cpu().double()
+    binding = bind_character(skeleton, bone_map, body_rest, model.parents.cpu(), list(model.joint_names))
+    poses = torch.as_tensor(poses).detach().cpu().double()
+    pose = body_to_character(binding, poses.reshape(poses.shape[0], -1, 3), torch.as_tensor(transl).cpu().double())
+    heads, D = character_fk(binding, pose.quaternions, pose.location)
+    return binding, pose, heads, D
+
+
+def clip_agreement(binding: CharacterBinding, motion: BVHMotion, preset, frames, heads: Tensor,
+                   D: Tensor) -> dict[str, dict[str, float]]:
+    """`source_agreement` against a BVH clip read with a skeleton preset, at its frames `frames`
+    (the rows of the character pose heads (T, N, 3) and D (T, N, 3, 3))."""
+    preset = load_preset(preset)
+    rest, rest_rotations = source_rest(motion, preset)
+    setup = build_transfer(preset, motion.names, rest, binding.body_rest, binding.body_parents, binding.body_names,
+                           source_rest_global=rest_rotations)
+    world, positions = forward_kinematics(motion, frames=np.asarray(frames))
+    return source_agreement(binding, setup, world, positions, heads, D)
 
 
 def bvh_channels(binding: CharacterBinding, motion: BVHMotion, pose: CharacterPose) -> np.ndarray:

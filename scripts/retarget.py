@@ -45,16 +45,13 @@ from core.body_model import BodyModel  # noqa: E402
 from core.character import (  # noqa: E402
     BoneMapError,
     CharacterSkeleton,
-    bind_character,
-    body_to_character,
     bvh_channels,
-    character_fk,
+    character_motion,
+    clip_agreement,
     limb_direction_errors,
-    source_agreement,
 )
-from core.mocap.bvh import BVHError, forward_kinematics, read_bvh, write_bvh  # noqa: E402
-from core.mocap.skeletons import load_preset  # noqa: E402
-from core.mocap.transfer import build_transfer, skeleton_fk, source_rest  # noqa: E402
+from core.mocap.bvh import BVHError, read_bvh, write_bvh  # noqa: E402
+from core.mocap.transfer import skeleton_fk  # noqa: E402
 from core.rotations import axis_angle_to_matrix  # noqa: E402
 from core.mocap.c3d import C3DError, read_c3d, to_model_space  # noqa: E402
 from core.mocap.convert import subsample_indices  # noqa: E402
@@ -92,35 +89,25 @@ def write_character(args: argparse.Namespace, model: BodyModel, result, targets:
         raise ValueError(f"{path}: --character takes a .bvh file")
     character = read_bvh(path)
     skeleton = CharacterSkeleton.from_bvh(character, rest_frame=args.character_rest_frame)
-    like = {"dtype": model.dtype, "device": model.device}
-    with torch.no_grad():
-        body_rest = model.rest_joints(result.betas.to(**like).unsqueeze(0))[0].cpu().double()
-    binding = bind_character(skeleton, args.character_map, body_rest, model.parents.cpu(), list(model.joint_names))
-    poses = result.poses.cpu().double().reshape(result.poses.shape[0], -1, 3)
-    transl = result.transl.cpu().double()
-    pose = body_to_character(binding, poses, transl)
+    binding, pose, heads, D = character_motion(skeleton, args.character_map, model, result.poses, result.transl,
+                                               result.betas)
     write_bvh(out, character, bvh_channels(binding, character, pose), 1.0 / result.fps)
-    heads, D = character_fk(binding, pose.quaternions, pose.location)
     report = {"character": str(path), "character_map": binding.character_map(),
               "character_scale": round(binding.scale, 4)}
-    report.update(_limb_agreement(args, model, binding, targets, poses, transl, body_rest, heads, D))
+    report.update(_limb_agreement(args, binding, targets, result, heads, D))
     return report
 
 
-def _limb_agreement(args, model, binding, targets, poses, transl, body_rest, heads, D) -> dict:
+def _limb_agreement(args, binding, targets, result, heads, D) -> dict:
     """limb_direction_deg (and end_rotation_deg) of the character against a BVH source's skeleton,
-    or against the solved body for markers."""
-    joints, _ = skeleton_fk(axis_angle_to_matrix(poses), body_rest, model.parents.tolist(), transl)
+    or against the solved body for markers; limb_direction_body_deg against the solved body."""
+    poses = result.poses.cpu().double().reshape(result.poses.shape[0], -1, 3)
+    joints, _ = skeleton_fk(axis_angle_to_matrix(poses), binding.body_rest, binding.body_parents,
+                            result.transl.cpu().double())
     to_body = float(torch.stack(list(limb_direction_errors(binding, joints, heads).values())).mean())
     if Path(args.input).suffix.lower() != ".bvh":
         return {"limb_direction_deg": to_body, "limb_reference": "body"}
-    motion = read_bvh(args.input)
-    preset = load_preset(args.skeleton)
-    rest, rest_rotations = source_rest(motion, preset)
-    setup = build_transfer(preset, motion.names, rest, body_rest, model.parents.cpu(), list(model.joint_names),
-                           source_rest_global=rest_rotations)
-    world, positions = forward_kinematics(motion, frames=np.asarray(targets.source_frames))
-    agreement = source_agreement(binding, setup, world, positions, heads, D)
+    agreement = clip_agreement(binding, read_bvh(args.input), args.skeleton, targets.source_frames, heads, D)
     return {"limb_direction_deg": float(np.mean(list(agreement["limb"].values()))),
             "limb_direction_per_joint_deg": {k: round(v, 3) for k, v in agreement["limb"].items()},
             "end_rotation_deg": {k: round(v, 3) for k, v in agreement["end"].items()}, "limb_reference": "source",
