@@ -51,6 +51,7 @@ from core.character import (  # noqa: E402
     limb_direction_errors,
 )
 from core.mocap.bvh import BVHError, read_bvh, write_bvh  # noqa: E402
+from core.mocap.skeletons import detect_preset  # noqa: E402
 from core.mocap.transfer import skeleton_fk  # noqa: E402
 from core.rotations import axis_angle_to_matrix  # noqa: E402
 from core.mocap.c3d import C3DError, read_c3d, to_model_space  # noqa: E402
@@ -107,7 +108,9 @@ def _limb_agreement(args, binding, targets, result, heads, D) -> dict:
     to_body = float(torch.stack(list(limb_direction_errors(binding, joints, heads).values())).mean())
     if Path(args.input).suffix.lower() != ".bvh":
         return {"limb_direction_deg": to_body, "limb_reference": "body"}
-    agreement = clip_agreement(binding, read_bvh(args.input), args.skeleton, targets.source_frames, heads, D)
+    motion = read_bvh(args.input)
+    preset = detect_preset(motion.names, motion.source) if args.skeleton == "auto" else args.skeleton
+    agreement = clip_agreement(binding, motion, preset, targets.source_frames, heads, D)
     return {"limb_direction_deg": float(np.mean(list(agreement["limb"].values()))),
             "limb_direction_per_joint_deg": {k: round(v, 3) for k, v in agreement["limb"].items()},
             "end_rotation_deg": {k: round(v, 3) for k, v in agreement["end"].items()}, "limb_reference": "source",
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", metavar="INPUT", help="a .bvh or .c3d clip")
     parser.add_argument("--out", type=Path, help="AMASS-style .npz to write (default: INPUT_poses.npz in the current folder)")
-    parser.add_argument("--skeleton", default="cmu", help="BVH skeleton preset: cmu, cmu_daz, mixamo, smpl_like or a .json")
+    parser.add_argument("--skeleton", default="cmu",
+                        help="BVH skeleton preset: cmu, cmu_daz, mixamo, smpl_like, auto (by joint names) or a .json")
     parser.add_argument("--markers", type=Path, help="C3D marker layout .json (default: the shipped Plug-in Gait)")
     parser.add_argument("--up", default="z", choices=("z", "y"), help="C3D lab up axis (default z)")
     parser.add_argument("--units", choices=("mm", "cm", "m"), help="override the C3D file's POINT:UNITS")

@@ -278,3 +278,21 @@ def test_matrix_to_euler_inverts_euler_to_matrix():
     for order in ("XYZ", "XZY", "YXZ", "YZX", "ZXY", "ZYX"):
         back = matrix_to_euler(euler_to_matrix(angles, order), order)
         torch.testing.assert_close(back, angles, atol=1e-9, rtol=0)
+
+
+def test_mocap_clips_detect_their_preset(body):
+    """One detection for both uses: the CMU walk and a DAZ-release clip retarget with skeleton "auto"."""
+    from pathlib import Path
+
+    from core.mocap.bvh import read_bvh
+    from core.retarget import bvh_targets
+
+    model, rest, names, _ = body
+    walk = read_bvh(Path(__file__).resolve().parents[2] / "examples" / "cmu_02_01_walk.bvh")
+    assert detect_preset(walk.names, "walk").name == "cmu"
+    daz = parse_bvh(daz_bvh_text(rest, names), "daz.bvh")
+    assert detect_preset(daz.names, "daz").name == "cmu_daz"
+    auto = bvh_targets(walk, "auto", model, np.arange(0, 40, 8))
+    named = bvh_targets(walk, "cmu", model, np.arange(0, 40, 8))
+    assert auto.keypoints.names == named.keypoints.names
+    torch.testing.assert_close(auto.positions, named.positions)
