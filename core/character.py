@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .mocap.bvh import BVHMotion, forward_kinematics, motion_channels, read_bvh, rest_positions
+from .mocap.bvh import BVHMotion, format_bvh, forward_kinematics, motion_channels, parse_bvh, read_bvh, rest_positions
 from .mocap.skeletons import (
     TARGET_DIRECTION_CHILD,
     BoneMapError,
@@ -110,6 +110,8 @@ __all__ = [
     "character_motion",
     "clip_agreement",
     "bvh_channels",
+    "armature_bvh",
+    "armature_bvh_channels",
     "LIMB_JOINTS",
     "END_JOINTS",
 ]
@@ -744,6 +746,42 @@ def bvh_channels(binding: CharacterBinding, motion: BVHMotion, pose: CharacterPo
     heads, D = character_fk(binding, pose.quaternions, pose.location)
     rig_positions = heads @ binding.to_model.to(heads.dtype) / binding.unit_scale  # C^T p per row
     return motion_channels(motion, rig_world_rotations(binding, D), rig_positions)
+
+
+def armature_bvh(binding: CharacterBinding) -> tuple[BVHMotion, list[int]]:
+    """A BVH hierarchy for a character that has none (a Blender armature): the bones of the tree
+    holding the root bone as joints, OFFSETs from the rest heads in model axes (Y up, facing +Z,
+    as BVH files are) and rig units, the rest as the zero-rotation pose, End Sites at leaf bones'
+    tails. Returns the (frameless) motion and the bone index of each joint."""
+    parents = binding.skeleton.parents.tolist()
+    top = binding.root_bone
+    while parents[top] >= 0:
+        top = parents[top]
+    keep = _subtree(parents, top)
+    index = {b: i for i, b in enumerate(keep)}
+    heads = (binding.heads / binding.unit_scale).numpy()
+    tails = (_model_tails(binding) / binding.unit_scale).numpy()
+    offsets = np.stack([heads[b] - (heads[parents[b]] if parents[b] >= 0 else 0.0) for b in keep])
+    kept_parents = [index[parents[b]] if parents[b] >= 0 else -1 for b in keep]
+    children = {p for p in kept_parents if p >= 0}
+    ends = {i: tuple(tails[b] - heads[b]) for i, b in enumerate(keep) if i not in children}
+    channels = [("Xposition", "Yposition", "Zposition", "Zrotation", "Xrotation", "Yrotation")] + [
+        ("Zrotation", "Xrotation", "Yrotation")] * (len(keep) - 1)
+    text = format_bvh([binding.skeleton.names[b] for b in keep], kept_parents, offsets, channels,
+                      np.zeros((0, sum(map(len, channels)))), 1 / 30, ends)
+    return parse_bvh(text, binding.skeleton.source), keep
+
+
+def _model_tails(binding: CharacterBinding) -> Tensor:
+    tails = torch.as_tensor(binding.skeleton.tails, dtype=binding.heads.dtype)
+    return binding.unit_scale * tails @ binding.to_model.T
+
+
+def armature_bvh_channels(binding: CharacterBinding, motion: BVHMotion, keep: list[int],
+                          pose: CharacterPose) -> np.ndarray:
+    """(T, C) channel values of `armature_bvh`'s hierarchy in a character pose."""
+    heads, D = character_fk(binding, pose.quaternions, pose.location)
+    return motion_channels(motion, D[:, keep], heads[:, keep] / binding.unit_scale)
 
 
 # ----------------------------------------------------------------------------------------------

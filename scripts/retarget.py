@@ -20,6 +20,9 @@ With --character, the solved body drives a character given as a BVH file (its hi
 OFFSETs; its own motion is ignored, except the bind pose of --character-rest-frame): the motion is
 written in the character's skeleton as BVH (--out OUT.bvh) at the clip's frame rate (or --fps), the
 bone map detected from its joint names (--character-map auto) or named (a preset or a JSON file).
+With bpy installed, --character also takes an armature in FILE.blend (the first armature, or
+FILE.blend:ARMATURE), FILE.fbx or FILE.glb: the BVH then holds that armature's bone tree (Y up,
+its units, its rest as the zero pose).
 The report adds character_map (body joint -> bones), character_scale (character metres per body
 metre), limb_direction_deg (mean angle between the source's limbs and the character's; the solved
 body's for C3D), limb_direction_body_deg (the character's against the solved body's) and
@@ -42,9 +45,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.body_model import BodyModel  # noqa: E402
+from blender_scene import blender_output_to_stderr  # noqa: E402
+from character_file import is_armature_file, load_character  # noqa: E402
 from core.character import (  # noqa: E402
     BoneMapError,
     CharacterSkeleton,
+    armature_bvh,
+    armature_bvh_channels,
     bvh_channels,
     character_motion,
     clip_agreement,
@@ -86,14 +93,23 @@ def load_targets(args: argparse.Namespace, model: BodyModel) -> ClipTargets:
 def write_character(args: argparse.Namespace, model: BodyModel, result, targets: ClipTargets, out: Path) -> dict:
     """Drive the --character BVH with the solved body and write it to `out`; the report's additions."""
     path = Path(args.character)
-    if path.suffix.lower() != ".bvh":
-        raise ValueError(f"{path}: --character takes a .bvh file")
-    character = read_bvh(path)
-    skeleton = CharacterSkeleton.from_bvh(character, rest_frame=args.character_rest_frame)
+    if path.suffix.lower() == ".bvh":
+        character = read_bvh(path)
+        skeleton = CharacterSkeleton.from_bvh(character, rest_frame=args.character_rest_frame)
+    elif is_armature_file(args.character):
+        with blender_output_to_stderr():
+            skeleton = load_character(args.character)
+    else:
+        raise ValueError(f"{path}: --character takes a .bvh, a .blend (FILE.blend:ARMATURE), an .fbx or a .glb")
     binding, pose, heads, D = character_motion(skeleton, args.character_map, model, result.poses, result.transl,
                                                result.betas)
-    write_bvh(out, character, bvh_channels(binding, character, pose), 1.0 / result.fps)
-    report = {"character": str(path), "character_map": binding.character_map(),
+    if path.suffix.lower() == ".bvh":
+        frames = bvh_channels(binding, character, pose)
+    else:  # an armature: a BVH of its bone tree, Y up, in its units
+        character, keep = armature_bvh(binding)
+        frames = armature_bvh_channels(binding, character, keep, pose)
+    write_bvh(out, character, frames, 1.0 / result.fps)
+    report = {"character": str(args.character), "character_map": binding.character_map(),
               "character_scale": round(binding.scale, 4)}
     report.update(_limb_agreement(args, binding, targets, result, heads, D))
     return report
@@ -134,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--blend", type=Path, help="also save a Blender scene with the body keyed (needs bpy)")
-    parser.add_argument("--character", type=Path, help="a character's skeleton (.bvh): write the motion in it (--out .bvh)")
+    parser.add_argument("--character", help="a character's skeleton: .bvh, or with bpy FILE.blend[:ARMATURE], .fbx, "
+                        ".glb; the motion is written in it (--out .bvh)")
     parser.add_argument("--character-map", default="auto",
                         help="bone map of the character: auto (by bone names), a preset name or a .json")
     parser.add_argument("--character-rest-frame", type=int,
