@@ -57,7 +57,7 @@ the deepest of them (cmu_daz's spine2 = abdomen + chest: abdomen drives spine2, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -283,6 +283,7 @@ class CharacterBinding:
     to_model: Tensor
     unit_scale: float
     betas: Tensor | None = None
+    _plan_cache: object = field(default=None, repr=False, compare=False)  # index tensors of the transfer
 
     def character_map(self) -> dict[str, list[str]]:
         """Body joint -> the character bones it drives (mapped joints only), as the report prints."""
@@ -516,15 +517,29 @@ def _batch_quaternions(q, B: int, N: int, dtype) -> Tensor:
     return q
 
 
-def character_fk(binding: CharacterBinding, quaternions, location=None) -> tuple[Tensor, Tensor]:
+def character_fk(binding: CharacterBinding, quaternions, location=None, bones=None) -> tuple[Tensor, Tensor]:
     """Posed heads (B, N, 3) in model-space metres and world rotation deltas D (B, N, 3, 3) from
-    pose-bone quaternions (B, N, 4) and the root bone's location (B, 3) in its rest frame (rig units)."""
+    pose-bone quaternions (B, N, 4) and the root bone's location (B, 3) in its rest frame (rig
+    units). bones: only these (closed under ancestors) are computed; the others are left at rest."""
     rest = binding.rest
     q = torch.as_tensor(quaternions, dtype=rest.dtype)
     B, N = q.shape[0], binding.skeleton.num_bones
     q = _batch_quaternions(q, B, N, rest.dtype)
-    local = rest @ quaternion_to_matrix(q) @ rest.transpose(-1, -2)  # world-aligned local rotations
-    heads, D = skeleton_fk(local, binding.heads, binding.skeleton.parents)
+    parents = binding.skeleton.parents.tolist()
+    if bones is None:
+        keep = list(range(N))
+    else:
+        keep = sorted(bones)
+    index = {b: i for i, b in enumerate(keep)}
+    R = rest[keep]
+    local = R @ quaternion_to_matrix(q[:, keep]) @ R.transpose(-1, -2)  # world-aligned local rotations
+    sub_heads, sub_D = skeleton_fk(local, binding.heads[keep], [index.get(parents[b], -1) for b in keep])
+    if bones is None:
+        heads, D = sub_heads, sub_D
+    else:
+        heads = binding.heads.expand(B, N, 3).clone()
+        D = torch.eye(3, dtype=rest.dtype).expand(B, N, 3, 3).clone()
+        heads[:, keep], D[:, keep] = sub_heads, sub_D
     if location is not None:
         heads = heads + _location_shift(binding, D, torch.as_tensor(location, dtype=rest.dtype))
     return heads, D
@@ -556,26 +571,83 @@ def rig_world_rotations(binding: CharacterBinding, D: Tensor) -> Tensor:
     return C.T @ D @ binding.rest.to(D.dtype)
 
 
-def _twist_swing_share(local: Tensor, axis: Tensor, fraction: float, whole: bool) -> Tensor:
-    """A fraction of a local rotation (B, 3, 3): all of it slerped (whole), or its swing with a
-    fraction of its twist about `axis` (the bone's rest direction)."""
-    if fraction >= 1.0:
-        return local
+def _shares(local: Tensor, axis: Tensor, fraction: Tensor, whole: Tensor) -> Tensor:
+    """Fractions of local rotations (B, M, 3, 3), per column m: all of it slerped (whole[m]), or its
+    swing with fraction[m] of its twist about axis[m] (the bone's rest direction, unit)."""
     q = matrix_to_quaternion(local)
-    if whole:
-        return axis_angle_to_matrix(fraction * quaternion_to_axis_angle(q))
-    axis = torch.nn.functional.normalize(axis.to(q.dtype), dim=-1)
+    f = fraction.to(q.dtype).unsqueeze(-1)
     p = (q[..., 1:] * axis).sum(-1, keepdim=True)
     twist = torch.nn.functional.normalize(torch.cat([q[..., :1], p * axis.expand_as(q[..., 1:])], -1), dim=-1)
-    twist_m = quaternion_to_matrix(twist)
-    swing = local @ twist_m.transpose(-1, -2)
-    return swing @ axis_angle_to_matrix(fraction * quaternion_to_axis_angle(twist))
+    twist = torch.where(p.abs() + q[..., :1].abs() < 1e-12, torch.zeros_like(twist) + _IDENTITY_Q.to(q.dtype), twist)
+    swing = local @ quaternion_to_matrix(twist).transpose(-1, -2)
+    split = swing @ axis_angle_to_matrix(f * quaternion_to_axis_angle(twist))
+    spread = axis_angle_to_matrix(f * quaternion_to_axis_angle(q))
+    return torch.where(whole.view(1, -1, 1, 1), spread, split)
+
+
+_IDENTITY_Q = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+
+
+@dataclass
+class _Plan:
+    """Index tensors for the batched transfer, built once per binding: the mapped bones (M,), their
+    body joint, the joint's body parent (J = identity), their share of the joint's rotation, the
+    bone axis for twist shares, and each mapped bone's nearest mapped ancestor (M = none) with the
+    unmapped bones between them (top down)."""
+
+    mapped: Tensor
+    joint: Tensor
+    parent_joint: Tensor
+    share: Tensor
+    whole: Tensor
+    axis: Tensor
+    anchor: Tensor
+    between: list[list[int]]
+    tips: Tensor  # (J,) the last bone of each joint's chain, -1 unmapped
+    needed: list[int]  # bones whose world rotation character_to_body needs (tips and their ancestors)
+
+
+def _plan(binding: CharacterBinding) -> _Plan:
+    if getattr(binding, "_plan_cache", None) is not None:
+        return binding._plan_cache
+    parents = binding.skeleton.parents.tolist()
+    J = len(binding.body_names)
+    mapped = [b for b, j in enumerate(binding.bone_joint) if j >= 0]
+    slot = {b: m for m, b in enumerate(mapped)}
+    joint, parent_joint, share, whole, axis, anchor, between = [], [], [], [], [], [], []
+    for b in mapped:
+        j = binding.bone_joint[b]
+        chain = binding.joint_bones[j]
+        joint.append(j)
+        parent_joint.append(binding.body_parents[j] if binding.body_parents[j] >= 0 else J)
+        share.append((chain.index(b) + 1) / len(chain))
+        a = _body_bone_axis(binding, j)
+        whole.append(binding.body_names[j] in _SPREAD_WHOLE or a is None)
+        axis.append(torch.zeros(3, dtype=binding.rest.dtype) if a is None else torch.nn.functional.normalize(a, dim=0))
+        path, up = [], parents[b]
+        while up >= 0 and up not in slot:
+            path.append(up)
+            up = parents[up]
+        anchor.append(slot[up] if up >= 0 else len(mapped))
+        between.append(path[::-1])
+    tips = [chain[-1] if chain else -1 for chain in binding.joint_bones]
+    needed: set[int] = set()
+    for b in [t for t in tips if t >= 0] + [binding.root_bone]:
+        while b >= 0 and b not in needed:
+            needed.add(b)
+            b = parents[b]
+    plan = _Plan(torch.tensor(mapped), torch.tensor(joint), torch.tensor(parent_joint),
+                 torch.tensor(share, dtype=binding.rest.dtype), torch.tensor(whole, dtype=torch.bool),
+                 torch.stack(axis) if axis else torch.zeros(0, 3, dtype=binding.rest.dtype), torch.tensor(anchor),
+                 between, torch.tensor(tips), sorted(needed))
+    binding._plan_cache = plan
+    return plan
 
 
 def body_to_character(binding: CharacterBinding, poses, transl=None, current=None) -> CharacterPose:
     """Body local axis-angles (B, J, 3) (or rotation matrices (B, J, 3, 3)) and transl (B, 3) ->
     character pose (quaternions (B, N, 4), root location (B, 3)). Unmapped bones keep `current`
-    quaternions ((B, N, 4) or (N, 4)), else their rest."""
+    quaternions ((B, N, 4) or (N, 4)), else their rest. Batched over frames and mapped bones."""
     dtype = binding.rest.dtype
     poses = torch.as_tensor(poses, dtype=dtype)
     local = poses if poses.shape[-2:] == (3, 3) else axis_angle_to_matrix(poses)
@@ -584,49 +656,51 @@ def body_to_character(binding: CharacterBinding, poses, transl=None, current=Non
         raise CharacterError(f"poses have {J} joints, the bound body {len(binding.body_names)}")
     transl = torch.zeros(B, 3, dtype=dtype) if transl is None else torch.as_tensor(transl, dtype=dtype).reshape(B, 3)
     joints, G = skeleton_fk(local, binding.body_rest, binding.body_parents, transl)
-    N = binding.skeleton.num_bones
-    rest = binding.rest
-    eye = torch.eye(3, dtype=dtype).expand(B, 3, 3)
-    if current is not None:
-        cur = rest @ quaternion_to_matrix(_batch_quaternions(current, B, N, dtype)) @ rest.transpose(-1, -2)
-    parents = binding.skeleton.parents.tolist()
-    D: list[Tensor] = [eye] * N
-    for b in range(N):
-        Dp = D[parents[b]] if parents[b] >= 0 else eye
-        j = binding.bone_joint[b]
-        if j < 0:
-            D[b] = Dp @ cur[:, b] if current is not None else Dp
-            continue
-        chain = binding.joint_bones[j]
-        pj = binding.body_parents[j]
-        Gp = G[:, pj] if pj >= 0 else eye
-        share = (chain.index(b) + 1) / len(chain)
-        name = binding.body_names[j]
-        axis = _body_bone_axis(binding, j)
-        part = _twist_swing_share(Gp.transpose(-1, -2) @ G[:, j], axis, share, name in _SPREAD_WHOLE or axis is None)
-        D[b] = Gp @ part @ binding.align[j]
-    D_t = torch.stack(D, 1)
-    parent_D = torch.stack([D[p] if p >= 0 else eye for p in parents], 1)
-    pose_local = rest.transpose(-1, -2) @ parent_D.transpose(-1, -2) @ D_t @ rest
-    quaternions = matrix_to_quaternion(pose_local)
+    N, rest, plan = binding.skeleton.num_bones, binding.rest, _plan(binding)
+    eye = torch.eye(3, dtype=dtype).expand(B, 1, 3, 3)
+    G = torch.cat([G, eye], 1)  # index J: the identity, the root joint's parent
+    Gp = G[:, plan.parent_joint]
+    part = _shares(Gp.transpose(-1, -2) @ G[:, plan.joint], plan.axis, plan.share, plan.whole)
+    D = Gp @ part @ binding.align[plan.joint]  # (B, M, 3, 3) world deltas of the mapped bones
+    D_anchor = torch.cat([D, eye], 1)[:, plan.anchor]
+    quaternions = (torch.tensor([1.0, 0, 0, 0], dtype=dtype).expand(B, N, 4) if current is None
+                   else _batch_quaternions(current, B, N, dtype)).clone()
+    cur = None if current is None else rest @ quaternion_to_matrix(quaternions) @ rest.transpose(-1, -2)
+    D_parent = D_anchor.clone()
+    if cur is not None:  # unmapped bones between a mapped bone and its mapped ancestor keep their rotation
+        for m, path in enumerate(plan.between):
+            for b in path:
+                D_parent[:, m] = D_parent[:, m] @ cur[:, b]
+    R = rest[plan.mapped]
+    quaternions[:, plan.mapped] = matrix_to_quaternion(R.transpose(-1, -2) @ D_parent.transpose(-1, -2) @ D @ R)
     # Root location: the pelvis bone's head at scale x the body's pelvis joint.
-    pelvis = binding.body_names.index("pelvis")
-    heads, _ = skeleton_fk(_world_local(D_t, parents), binding.heads, parents)
     r = binding.root_bone
-    delta = binding.scale * joints[:, pelvis] - heads[:, r]
-    p = parents[r]
-    Dp = D[p] if p >= 0 else eye
+    head, Dp = _unmapped_path_head(binding, r, cur, B)
+    pelvis = binding.body_names.index("pelvis")
+    delta = binding.scale * joints[:, pelvis] - head
     location = (rest[r].T @ Dp.transpose(-1, -2) @ delta.unsqueeze(-1)).squeeze(-1) / binding.unit_scale
     return CharacterPose(quaternions, location)
 
 
-def _world_local(D: Tensor, parents: list[int]) -> Tensor:
-    """World-aligned local rotations (B, N, 3, 3) from world deltas: D_p^T D_b (D_b at a root)."""
-    out = D.clone()
-    for b, p in enumerate(parents):
-        if p >= 0:
-            out[:, b] = D[:, p].transpose(-1, -2) @ D[:, b]
-    return out
+def _unmapped_path_head(binding: CharacterBinding, bone: int, cur: Tensor | None, B: int) -> tuple[Tensor, Tensor]:
+    """The posed head (B, 3) of a bone whose ancestors are all unmapped (the root bone), before its
+    own location, and its parent's world delta (B, 3, 3): the ancestors keep `cur` (or rest)."""
+    parents = binding.skeleton.parents.tolist()
+    path = []
+    b = parents[bone]
+    while b >= 0:
+        path.append(b)
+        b = parents[b]
+    dtype = binding.rest.dtype
+    D = torch.eye(3, dtype=dtype).expand(B, 3, 3)
+    if not path:
+        return binding.heads[bone].expand(B, 3), D
+    head = binding.heads[path[-1]].expand(B, 3)
+    for b, child in zip(path[::-1], path[::-1][1:] + [bone]):
+        if cur is not None:
+            D = D @ cur[:, b]
+        head = head + D @ (binding.heads[child] - binding.heads[b])
+    return head, D
 
 
 def _body_bone_axis(binding: CharacterBinding, j: int) -> Tensor | None:
@@ -639,18 +713,21 @@ def _body_bone_axis(binding: CharacterBinding, j: int) -> Tensor | None:
 def character_to_body(binding: CharacterBinding, quaternions, location=None) -> tuple[Tensor, Tensor]:
     """Character pose (quaternions (B, N, 4), root location (B, 3)) -> body local axis-angles
     (B, J, 3) and transl (B, 3). Body joints without bones follow their parent."""
-    heads, D = character_fk(binding, quaternions, location)
+    plan = _plan(binding)
+    heads, D = character_fk(binding, quaternions, location, bones=plan.needed)
     B = D.shape[0]
     eye = torch.eye(3, dtype=D.dtype).expand(B, 3, 3)
     G: list[Tensor] = []
-    for j, chain in enumerate(binding.joint_bones):
+    for j, tip in enumerate(plan.tips.tolist()):
         p = binding.body_parents[j]
-        if chain:
-            G.append(D[:, chain[-1]] @ binding.align[j].transpose(-1, -2))
+        if tip >= 0:
+            G.append(D[:, tip] @ binding.align[j].transpose(-1, -2))
         else:
             G.append(G[p] if p >= 0 else eye)
-    local = torch.stack([G[j] if p < 0 else G[p].transpose(-1, -2) @ G[j]
-                         for j, p in enumerate(binding.body_parents)], 1)
+    G_t = torch.stack(G, 1)
+    parents = torch.tensor(binding.body_parents)
+    G_p = torch.cat([G_t, eye.unsqueeze(1)], 1)[:, torch.where(parents >= 0, parents, len(G))]
+    local = G_p.transpose(-1, -2) @ G_t
     pelvis = binding.body_names.index("pelvis")
     transl = heads[:, binding.root_bone] / binding.scale - binding.body_rest[pelvis]
     return matrix_to_axis_angle(local), transl

@@ -18,6 +18,7 @@ from core.character import (
     body_to_character,
     character_fk,
     character_to_body,
+    limb_direction_errors,
     rig_world_rotations,
 )
 from core.mocap.bvh import forward_kinematics, parse_bvh
@@ -135,6 +136,15 @@ def test_unmapped_bones_keep_their_current_rotation(body, samples):
     for b in (jaw, twist):
         torch.testing.assert_close(quaternion_to_matrix(pose.quaternions[:, b]),
                                    quaternion_to_matrix(current[b]).expand(4, 3, 3))
+    # the turned floor-level root above the pelvis bone changes nothing the body shows
+    heads, D = character_fk(binding, pose.quaternions, pose.location)
+    joints, G = skeleton_fk(axis_angle_to_matrix(poses[:4]), rest, parents, transl[:4])
+    errors = limb_direction_errors(binding, joints, heads)
+    assert len(errors) == 10 and max(float(e.max()) for e in errors.values()) < 1e-4
+    torch.testing.assert_close(heads[:, binding.root_bone], binding.scale * joints[:, 0], atol=1e-6, rtol=0)
+    wrist = binding.joint_bones[names.index("left_wrist")][0]
+    expected = G[:, names.index("left_wrist")] @ torch.as_tensor(built.t_rest[wrist])
+    assert float(_angle_deg(D[:, wrist] @ binding.rest[wrist], expected).max()) < 2.0
 
 
 # ------------------------------------------------------------------------------------------------
