@@ -70,10 +70,10 @@ from .mocap.skeletons import (
     TARGET_DIRECTION_CHILD,
     BoneMapError,
     SkeletonPreset,
+    check_required,
     default_target_names,
     detect_preset,
     load_preset,
-    missing_required,
 )
 from .mocap.transfer import (
     TransferSetup,
@@ -309,18 +309,11 @@ def _resolve_map(skeleton: CharacterSkeleton, bone_map) -> SkeletonPreset:
     except (KeyError, ValueError, OSError) as error:
         raise BoneMapError(f"{skeleton.source}: {error.args[0] if error.args else error}") from None
     resolved = preset.resolve(skeleton.names)
-    if strict:  # a map written for this rig must name its bones
-        absent = [n for n in preset.source_names() if all(
-            a not in skeleton.names for a in n.split("|")) and n.rsplit(":", 1)[-1] not in
-            {m.rsplit(":", 1)[-1] for m in skeleton.names}]
-        if absent:
-            raise BoneMapError(f"{skeleton.source}: bone map {preset.name!r} names bones the rig lacks: "
-                               f"{', '.join(absent[:10])}")
-    missing = missing_required(resolved)
-    if missing:
-        raise BoneMapError(f"{skeleton.source}: bone map {preset.name!r} finds no bone for the required joint(s) "
-                           f"{', '.join(missing)}")
-    return resolved
+    absent = preset.absent_bones(skeleton.names) if strict else []  # a map written for this rig names its bones
+    if absent:
+        raise BoneMapError(f"{skeleton.source}: bone map {preset.name!r} names bones the rig lacks: "
+                           f"{', '.join(absent[:10])}")
+    return check_required(resolved, skeleton.source)
 
 
 def _depths(parents) -> list[int]:
