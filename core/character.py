@@ -30,6 +30,9 @@ Contract (the Blender side and scripts/retarget.py build on it; shapes are batch
   character's rest joints; `bind_character(..., model=model)` fits and binds in one call.
 * `limb_direction_errors(binding, body_joints, heads)`: per limb, degrees between the body's and
   the character's bone directions (a check and the CLI's report).
+* `rig_points_to_body(binding, points)` / `body_points_to_rig`: positions between the rig's space
+  (units) and the body's model space (targets placed on the character, and back).
+* `CharacterBinding.character_map()`: body joint -> bone names, as reports and map editors show it.
 
 The math (DESIGN.md "Characters"). All in model space after the rig's axes and units. The body's
 joints are world-aligned at rest (R_j0 = I) and its posed world rotations are G_j. A character
@@ -104,6 +107,8 @@ __all__ = [
     "character_to_body",
     "character_fk",
     "rig_world_rotations",
+    "rig_points_to_body",
+    "body_points_to_rig",
     "fit_body",
     "limb_direction_errors",
     "source_agreement",
@@ -555,6 +560,20 @@ def _location_shift(binding: CharacterBinding, D: Tensor, location: Tensor) -> T
     out = torch.zeros(D.shape[0], D.shape[1], 3, dtype=D.dtype)
     out[:, _subtree(binding.skeleton.parents.tolist(), r)] = shift.unsqueeze(1)
     return out
+
+
+def rig_points_to_body(binding: CharacterBinding, points) -> Tensor:
+    """Points (..., 3) in the rig's space and units (e.g. IK targets placed on the character) ->
+    where the body must reach them, in model-space metres: the inverse of the character's
+    `scale` about the origin, as the root translation uses."""
+    p = torch.as_tensor(points, dtype=binding.rest.dtype)
+    return binding.unit_scale * p @ binding.to_model.T / binding.scale
+
+
+def body_points_to_rig(binding: CharacterBinding, points) -> Tensor:
+    """Model-space metres on the body (..., 3) -> the rig's space and units (rig_points_to_body's inverse)."""
+    p = torch.as_tensor(points, dtype=binding.rest.dtype)
+    return binding.scale * p @ binding.to_model / binding.unit_scale
 
 
 def rig_world_rotations(binding: CharacterBinding, D: Tensor) -> Tensor:

@@ -15,10 +15,12 @@ from core.character import (
     BoneMapError,
     CharacterSkeleton,
     bind_character,
+    body_points_to_rig,
     body_to_character,
     character_fk,
     character_to_body,
     limb_direction_errors,
+    rig_points_to_body,
     rig_world_rotations,
 )
 from core.mocap.bvh import forward_kinematics, parse_bvh
@@ -105,6 +107,14 @@ def test_a_pose_rig_with_rolls_other_axes_and_scale_follows_the_body(body, sampl
     assert binding.bone_map.name == preset
     assert binding.unit_scale == pytest.approx(0.01)
     assert binding.scale == pytest.approx(1.0, abs=1e-6)
+    # rig space (Z-up, turned, centimetres) <-> the body's space: the trunk's bones start at its joints
+    skeleton = binding.skeleton
+    trunk = ["pelvis", "spine1", "spine2", "spine3", "neck", "head"]
+    rig_heads = skeleton.heads[[skeleton.index(built.joint_bone[j]) for j in trunk]]
+    torch.testing.assert_close(rig_points_to_body(binding, rig_heads), rest[[names.index(j) for j in trunk]],
+                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(body_points_to_rig(binding, rest[[names.index(j) for j in trunk]]).numpy(), rig_heads,
+                               atol=1e-4)
     poses, transl = samples
     _check_follows(binding, names, parents, rest, poses, transl, built.joint_bone, built.t_rest)
 
