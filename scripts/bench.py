@@ -462,7 +462,8 @@ def bench_character(ctx: Context) -> list[Table]:
     table = Table("Clips onto a character (30 fps, up to 600 frames each; the character follows the solved body)",
                   ["clip -> character", "frames", "limb direction (deg, mean)", "worst limb (deg, mean)",
                    "hands/feet rotation (deg, mean)", "worst hand/foot (deg)", "limb, transfer only (deg)",
-                   "hands/feet, transfer only (deg)", "seconds"])
+                   "hands/feet, transfer only (deg)", "foot slide, source (mm/frame)",
+                   "foot slide, character (mm/frame)", "seconds"])
     for (clip, preset), (character, rest_frame) in CHARACTER_PAIRS:
         motion = read_bvh(folder / clip)
         frames = subsample_indices(motion.num_frames, motion.fps, 30)
@@ -480,19 +481,48 @@ def bench_character(ctx: Context) -> list[Table]:
         binding, _, heads, D = character_motion(skeleton, "auto", model, start_poses, targets.init.transl)
         transfer = clip_agreement(binding, motion, preset, frames, heads, D)
         limb, end = agreement["limb"], agreement["end"]
+        slide_source, slide_character = _foot_slide(motion, preset, frames, binding, heads)
         table.rows.append([f"{clip} -> {Path(character).parent.name}", len(frames), float(np.mean(list(limb.values()))),
                            max(limb.values()), float(np.mean(list(end.values()))), max(end.values()),
                            float(np.mean(list(transfer["limb"].values()))),
-                           float(np.mean(list(transfer["end"].values()))), seconds])
+                           float(np.mean(list(transfer["end"].values()))), slide_source, slide_character, seconds])
     table.notes.append("Limb: angle between the source's bone (hip -> knee, knee -> ankle, shoulder -> elbow, "
                        "elbow -> wrist) and the character's, per frame, averaged; hands/feet: angle between the "
                        "character's hand and foot rotations from rest and the source's carried through both rest "
                        "alignments. Both include the IK's changes to the rotation transfer (the body's joints are "
                        "calibrated landmarks, not the source's joints); the character follows the body exactly. "
                        "'Transfer only': the same character driven by the rotation transfer that starts the IK.")
+    table.notes.append("Foot slide: mean horizontal travel per frame of the ankles over the frames where the source's "
+                       "ankle is planted (within 3 cm of its lowest and moving < 5 mm/frame), the character's divided "
+                       "by its scale (body size).")
     table.notes.append(f"Body: open adult, float32 on {ctx.device}; the clip's shape fitted; seconds = retarget + "
                        "binding + transfer.")
     return [table]
+
+
+def _foot_slide(motion, preset_name, frames, binding, heads) -> tuple[float, float]:
+    """Mean horizontal ankle travel (mm/frame) of the source and of the character (at body size) over
+    the source's planted-ankle frames."""
+    from core.mocap.bvh import forward_kinematics
+    from core.mocap.skeletons import get_preset
+    from core.mocap.transfer import axes_matrix
+
+    preset = get_preset(preset_name)
+    _, positions = forward_kinematics(motion, frames=frames)
+    positions = preset.unit_scale * positions @ axes_matrix(preset.axes).T
+    source, character = [], []
+    for side in ("left", "right"):
+        src = positions[:, motion.index(preset.sources(f"{side}_ankle")[0])]
+        dst = heads[:, binding.joint_bones[binding.body_names.index(f"{side}_ankle")][0]] / binding.scale
+        step_src = (src[1:] - src[:-1])[:, [0, 2]].norm(dim=-1)
+        step_dst = (dst[1:] - dst[:-1])[:, [0, 2]].norm(dim=-1)
+        planted = (src[1:, 1] < src[:, 1].min() + 0.03) & ((src[1:] - src[:-1]).norm(dim=-1) < 0.005)
+        source.append(step_src[planted])
+        character.append(step_dst[planted])
+    source, character = torch.cat(source), torch.cat(character)
+    if not len(source):
+        return float("nan"), float("nan")
+    return 1000 * float(source.mean()), 1000 * float(character.mean())
 
 
 # --------------------------------------------------------------------------- section: blender
