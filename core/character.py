@@ -33,6 +33,15 @@ Contract (the Blender side and scripts/retarget.py build on it; shapes are batch
 * `rig_points_to_body(binding, points)` / `body_points_to_rig`: positions between the rig's space
   (units) and the body's model space (targets placed on the character, and back).
 * `CharacterBinding.character_map()`: body joint -> bone names, as reports and map editors show it.
+* Headless helpers: `character_motion` (a solved body motion on a character), `bvh_channels` /
+  `armature_bvh` + `armature_bvh_channels` (BVH output), `source_agreement` / `clip_agreement`
+  (limb directions and hand/foot rotations against a mocap source).
+
+The parents are the rig's own bone parents. A bone whose parent is driven by constraints (a
+generated Rigify rig's FK controls sit under MCH- bones) has a pose-bone rotation relative to that
+parent's rest as computed here (unmapped parents keep `current`), not to its evaluated pose: such
+rigs need the parents' evaluated matrices passed as `current`-equivalent or a map of unconstrained
+bones (the DEF- bones).
 
 The math (DESIGN.md "Characters"). All in model space after the rig's axes and units. The body's
 joints are world-aligned at rest (R_j0 = I) and its posed world rotations are G_j. A character
