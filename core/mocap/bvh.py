@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import VPoserError
-from ..rotations import euler_to_matrix
+from ..rotations import euler_to_matrix, matrix_to_euler
 
 __all__ = [
     "BVHError",
@@ -43,6 +43,9 @@ __all__ = [
     "rest_positions",
     "end_site_positions",
     "format_bvh",
+    "depth_first_order",
+    "motion_channels",
+    "write_bvh",
 ]
 
 _POSITION_CHANNELS = ("Xposition", "Yposition", "Zposition")
@@ -443,6 +446,22 @@ def end_site_positions(motion: BVHMotion, global_rot: Tensor, global_pos: Tensor
 # Writing (small files: tests, exporting a converted clip)
 
 
+def depth_first_order(parents) -> list[int]:
+    """Joint indices in the order a BVH file lists them: depth first from the root, children in
+    index order."""
+    parents = [int(p) for p in parents]
+    children: dict[int, list[int]] = {}
+    for j, p in enumerate(parents):
+        children.setdefault(p, []).append(j)
+    order: list[int] = []
+    stack = list(reversed(children.get(-1, [])))
+    while stack:
+        j = stack.pop()
+        order.append(j)
+        stack.extend(reversed(children.get(j, [])))
+    return order
+
+
 def format_bvh(
     names: list[str],
     parents,
@@ -452,7 +471,10 @@ def format_bvh(
     frame_time: float,
     end_sites: dict[int, tuple[float, float, float]] | None = None,
 ) -> str:
-    """BVH text for a joint tree (parents before children) and a (T, C) array of channel values."""
+    """BVH text for a joint tree (parents before children) and a (T, C) array of channel values, its
+    columns joint by joint in the order given. The file lists the joints depth first (children in
+    the order given), as BVH requires, so a reader sees them in `depth_first_order(parents)`; the
+    columns are written in that order too."""
     parents = [int(p) for p in parents]
     offsets = np.asarray(offsets, dtype=np.float64)
     frames = np.atleast_2d(np.asarray(frames, dtype=np.float64))
@@ -481,6 +503,48 @@ def format_bvh(
     if len(roots) != 1:
         raise ValueError("a BVH skeleton needs exactly one root")
     emit(roots[0], 0)
+    starts = np.cumsum([0] + [len(c) for c in channels])
+    columns = [c for j in depth_first_order(parents) for c in range(starts[j], starts[j + 1])]
+    frames = frames[:, columns] if frames.size else frames
     out += ["MOTION", f"Frames: {len(frames)}", f"Frame Time: {frame_time:.7f}"]
     out += [" ".join(f"{v:.6f}" for v in row) for row in frames]
     return "\n".join(out) + "\n"
+
+
+def motion_channels(motion: BVHMotion, world_rotations, world_positions) -> np.ndarray:
+    """(T, C) channel values that pose `motion`'s hierarchy with the given joint world rotations
+    (T, J, 3, 3) and positions (T, J, 3) (file units and axes): the inverse of forward_kinematics.
+    Rotation channels get each joint's local rotation as Euler angles in its channel order;
+    position channels its position in the parent's frame (the root's: its world position). A joint
+    with fewer than three rotation channels keeps only those angles."""
+    G = torch.as_tensor(np.asarray(world_rotations), dtype=torch.float64)
+    P = torch.as_tensor(np.asarray(world_positions), dtype=torch.float64)
+    T, J = G.shape[:2]
+    if J != motion.num_joints or P.shape != (T, J, 3):
+        raise ValueError(f"{motion.source}: expected rotations (T, {motion.num_joints}, 3, 3) and positions "
+                         f"(T, {motion.num_joints}, 3), got {tuple(G.shape)} and {tuple(P.shape)}")
+    parents = motion.parents.tolist()
+    out = np.zeros((T, sum(len(c) for c in motion.channels)))
+    for j, channels in enumerate(motion.channels):
+        if not channels:
+            continue
+        p = parents[j]
+        local = G[:, j] if p < 0 else G[:, p].transpose(-1, -2) @ G[:, j]
+        offset = P[:, j] if p < 0 else (G[:, p].transpose(-1, -2) @ (P[:, j] - P[:, p]).unsqueeze(-1)).squeeze(-1)
+        degrees = np.rad2deg(matrix_to_euler(local, motion.rotation_orders[j]).numpy())
+        col, rot = int(motion.channel_start[j]), 0
+        for c in channels:
+            if c in _POSITION_CHANNELS:
+                out[:, col] = offset[:, "XYZ".index(c[0])].numpy()
+            else:
+                out[:, col] = degrees[:, rot]
+                rot += 1
+            col += 1
+    return out
+
+
+def write_bvh(path: str | Path, motion: BVHMotion, frames: np.ndarray, frame_time: float) -> None:
+    """Write `motion`'s hierarchy (names, OFFSETs, channels, End Sites) with new channel values (T, C)."""
+    text = format_bvh(motion.names, motion.parents, motion.offsets, motion.channels, frames, frame_time,
+                      {j: tuple(v) for j, v in motion.end_sites.items()})
+    Path(path).write_text(text, encoding="utf-8")
