@@ -12,14 +12,15 @@ frames, under a prior that keeps it natural, and its mean then held fixed for th
 body, as the user would build it. Skeletons also place their joints differently (a CMU hip joint
 sits wider than SMPL's): each joint landmark is calibrated on the same frames as a constant offset
 along its parent segment, as mocap solvers calibrate markers, so those differences neither show as
-error nor bend the poses.
+error nor bend the poses. A marker layout is calibrated likewise, as MoSh++ does (core.markers):
+each marker's place on the body and its distance off the skin, together with the shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from .body_model import BodyModel
 from .ik import IKResult, IKSolver, IKState, IKWeights, Stage
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
 from .lm import LMOptions
+from .markers import (CalibrationOptions, MarkerPlacement, calibration_document, place_markers, surface_keypoints,
+                      unposed_targets, with_placements)
 from .mocap.bvh import BVHMotion, forward_kinematics
 from .mocap.skeletons import SkeletonPreset, load_preset
 from .mocap.transfer import build_transfer, source_rest, transfer_rotations, transfer_translation
@@ -54,6 +57,7 @@ class ClipTargets:
     fps: float
     init: IKState | None = None
     source_frames: np.ndarray | None = None  # the source frame of each row
+    unused_labels: tuple[str, ...] = ()  # source markers the layout does not know (not fitted)
 
 
 def bvh_targets(motion: BVHMotion, preset: SkeletonPreset | str | dict, model: BodyModel,
@@ -105,27 +109,37 @@ def skeleton_targets(preset: SkeletonPreset | str | dict, names: list[str], rest
 MIN_MARKERS = 6  # visible markers a frame needs to be solved
 
 
-def marker_targets(model: BodyModel, layout: str | Path, labels: Sequence[str], positions: np.ndarray,
+def marker_targets(model: BodyModel, layout: str | Path | Mapping, labels: Sequence[str], positions: np.ndarray,
                    fps: float, source: str = "markers") -> ClipTargets:
     """Targets from marker trajectories already in model space (T, M, 3) metres, NaN where a marker
-    was not seen, and a layout (JSON, see core.keypoints) naming where each label sits on the body.
-    Markers the layout does not know are ignored; frames with fewer than MIN_MARKERS visible
+    was not seen, and a layout (a JSON file, see core.keypoints, or its document as a dict, e.g. a
+    calibration) naming where each label sits on the body. Markers the layout does not know are
+    not fitted and are listed in `unused_labels`; frames with fewer than MIN_MARKERS visible
     layout markers are left out (`source_frames` keeps the others' indices)."""
-    full = KeypointSet.from_json(model, layout)
+    if isinstance(layout, Mapping):
+        name = str(layout.get("description", "<layout>"))[:40]
+        if not isinstance(layout.get("markers"), Mapping):
+            raise RetargetError(f"{source}: the layout {name!r} has no 'markers' object")
+        full = KeypointSet.from_dict(model, layout["markers"], source=name)
+    else:
+        name = Path(layout).name
+        full = KeypointSet.from_json(model, layout)
     entries = full.to_dict()
     known = [label for label in full.names if label in set(labels)]
     if len(known) < MIN_MARKERS:
-        raise RetargetError(f"{source}: only {len(known)} of its markers are in the layout {Path(layout).name} "
-                            f"(it names {', '.join(full.names[:8])}, ...); a layout for this marker set is needed")
+        raise RetargetError(f"{source}: only {len(known)} of its markers are in the layout {name} "
+                            f"(it names {', '.join(full.names[:8])}, ...); a layout for this marker set is needed "
+                            "(scripts/make_marker_layout.py --trial starts one from a take)")
     columns = [list(labels).index(label) for label in known]
     chosen = np.asarray(positions, dtype=np.float64)[:, columns]
     visible = np.isfinite(chosen).all(-1).sum(1)
     frames = np.flatnonzero(visible >= MIN_MARKERS)
     if not len(frames):
         raise RetargetError(f"{source}: no frame shows {MIN_MARKERS} or more of the layout's markers")
-    keypoints = KeypointSet.from_dict(model, {label: entries[label] for label in known}, source=str(layout))
+    keypoints = KeypointSet.from_dict(model, {label: entries[label] for label in known}, source=name)
     like = {"dtype": model.dtype, "device": model.device}
-    return ClipTargets(keypoints, torch.as_tensor(chosen[frames]).to(**like), fps, None, frames)
+    unused = tuple(label for label in labels if label not in set(known))
+    return ClipTargets(keypoints, torch.as_tensor(chosen[frames]).to(**like), fps, None, frames, unused)
 
 
 @dataclass(frozen=True)
@@ -138,7 +152,9 @@ class RetargetOptions:
     calibrate: for joint landmarks, also find where each source joint sits relative to the body's
     (a constant offset along the parent segment per landmark, as mocap solvers calibrate markers):
     skeletons place joints differently (CMU's shoulder sits above SMPL's), and without it those
-    constant differences would show as error or bend every pose.
+    constant differences would show as error or bend every pose. For surface markers, likewise:
+    each marker's place on the body and distance off the skin are fitted with the shape on the
+    same frames (core.markers, `marker_calibration` its options).
     The prior is used only for frames without a start state (markers). With a start state,
     `stay` weighs each joint's rotation change from it (as IKWeights.pin): positions leave some
     rotations free (twist about a bone, how a spine without targets bends), and those keep the
@@ -152,6 +168,7 @@ class RetargetOptions:
     max_iterations: int | None = None
     stay: float = 1e-4
     weights: IKWeights = field(default_factory=IKWeights)
+    marker_calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
 
 
 @dataclass
@@ -169,6 +186,7 @@ class RetargetResult:
     fps: float
     seconds: float
     offsets: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # calibrated, metres
+    calibration: dict | None = None  # calibrated surface markers (core.markers.calibration_document)
 
     @property
     def mpjpe_mm(self) -> float:
@@ -206,6 +224,7 @@ class Retarget:
                              else torch.as_tensor(betas, dtype=model.dtype, device=model.device).reshape(model.num_betas))
         self.seconds = 0.0
         self._done = 0
+        self.placements: list[MarkerPlacement] = []
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         total = self.targets.positions.shape[0]
@@ -215,6 +234,8 @@ class Retarget:
                 self.betas = self._fit_shape()
                 if self.options.calibrate and self.keypoints.only_joints:
                     self._calibrate()
+                elif self.options.calibrate and surface_keypoints(self.keypoints):
+                    self._calibrate_markers()
             rows = torch.arange(self._done, min(total, self._done + self.options.batch_size), device=self.model.device)
             result = self._solve(rows, self.betas)
             self.poses[rows] = result.full_pose()
@@ -229,8 +250,10 @@ class Retarget:
         if self._done < self.targets.positions.shape[0]:
             raise RetargetError(f"the retarget stopped after {self._done} of {self.targets.positions.shape[0]} frames")
         offsets = {point.name: point.local for point in self.keypoints.keypoints if any(point.local)}
+        calibration = (calibration_document(self.keypoints, self.betas, self.placements)
+                       if self.placements else None)
         return RetargetResult(self.poses, self.transl, self.betas, self.errors, self.iterations,
-                              self.keypoints.names, self.targets.fps, self.seconds, offsets)
+                              self.keypoints.names, self.targets.fps, self.seconds, offsets, calibration)
 
     def _fit_shape(self) -> Tensor:
         """The mean of per-frame shapes solved on spread frames (the fixed shape when not asked for)."""
@@ -271,6 +294,23 @@ class Retarget:
                                             for point, local in zip(keypoints.keypoints, locals_.tolist())],
                                     source="calibrated landmarks")
             self.keypoints = keypoints
+
+    def _calibrate_markers(self) -> None:
+        """MoSh-style: on spread frames, alternately solve the poses (and the shape) and move each
+        surface marker to where the frames put it on the rest body (core.markers.place_markers)."""
+        options = self.options.marker_calibration
+        rows = self._spread_rows()
+        targets = self.targets.positions[rows]
+        guesses = surface_keypoints(self.targets.keypoints)
+        column = [self.keypoints.names.index(point.name) for point in guesses]
+        for _ in range(options.rounds):
+            result = self._solve(rows, self.betas)
+            unposed = unposed_targets(self.model, surface_keypoints(self.keypoints), result.rotations, self.betas,
+                                      result.transl, targets[:, column])
+            self.placements = place_markers(self.model, surface_keypoints(self.keypoints), guesses, self.betas,
+                                            unposed, options)
+            self.keypoints = with_placements(self.keypoints, self.placements)
+            self.betas = self._fit_shape()
 
     def _solve(self, rows: Tensor, betas: Tensor, solve_betas: bool = False) -> IKResult:
         unknowns = POSE + ("betas",) if solve_betas else POSE
