@@ -238,3 +238,29 @@ def read_calibration(document: Mapping, source: str = "calibration") -> np.ndarr
     if values.ndim != 1 or not np.isfinite(values).all():
         raise ValueError(f"{source}: 'betas' must be a list of numbers (the subject's shape), got {betas!r}")
     return values
+
+
+def displaced_layout(keypoints: KeypointSet, seed: int, slide: tuple[float, float] = (0.01, 0.03),
+                     offset: tuple[float, float] = (0.005, 0.015)) -> KeypointSet:
+    """A stand-in subject for evaluations: each surface marker slid a uniform `slide` distance
+    (metres) in a random direction along the rest skin (to the nearest surface point there) and
+    put a uniform `offset` off it, as markers on a real subject sit away from a layout's guess."""
+    model = keypoints.model
+    rng = np.random.default_rng(seed)
+    vertices, faces = model.v_template.detach().double().cpu().numpy(), model.faces.cpu().numpy()
+    moved, points = [], surface_keypoints(keypoints)
+    for point in points:
+        corners = vertices[faces[point.index]]
+        normal = np.cross(corners[1] - corners[0], corners[2] - corners[0])
+        normal /= np.linalg.norm(normal)
+        direction = rng.normal(size=3)
+        direction -= (direction @ normal) * normal
+        moved.append(np.asarray(point.barycentric) @ corners
+                     + rng.uniform(*slide) * direction / np.linalg.norm(direction))
+    triangles, bary, _ = nearest_surface_points(vertices, faces, np.array(moved),
+                                                near=rest_positions(model, points, torch.zeros(model.num_betas)))
+    placed = {point.name: Keypoint(point.name, "surface", int(t), tuple(float(w) for w in b),
+                                   float(rng.uniform(*offset)))
+              for point, t, b in zip(points, triangles, bary)}
+    return KeypointSet(model, [placed.get(point.name, point) for point in keypoints.keypoints],
+                       source=f"displaced layout (seed {seed})")

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["UNIT_SCALES", "C3DError", "C3DWarning", "MarkerClip", "lab_to_model_rotation", "read_c3d", "to_model_space"]
+__all__ = ["UNIT_SCALES", "C3DError", "C3DWarning", "MarkerClip", "lab_to_model_rotation", "read_c3d", "to_model_space", "write_c3d"]
 
 UNIT_SCALES = {"mm": 1e-3, "cm": 1e-2, "m": 1.0}  # metres per file unit
 _MAGIC = 0x50  # the second byte of every C3D file
@@ -135,6 +135,31 @@ def read_c3d(
     for note in notes:
         warnings.warn(f"{source}: {note}", C3DWarning, stacklevel=2)
     return MarkerClip(source, _clean_labels(labels, strip_subject), positions, frame_rate, first_frame, notes)
+
+
+def write_c3d(path: str | Path, labels: list[str], positions: np.ndarray, frame_rate: float, units: str = "mm",
+              first_frame: int = 1, analog_rate: float = 0.0) -> Path:
+    """Write marker trajectories (T, M, 3) metres in the lab frame, NaN where missing (written with
+    a negative residual, as C3D marks an invalid sample), as a float C3D file in `units`.
+    analog_rate: the ANALOG:RATE to declare (a multiple of frame_rate); no channels are written."""
+    library = _c3d_library()
+    if units not in UNIT_SCALES:
+        raise C3DError(f"{path}: units {units!r} is not one of {sorted(UNIT_SCALES)}")
+    positions = np.asarray(positions, dtype=np.float64)
+    writer = library.Writer(point_rate=float(frame_rate), analog_rate=float(analog_rate), point_units=units)
+    no_analog = np.zeros((0, int(round(analog_rate / frame_rate))))
+    writer.set_point_labels(list(labels))
+    writer.set_start_frame(int(first_frame))
+    missing = ~np.isfinite(positions).all(-1)
+    samples = np.zeros((len(labels), 5), np.float32)
+    for frame, gone in zip(np.nan_to_num(positions) / UNIT_SCALES[units], missing):
+        samples[:, :3] = frame
+        samples[:, 3] = np.where(gone, -1.0, 0.0)
+        writer.add_frames([(samples.copy(), no_analog)])
+    with open(path, "wb") as handle, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the package warns that there are no analog channels
+        writer.write(handle)
+    return Path(path)
 
 
 def lab_to_model_rotation(up: str = "z") -> np.ndarray:

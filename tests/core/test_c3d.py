@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from core.mocap.c3d import C3DError, C3DWarning, lab_to_model_rotation, read_c3d, to_model_space
+from core.mocap.c3d import write_c3d as write_trajectories
 
 c3d = pytest.importorskip("c3d")
 
@@ -190,6 +191,15 @@ def test_other_writers_conventions_metres_y_up_gaps_residuals(tmp_path):
     assert (np.isnan(model).any(-1) == missing).all()
     np.testing.assert_allclose(model[~missing], points[~missing], atol=1e-6)
     assert clip.frame_rate == 100.0
+
+
+def test_written_trajectories_read_back_with_their_gaps(tmp_path, trajectories):
+    metres = trajectories / 1000
+    metres[2, 1] = np.nan
+    path = write_trajectories(tmp_path / "out.c3d", ["A", "B", "C", "D"], metres, 60.0, units="cm", first_frame=3)
+    clip = read_c3d(path)
+    assert clip.labels == ("A", "B", "C", "D") and clip.frame_rate == 60.0 and clip.first_frame == 3
+    np.testing.assert_allclose(clip.positions, metres, atol=1e-6)  # NaN where NaN
 
 
 def test_missing_package_says_how_to_install(tmp_path, monkeypatch):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from core.body_model import BodyModel
-from core.keypoints import Keypoint, KeypointSet
-from core.markers import (closest_barycentric, nearest_surface_points, read_calibration, rest_positions,
+from core.keypoints import KeypointSet
+from core.markers import (closest_barycentric, displaced_layout, nearest_surface_points, read_calibration, rest_positions,
                           surface_keypoints, unposed_targets)
 from core.retarget import Retarget, RetargetOptions, marker_targets
 
@@ -70,27 +70,8 @@ def test_unposed_targets_invert_the_posed_markers(body, prior):
                                atol=1e-4)
 
 
-def _moved_layout(body: BodyModel, seed: int) -> KeypointSet:
-    """The shipped layout's markers slid 1-3 cm along the skin and 5-15 mm off it: a subject's."""
-    rng = np.random.default_rng(seed)
-    vertices, faces = body.v_template.double().numpy(), body.faces.numpy()
-    shipped = KeypointSet.from_json(body, LAYOUT)
-    moved = []
-    for point in shipped.keypoints:
-        corners = vertices[faces[point.index]]
-        normal = np.cross(corners[1] - corners[0], corners[2] - corners[0])
-        normal /= np.linalg.norm(normal)
-        direction = rng.normal(size=3)
-        direction -= (direction @ normal) * normal
-        moved.append(np.asarray(point.barycentric) @ corners
-                     + rng.uniform(0.01, 0.03) * direction / np.linalg.norm(direction))
-    triangles, bary, _ = nearest_surface_points(vertices, faces, np.array(moved))
-    return KeypointSet(body, [Keypoint(point.name, "surface", int(t), tuple(b), float(rng.uniform(0.005, 0.015)))
-                              for point, t, b in zip(shipped.keypoints, triangles, bary)])
-
-
 def test_calibration_finds_where_the_subjects_markers_sit(body, prior):
-    subject = _moved_layout(body, seed=1)
+    subject = displaced_layout(KeypointSet.from_json(body, LAYOUT), seed=1)
     frames = 40
     generator = torch.Generator().manual_seed(5)
     betas = 0.8 * torch.randn(body.num_betas, generator=generator)
