@@ -71,7 +71,7 @@ def nearest_surface_points(vertices: np.ndarray, faces: np.ndarray, points: np.n
     triangles, weights, signed = [], [], []
     corners_all = vertices[faces]
     for point, centre in zip(points, near):
-        close = np.flatnonzero((np.linalg.norm(corners_all - centre, axis=-1) < radius).any(axis=1))
+        close = np.flatnonzero((np.linalg.norm(vertices - centre, axis=1) < radius)[faces].any(axis=1))
         candidates = close if len(close) else np.arange(len(faces))
         corners = corners_all[candidates]
         bary = closest_barycentric(point, corners)

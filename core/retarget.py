@@ -41,6 +41,7 @@ from .vposer import VPoser
 
 POSE = ("orient", "transl", "pose")
 WARM_ITERATIONS = 3  # from the rotation transfer, a few steps reach the targets
+WARM_ITERATIONS_PRIOR = 8  # from a previous solve of the same frames, before its markers moved
 
 
 class RetargetError(ValueError):
@@ -255,14 +256,15 @@ class Retarget:
         return RetargetResult(self.poses, self.transl, self.betas, self.errors, self.iterations,
                               self.keypoints.names, self.targets.fps, self.seconds, offsets, calibration)
 
-    def _fit_shape(self) -> Tensor:
-        """The mean of per-frame shapes solved on spread frames (the fixed shape when not asked for)."""
+    def _fit_shape(self, init: IKResult | None = None, betas: Tensor | None = None) -> Tensor:
+        """The mean of per-frame shapes solved on spread frames (the fixed shape when not asked for),
+        from the mean shape or `betas`, warm-started from `init` (a solve of the same rows) if given."""
         model = self.model
         if not self.options.fit_shape or not model.num_betas:
             return self._fixed_betas
-        zeros = torch.zeros(model.num_betas, dtype=model.dtype, device=model.device)
+        start = torch.zeros(model.num_betas, dtype=model.dtype, device=model.device) if betas is None else betas
         rows = self._spread_rows()
-        result = self._solve(rows, zeros.expand(len(rows), -1), solve_betas=True)
+        result = self._solve(rows, start.expand(len(rows), -1), solve_betas=True, previous=init)
         usable = torch.isfinite(result.errors).any(1)
         return result.betas[usable].mean(0)
 
@@ -303,16 +305,20 @@ class Retarget:
         targets = self.targets.positions[rows]
         guesses = surface_keypoints(self.targets.keypoints)
         column = [self.keypoints.names.index(point.name) for point in guesses]
-        for _ in range(options.rounds):
-            result = self._solve(rows, self.betas)
+        result = None
+        for _ in range(options.rounds):  # after the first, each solve goes on from the last one's poses
+            result = self._solve(rows, self.betas, previous=result)
             unposed = unposed_targets(self.model, surface_keypoints(self.keypoints), result.rotations, self.betas,
                                       result.transl, targets[:, column])
             self.placements = place_markers(self.model, surface_keypoints(self.keypoints), guesses, self.betas,
                                             unposed, options)
             self.keypoints = with_placements(self.keypoints, self.placements)
-            self.betas = self._fit_shape()
+            self.betas = self._fit_shape(init=result, betas=self.betas)
 
-    def _solve(self, rows: Tensor, betas: Tensor, solve_betas: bool = False) -> IKResult:
+    def _solve(self, rows: Tensor, betas: Tensor, solve_betas: bool = False, previous: IKResult | None = None
+               ) -> IKResult:
+        """Solve the rows: from the clip's start states (skeletons), from `previous` (a solve of
+        the same rows through the prior: WARM_ITERATIONS_PRIOR iterations) or from the prior's mean."""
         unknowns = POSE + ("betas",) if solve_betas else POSE
         keypoints, init, targets = self.keypoints, self.targets.init, self.targets.positions[rows]
         iterations = self.options.max_iterations or (WARM_ITERATIONS if init is not None else LMOptions.max_iterations)
@@ -326,9 +332,11 @@ class Retarget:
             # Aligned rigidly first: a start off by a rigid shift would otherwise be taken up by the joints.
             return solver.solve(targets, init=init.select(rows), betas=betas, pins=_moving_joints(keypoints),
                                 stages=[Stage(unknowns, iterations, prior=False)], align=True)
+        if previous is not None:
+            lm = LMOptions(max_iterations=self.options.max_iterations or WARM_ITERATIONS_PRIOR)
         solver = IKSolver(self.model, keypoints, self.prior, weights=weights, unknowns=unknowns,
                           lm_options=lm)
-        return solver.solve(targets, betas=betas)
+        return solver.solve(targets, betas=betas, init=previous)
 
 
 def _moving_joints(keypoints: KeypointSet) -> tuple[str, ...]:
