@@ -264,3 +264,37 @@ def displaced_layout(keypoints: KeypointSet, seed: int, slide: tuple[float, floa
               for point, t, b in zip(points, triangles, bary)}
     return KeypointSet(model, [placed.get(point.name, point) for point in keypoints.keypoints],
                        source=f"displaced layout (seed {seed})")
+
+
+def markers_from_poses(model: BodyModel, labels: Sequence[str], positions: np.ndarray, rotations: Tensor,
+                       betas: Tensor, transl: Tensor, options: CalibrationOptions = CalibrationOptions()
+                       ) -> dict[str, dict]:
+    """Layout entries for markers no layout knows yet, from frames whose body is already fitted
+    (e.g. by the markers a layout does know): in each frame the marker's nearest point on the
+    posed mesh, carried to the rest body through that triangle (as `unposed_targets`), the
+    frames' robust mean, then its nearest surface point on the shaped rest mesh and distance off
+    the skin (within options.offset_range). positions (t, M, 3) model space metres, NaN where
+    unseen; rotations (t, J, 3, 3), betas (num_betas,), transl (t, 3). Markers never seen are
+    left out."""
+    faces = model.faces.cpu().numpy()
+    with torch.no_grad():
+        posed = model.forward_rotations(rotations, betas.expand(len(rotations), -1), None, transl).vertices
+    posed = posed.double().cpu().numpy()
+    rest = model.shaped_vertices(betas.reshape(1, -1))[0].detach().double().cpu().numpy()
+    samples = np.full(positions.shape, np.nan)
+    for frame in range(len(positions)):
+        seen = np.flatnonzero(np.isfinite(positions[frame]).all(-1))
+        if not len(seen):
+            continue
+        triangles, bary, signed = nearest_surface_points(posed[frame], faces, positions[frame, seen])
+        corners = torch.as_tensor(rest[faces[triangles]])
+        normal = _triangle_frame(corners)[..., 2].numpy()
+        samples[frame, seen] = np.einsum("kc,kcd->kd", bary, rest[faces[triangles]]) + signed[:, None] * normal
+    seen = np.isfinite(samples).all(-1).any(0)
+    mean = robust_mean(samples[:, seen])
+    triangles, bary, signed = nearest_surface_points(rest, faces, mean)
+    low, high = options.offset_range
+    names = [label for label, shown in zip(labels, seen) if shown]
+    return {name: {"triangle": int(t), "barycentric": [round(float(w), 6) for w in b],
+                   "offset": round(float(np.clip(d, low, high)), 5)}
+            for name, t, b, d in zip(names, triangles, bary, signed)}

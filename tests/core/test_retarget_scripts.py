@@ -123,3 +123,41 @@ def test_retarget_reads_a_cmu_like_c3d_lists_unknown_markers_and_reuses_a_calibr
     broken.write_text('{"markers": {}, "betas": "tall"}')
     third = run("scripts/retarget.py", str(trial), "--calibration", str(broken))
     assert third.returncode != 0 and "broken.json: 'betas' must be a list of numbers" in third.stderr
+
+
+def test_make_marker_layout_starts_a_layout_from_one_trial(tmp_path):
+    """A take with the Plug-in Gait markers and four more at known surface points: the layout made
+    from it puts the newcomers where they were (on the rest body), and keeps the known ones."""
+    import torch
+
+    from core.body_model import BodyModel
+    from core.keypoints import KeypointSet, sample_surface
+    from core.markers import rest_positions, surface_keypoints
+    from core.mocap.c3d import lab_to_model_rotation, write_c3d
+    from core.vposer import load_default_vposer
+
+    body, prior = BodyModel.open_default("adult"), load_default_vposer()
+    shipped = KeypointSet.from_json(body, REPO / "core" / "data" / "markers_plugin_gait_open.json")
+    extra = sample_surface(body, 4, offset=0.01, seed=3)
+    both = KeypointSet(body, [*shipped.keypoints, *extra.keypoints])
+    frames = 30
+    rotations = torch.eye(3).expand(frames, body.num_joints, 3, 3).clone()
+    with torch.no_grad():
+        latent = 0.7 * torch.randn(frames, prior.latent_dim, generator=torch.Generator().manual_seed(1))
+        rotations[:, 1:22] = prior.decode_matrix(latent)
+        points = both.evaluate(rotations, None, torch.zeros(frames, 3)).numpy()
+    trial = write_c3d(tmp_path / "new_set.c3d", list(both.names), points @ lab_to_model_rotation("z"), 100.0)
+    out = tmp_path / "new_set.json"
+
+    result = run("scripts/make_marker_layout.py", "--trial", str(trial), "--out", str(out))
+
+    assert result.returncode == 0, result.stderr
+    made = KeypointSet.from_json(body, out)
+    assert made.names == both.names
+    zeros = torch.zeros(body.num_betas)
+    placed = dict(zip(made.names, rest_positions(body, surface_keypoints(made), zeros)))
+    truth = dict(zip(both.names, rest_positions(body, surface_keypoints(both), zeros)))
+    for name in extra.names:
+        assert np.linalg.norm(placed[name] - truth[name]) < 0.015, name
+    refused = run("scripts/make_marker_layout.py", "--trial", str(trial))
+    assert refused.returncode != 0 and "--trial needs --out" in refused.stderr
