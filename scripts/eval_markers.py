@@ -15,6 +15,7 @@ uncalibrated and calibrated (core.markers), and compared with the truth:
 
     python scripts/eval_markers.py path/to/cmu_asfamc_bvh          # clips 06_12 and 49_03, 1,000 frames each
     python scripts/eval_markers.py CLIP.bvh ... --frames 600 --keep-c3d DIR
+    python scripts/eval_markers.py path/to/cmu_asfamc_bvh --plot docs/images/marker_calibration.png
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for folder in (REPO, REPO / "scripts"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 from core.body_model import BodyModel  # noqa: E402
 from core.keypoints import KeypointSet  # noqa: E402
@@ -72,20 +74,22 @@ def cmu_analog_header(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def make_take(model: BodyModel, clip: Path, frames: int, seed: int, args: argparse.Namespace, folder: Path):
-    """The clip's skeleton solve, a subject, and their marker take written as C3D: (path, truth)."""
+def make_take(model: BodyModel, clip: Path, frames: int, seed: int, folder: Path, noise_mm: float = 1.5,
+              gaps: float = 0.01, shape_spread: float = 0.5):
+    """The clip's skeleton solve, a subject, and their marker take written as C3D: (path, truth
+    joints (T, 22, 3)). A clip shorter than `frames` is looped."""
     motion = read_bvh(clip)
-    rows = np.arange(min(frames, motion.num_frames))
+    rows = np.arange(frames) % motion.num_frames
     source = solve(model, bvh_targets(motion, "cmu", model, rows), None, RetargetOptions())
     generator = torch.Generator().manual_seed(seed)
-    betas = source.betas + args.shape_spread * torch.randn(model.num_betas, generator=generator, dtype=model.dtype)
+    betas = source.betas + shape_spread * torch.randn(model.num_betas, generator=generator, dtype=model.dtype)
     subject = displaced_layout(KeypointSet.from_json(model, LAYOUT), seed)
     with torch.no_grad():
         rotations = axis_angle_to_matrix(source.poses.view(len(rows), -1, 3))
         points = subject.evaluate(rotations, betas.expand(len(rows), -1), source.transl).double().numpy()
     rng = np.random.default_rng(seed)
-    points = points + rng.normal(scale=args.noise_mm / 1000, size=points.shape)
-    points[rng.random(points.shape[:2]) < args.gaps] = np.nan
+    points = points + rng.normal(scale=noise_mm / 1000, size=points.shape)
+    points[rng.random(points.shape[:2]) < gaps] = np.nan
     lab = points @ lab_to_model_rotation("z")  # model -> Z-up lab (row vectors: the inverse rotation)
     path = write_c3d(folder / f"{clip.stem}_markers.c3d", list(subject.names), lab, round(motion.fps, 3), units="mm",
                       analog_rate=5 * round(motion.fps, 3))
@@ -93,7 +97,8 @@ def make_take(model: BodyModel, clip: Path, frames: int, seed: int, args: argpar
     return path, body_joints(model, source.poses, betas, source.transl)
 
 
-def evaluate(model: BodyModel, prior, path: Path, truth: np.ndarray, calibrate: bool) -> dict:
+def evaluate(model: BodyModel, prior, path: Path, truth: np.ndarray, calibrate: bool) -> tuple[dict, object, object]:
+    """The take retargeted from its markers: (report, retarget result, targets)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", C3DWarning)
         clip = read_c3d(path)
@@ -111,38 +116,55 @@ def evaluate(model: BodyModel, prior, path: Path, truth: np.ndarray, calibrate: 
         values = result.calibration["calibration"].values()
         report["mean_slide_mm"] = round(float(np.mean([v["slide_mm"] for v in values])), 1)
         report["mean_offset_mm"] = round(float(np.mean([v["offset_mm"] for v in values])), 1)
-    return report
+    return report, result, targets
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("clips", nargs="+", type=Path, help="CMU BVH clips, or a folder holding 06_12 and 49_03")
-    parser.add_argument("--frames", type=int, default=1000, help="first frames of each clip")
-    parser.add_argument("--noise-mm", type=float, default=1.5)
-    parser.add_argument("--gaps", type=float, default=0.01, help="share of marker samples occluded")
-    parser.add_argument("--shape-spread", type=float, default=0.5)
-    parser.add_argument("--keep-c3d", type=Path, help="folder to keep the written takes in")
-    args = parser.parse_args(argv)
-    clips = [folder / name for folder in args.clips if folder.is_dir() for name in DEFAULT_CLIPS]
-    clips += [clip for clip in args.clips if not clip.is_dir()]
-    model = BodyModel.open_default("adult")
-    prior = load_default_vposer().eval()
-    rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = args.keep_c3d or Path(scratch)
-        folder.mkdir(parents=True, exist_ok=True)
-        for seed, clip in enumerate(clips, start=1):
-            path, truth = make_take(model, clip, args.frames, seed, args, folder)
-            row = {"clip": clip.stem}
-            for calibrate in (False, True):
-                row["calibrated" if calibrate else "uncalibrated"] = evaluate(model, prior, path, truth, calibrate)
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr)
-    summary = {key: {metric: round(float(np.mean([row[key][metric] for row in rows])), 2)
-                     for metric in ("marker_mm", "joint_mm")} for key in ("uncalibrated", "calibrated")}
-    print(json.dumps({"takes": rows, "mean": summary, "torch_threads": torch.get_num_threads()}, indent=1))
-    return 0
+def plot_fits(model: BodyModel, fits: dict, out: Path, frame: int = 0) -> None:
+    """One frame of a take, fitted before and after calibration: the body, the markers where the
+    layout puts them on it (blue) and the measured markers (red), joined, front and side views."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from plot_body import VIEWS, draw_mesh, finish
+
+    from core.keypoints import KeypointSet
+
+    figure, axes = plt.subplots(1, 4, figsize=(13, 6.5))
+    faces = model.faces.cpu().numpy()
+    for column, (title, (report, result, targets)) in enumerate(fits.items()):
+        layout = (KeypointSet.from_dict(model, result.calibration["markers"], source="calibrated")
+                  if result.calibration else targets.keypoints)
+        with torch.no_grad():
+            rotations = axis_angle_to_matrix(result.poses[frame:frame + 1].view(1, -1, 3))
+            output = model.forward_rotations(rotations, result.betas.reshape(1, -1), None,
+                                             result.transl[frame:frame + 1])
+            fitted = layout.evaluate(rotations, result.betas.reshape(1, -1), result.transl[frame:frame + 1])[0]
+        vertices, fitted = output.vertices[0].double().numpy(), fitted.double().numpy()
+        measured = targets.positions[frame].double().numpy()
+        facing = _facing(rotations[0, 0].double().numpy())  # the body turned to face the camera
+        centre = vertices.mean(0)
+        vertices, fitted, measured = ((points - centre) @ facing.T for points in (vertices, fitted, measured))
+        for view_index, view in enumerate(("front", "side")):
+            ax = axes[2 * column + view_index]
+            draw_mesh(ax, vertices, faces, view)
+            screen = VIEWS[view]
+            for start, end in zip(fitted @ screen.T, measured @ screen.T):
+                ax.plot([start[0], end[0]], [start[1], end[1]], color="black", lw=0.8, zorder=4)
+            for points, colour in ((fitted, "tab:blue"), (measured, "tab:red")):
+                shown = points @ screen.T
+                ax.scatter(shown[:, 0], shown[:, 1], s=8, color=colour, zorder=5)
+            finish(ax, f"{title} ({view}): markers {report['marker_mm']:.1f} mm, joints {report['joint_mm']:.1f} mm")
+    figure.suptitle("Markers on the fitted body (blue: where the layout puts them, red: measured), "
+                    "before and after calibration")
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _facing(orient: np.ndarray) -> np.ndarray:
+    """(3, 3) the turn about the vertical (Y) that makes a body with root rotation `orient` face +Z."""
+    forward = orient @ np.array([0.0, 0.0, 1.0])
+    yaw = np.arctan2(forward[0], forward[2])
+    cos, sin = np.cos(-yaw), np.sin(-yaw)
+    return np.array([[cos, 0.0, sin], [0.0, 1.0, 0.0], [-sin, 0.0, cos]])
