@@ -132,19 +132,21 @@ def rest_positions(model: BodyModel, keypoints: Sequence[Keypoint], betas: Tenso
 
 
 def unposed_targets(model: BodyModel, keypoints: Sequence[Keypoint], rotations: Tensor, betas: Tensor,
-                    transl: Tensor, targets: Tensor) -> np.ndarray:
+                    transl: Tensor, targets: Tensor, rest_betas: Tensor | None = None) -> np.ndarray:
     """Targets (t, K, 3) carried back onto the shaped rest body (t, K, 3): each target, in the frame
     of its marker's posed triangle (an edge, the normal, their cross product) and relative to the
     marker's skin point there, put at the same place relative to the rest triangle. Exact where
     the marker is; nearby, the skin is taken to move rigidly with the triangle. NaN stays NaN.
-    rotations (t, J, 3, 3) local, betas (num_betas,), transl (t, 3)."""
+    rotations (t, J, 3, 3) local, betas (num_betas,) or per frame (t, num_betas), transl (t, 3);
+    rest_betas (num_betas,): the rest body's shape (default `betas`, which must then be one)."""
     with torch.no_grad():
         batch = rotations.shape[0]
         faces = model.faces[[point.index for point in keypoints]]  # (K, 3)
         output = model.forward_rotations(rotations, betas.expand(batch, -1), None, transl, return_vertices=False,
                                          vertex_ids=faces.reshape(-1))
         posed = output.vertices.reshape(batch, len(keypoints), 3, 3).double()
-        rest = model.shaped_vertices(betas.reshape(1, -1))[0][faces].double()  # (K, 3 corners, 3)
+        rest_betas = betas if rest_betas is None else rest_betas
+        rest = model.shaped_vertices(rest_betas.reshape(1, -1))[0][faces].double()  # (K, 3 corners, 3)
         bary = torch.tensor([point.barycentric for point in keypoints], dtype=torch.float64,
                             device=model.device).unsqueeze(-1)
         posed_frame, rest_frame = _triangle_frame(posed), _triangle_frame(rest)

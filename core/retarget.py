@@ -42,6 +42,7 @@ from .vposer import VPoser
 POSE = ("orient", "transl", "pose")
 WARM_ITERATIONS = 3  # from the rotation transfer, a few steps reach the targets
 WARM_ITERATIONS_PRIOR = 8  # from a previous solve of the same frames, before its markers moved
+NEIGHBOUR_ITERATIONS = 15  # from a nearby key frame's solve (see Retarget._solve_frames)
 
 
 class RetargetError(ValueError):
@@ -148,6 +149,8 @@ class RetargetOptions:
     """batch_size: frames per solve (progress is reported per batch); fit_shape: solve one shape
     for the clip on `shape_frames` spread frames first; max_iterations: LM iterations per frame
     (None: 3 from a start state, which is close, and 30 from the prior's mean pose).
+    key_stride: marker frames (no start state) are solved from the prior's mean pose only every
+    key_stride-th frame, the others from the nearest of those (1: every frame cold).
     shape_prior weighs ||betas||^2 in the shape fit (as IKWeights.betas): strong enough to keep a
     natural body, which no skeleton's landmarks should talk out of its proportions.
     calibrate: for joint landmarks, also find where each source joint sits relative to the body's
@@ -162,6 +165,7 @@ class RetargetOptions:
     source's."""
 
     batch_size: int = 1000
+    key_stride: int = 8
     fit_shape: bool = True
     shape_frames: int = 32
     shape_prior: float = 1e-4
@@ -231,14 +235,14 @@ class Retarget:
         total = self.targets.positions.shape[0]
         while self._done < total:
             start = time.perf_counter()
-            if self.betas is None:
+            if self.betas is None and self.options.calibrate and surface_keypoints(self.keypoints):
+                self._calibrate_markers()  # the shape with the markers' places
+            elif self.betas is None:
                 self.betas = self._fit_shape()
                 if self.options.calibrate and self.keypoints.only_joints:
                     self._calibrate()
-                elif self.options.calibrate and surface_keypoints(self.keypoints):
-                    self._calibrate_markers()
             rows = torch.arange(self._done, min(total, self._done + self.options.batch_size), device=self.model.device)
-            result = self._solve(rows, self.betas)
+            result = self._solve_frames(rows, self.betas)
             self.poses[rows] = result.full_pose()
             self.transl[rows] = result.transl
             self.errors[rows] = result.errors
@@ -256,17 +260,24 @@ class Retarget:
         return RetargetResult(self.poses, self.transl, self.betas, self.errors, self.iterations,
                               self.keypoints.names, self.targets.fps, self.seconds, offsets, calibration)
 
-    def _fit_shape(self, init: IKResult | None = None, betas: Tensor | None = None) -> Tensor:
-        """The mean of per-frame shapes solved on spread frames (the fixed shape when not asked for),
-        from the mean shape or `betas`, warm-started from `init` (a solve of the same rows) if given."""
-        model = self.model
-        if not self.options.fit_shape or not model.num_betas:
+    def _fit_shape(self) -> Tensor:
+        """The mean of per-frame shapes solved on spread frames (the fixed shape when not asked for)."""
+        if not self.options.fit_shape or not self.model.num_betas:
             return self._fixed_betas
+        return self._shape_and_poses()[0]
+
+    def _shape_and_poses(self, previous: IKResult | None = None, betas: Tensor | None = None
+                         ) -> tuple[Tensor, IKResult]:
+        """The spread frames solved with a shape per frame, from `betas` (default the mean shape) and
+        `previous` (a solve of the same frames) if given: (the shapes' mean, the solve). Without a
+        shape fit, the frames are solved with the fixed shape, which is returned."""
+        model, rows = self.model, self._spread_rows()
+        if not self.options.fit_shape or not model.num_betas:
+            return self._fixed_betas, self._solve(rows, self._fixed_betas, previous=previous)
         start = torch.zeros(model.num_betas, dtype=model.dtype, device=model.device) if betas is None else betas
-        rows = self._spread_rows()
-        result = self._solve(rows, start.expand(len(rows), -1), solve_betas=True, previous=init)
+        result = self._solve(rows, start.expand(len(rows), -1), solve_betas=True, previous=previous)
         usable = torch.isfinite(result.errors).any(1)
-        return result.betas[usable].mean(0)
+        return result.betas[usable].mean(0), result
 
     def _spread_rows(self) -> Tensor:
         total = self.targets.positions.shape[0]
@@ -298,27 +309,44 @@ class Retarget:
             self.keypoints = keypoints
 
     def _calibrate_markers(self) -> None:
-        """MoSh-style: on spread frames, alternately solve the poses (and the shape) and move each
-        surface marker to where the frames put it on the rest body (core.markers.place_markers)."""
+        """MoSh-style: on spread frames, alternately solve the poses with the shape (one per frame,
+        their mean kept) and move each surface marker to where the frames put it on the rest body
+        (core.markers.place_markers); then the shape once more with the markers' last places."""
         options = self.options.marker_calibration
         rows = self._spread_rows()
         targets = self.targets.positions[rows]
         guesses = surface_keypoints(self.targets.keypoints)
         column = [self.keypoints.names.index(point.name) for point in guesses]
-        result = None
+        result, betas = None, None
         for _ in range(options.rounds):  # after the first, each solve goes on from the last one's poses
-            result = self._solve(rows, self.betas, previous=result)
-            unposed = unposed_targets(self.model, surface_keypoints(self.keypoints), result.rotations, self.betas,
-                                      result.transl, targets[:, column])
-            self.placements = place_markers(self.model, surface_keypoints(self.keypoints), guesses, self.betas,
+            betas, result = self._shape_and_poses(result, betas)
+            frame_betas = betas if result.betas is None else result.betas
+            unposed = unposed_targets(self.model, surface_keypoints(self.keypoints), result.rotations, frame_betas,
+                                      result.transl, targets[:, column], rest_betas=betas)
+            self.placements = place_markers(self.model, surface_keypoints(self.keypoints), guesses, betas,
                                             unposed, options)
             self.keypoints = with_placements(self.keypoints, self.placements)
-            self.betas = self._fit_shape(init=result, betas=self.betas)
+        self.betas = self._shape_and_poses(result, betas)[0]
 
-    def _solve(self, rows: Tensor, betas: Tensor, solve_betas: bool = False, previous: IKResult | None = None
-               ) -> IKResult:
+    def _solve_frames(self, rows: Tensor, betas: Tensor) -> IKResult:
+        """Every row of a batch. Marker frames without a start state: every KEY_STRIDE-th frame is
+        solved from the prior's mean pose, then each frame goes on from its nearest such key frame,
+        rigidly aligned to its own targets (mocap frames that near differ little: fewer iterations
+        than a cold start, and each frame still converges on its own). `iterations` counts the
+        frame's own solve."""
+        if self.targets.init is not None or self.options.key_stride < 2 or len(rows) < 2 * self.options.key_stride:
+            return self._solve(rows, betas)
+        keys = torch.unique(torch.cat([rows[::self.options.key_stride], rows[-1:]]))
+        cold = self._solve(keys, betas)
+        nearest = (rows.unsqueeze(1) - keys.unsqueeze(0)).abs().argmin(1)
+        return self._solve(rows, betas, previous=cold.state.select(nearest), align=True,
+                           iterations=NEIGHBOUR_ITERATIONS)
+
+    def _solve(self, rows: Tensor, betas: Tensor, solve_betas: bool = False, previous: IKResult | IKState | None = None,
+               align: bool = False, iterations: int = WARM_ITERATIONS_PRIOR) -> IKResult:
         """Solve the rows: from the clip's start states (skeletons), from `previous` (a solve of
-        the same rows through the prior: WARM_ITERATIONS_PRIOR iterations) or from the prior's mean."""
+        the same rows through the prior, or of frames near them: `iterations` at most, moved rigidly
+        onto the targets first if `align`) or from the prior's mean."""
         unknowns = POSE + ("betas",) if solve_betas else POSE
         keypoints, init, targets = self.keypoints, self.targets.init, self.targets.positions[rows]
         iterations = self.options.max_iterations or (WARM_ITERATIONS if init is not None else LMOptions.max_iterations)
@@ -333,10 +361,10 @@ class Retarget:
             return solver.solve(targets, init=init.select(rows), betas=betas, pins=_moving_joints(keypoints),
                                 stages=[Stage(unknowns, iterations, prior=False)], align=True)
         if previous is not None:
-            lm = LMOptions(max_iterations=self.options.max_iterations or WARM_ITERATIONS_PRIOR)
+            lm = LMOptions(max_iterations=self.options.max_iterations or iterations)
         solver = IKSolver(self.model, keypoints, self.prior, weights=weights, unknowns=unknowns,
                           lm_options=lm)
-        return solver.solve(targets, betas=betas, init=previous)
+        return solver.solve(targets, betas=betas, init=previous, align=align)
 
 
 def _moving_joints(keypoints: KeypointSet) -> tuple[str, ...]:

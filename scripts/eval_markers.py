@@ -154,9 +154,10 @@ def plot_fits(model: BodyModel, fits: dict, out: Path, frame: int = 0) -> None:
             for points, colour in ((fitted, "tab:blue"), (measured, "tab:red")):
                 shown = points @ screen.T
                 ax.scatter(shown[:, 0], shown[:, 1], s=8, color=colour, zorder=5)
-            finish(ax, f"{title} ({view}): markers {report['marker_mm']:.1f} mm, joints {report['joint_mm']:.1f} mm")
-    figure.suptitle("Markers on the fitted body (blue: where the layout puts them, red: measured), "
-                    "before and after calibration")
+            finish(ax, f"{title}: markers {report['marker_mm']:.1f} mm, joints {report['joint_mm']:.1f} mm"
+                   if view == "front" else f"{title} (side)")
+    figure.suptitle("Markers on the fitted body before and after calibration "
+                    "(blue: where the layout puts them, red: measured)")
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     plt.close(figure)
@@ -168,3 +169,43 @@ def _facing(orient: np.ndarray) -> np.ndarray:
     yaw = np.arctan2(forward[0], forward[2])
     cos, sin = np.cos(-yaw), np.sin(-yaw)
     return np.array([[cos, 0.0, sin], [0.0, 1.0, 0.0], [-sin, 0.0, cos]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("clips", nargs="+", type=Path, help="CMU BVH clips, or a folder holding 06_12 and 49_03")
+    parser.add_argument("--frames", type=int, default=1000, help="first frames of each clip")
+    parser.add_argument("--noise-mm", type=float, default=1.5)
+    parser.add_argument("--gaps", type=float, default=0.01, help="share of marker samples occluded")
+    parser.add_argument("--shape-spread", type=float, default=0.5)
+    parser.add_argument("--keep-c3d", type=Path, help="folder to keep the written takes in")
+    parser.add_argument("--plot", type=Path, help="draw the first take's first frame before and after calibration")
+    args = parser.parse_args(argv)
+    clips = [folder / name for folder in args.clips if folder.is_dir() for name in DEFAULT_CLIPS]
+    clips += [clip for clip in args.clips if not clip.is_dir()]
+    model = BodyModel.open_default("adult")
+    prior = load_default_vposer().eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.keep_c3d or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        for seed, clip in enumerate(clips, start=1):
+            path, truth = make_take(model, clip, args.frames, seed, folder, args.noise_mm, args.gaps,
+                                    args.shape_spread)
+            row, fits = {"clip": clip.stem}, {}
+            for calibrate in (False, True):
+                key = "calibrated" if calibrate else "uncalibrated"
+                fits[key] = evaluate(model, prior, path, truth, calibrate)
+                row[key] = fits[key][0]
+            rows.append(row)
+            if args.plot and seed == 1:
+                plot_fits(model, {"before": fits["uncalibrated"], "after": fits["calibrated"]}, args.plot)
+            print(json.dumps(row), file=sys.stderr)
+    summary = {key: {metric: round(float(np.mean([row[key][metric] for row in rows])), 2)
+                     for metric in ("marker_mm", "joint_mm")} for key in ("uncalibrated", "calibrated")}
+    print(json.dumps({"takes": rows, "mean": summary, "torch_threads": torch.get_num_threads()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
