@@ -5,7 +5,8 @@ A skeleton clip (BVH) carries rotations as well as positions: the rotation trans
 (core.mocap.transfer) gives every frame a close start, twist about the bones included, and the IK
 only closes the gap between the source's joint positions and the body's, solving raw joint
 rotations (the prior would only pull a pose the data already determines). A marker clip (C3D) has
-positions only: every frame starts from the prior's mean pose and is solved through the prior.
+positions only: it is solved through the prior, every 8th frame from the prior's mean pose and the
+others from the nearest of those frames' solutions (RetargetOptions.key_stride).
 
 Sources and bodies differ in proportions, so the shape (betas) is first solved on a spread of
 frames, under a prior that keeps it natural, and its mean then held fixed for the whole clip: one
