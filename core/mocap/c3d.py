@@ -47,7 +47,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["UNIT_SCALES", "C3DError", "C3DWarning", "MarkerClip", "lab_to_model_rotation", "read_c3d", "to_model_space", "write_c3d"]
+__all__ = ["UNIT_SCALES", "C3DError", "C3DWarning", "MarkerClip", "lab_to_model_rotation", "read_c3d",
+           "to_model_space", "write_c3d"]
 
 UNIT_SCALES = {"mm": 1e-3, "cm": 1e-2, "m": 1.0}  # metres per file unit
 _MAGIC = 0x50  # the second byte of every C3D file

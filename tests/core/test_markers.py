@@ -11,8 +11,8 @@ import torch
 
 from core.body_model import BodyModel
 from core.keypoints import KeypointSet
-from core.markers import (closest_barycentric, displaced_layout, nearest_surface_points, read_calibration, rest_positions,
-                          surface_keypoints, unposed_targets)
+from core.markers import (closest_barycentric, displaced_layout, nearest_surface_points, read_calibration,
+                          rest_positions, surface_keypoints, unposed_targets)
 from core.retarget import Retarget, RetargetOptions, marker_targets
 
 LAYOUT = Path(__file__).resolve().parents[2] / "core" / "data" / "markers_plugin_gait_open.json"

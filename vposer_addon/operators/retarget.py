@@ -204,7 +204,8 @@ class VPOSER_OT_retarget(bpy.types.Operator):
             self.report({"ERROR"}, f"Cannot retarget onto {rig.name}: {message}")
             return None
 
-    def _options(self, rig: bpy.types.Object, model: BodyModel) -> tuple[RetargetOptions, np.ndarray | None, dict | None]:
+    def _options(self, rig: bpy.types.Object, model: BodyModel
+                 ) -> tuple[RetargetOptions, np.ndarray | None, dict | None]:
         """The solve's options, the shape to hold (None: fit it) and a reused calibration if any."""
         from ...core.markers import read_calibration
         from ...core.retarget import RetargetOptions
