@@ -5,21 +5,23 @@ A skeleton clip (BVH) carries rotations as well as positions: the rotation trans
 (core.mocap.transfer) gives every frame a close start, twist about the bones included, and the IK
 only closes the gap between the source's joint positions and the body's, solving raw joint
 rotations (the prior would only pull a pose the data already determines). A marker clip (C3D) has
-positions only: every frame starts from the prior's mean pose and is solved through the prior.
+positions only: it is solved through the prior, every 8th frame from the prior's mean pose and the
+others from the nearest of those frames' solutions (RetargetOptions.key_stride).
 
 Sources and bodies differ in proportions, so the shape (betas) is first solved on a spread of
 frames, under a prior that keeps it natural, and its mean then held fixed for the whole clip: one
 body, as the user would build it. Skeletons also place their joints differently (a CMU hip joint
 sits wider than SMPL's): each joint landmark is calibrated on the same frames as a constant offset
 along its parent segment, as mocap solvers calibrate markers, so those differences neither show as
-error nor bend the poses.
+error nor bend the poses. A marker layout is calibrated likewise, as MoSh++ does (core.markers):
+each marker's place on the body and its distance off the skin, together with the shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from .errors import VPoserError
 from .ik import IKResult, IKSolver, IKState, IKWeights, Stage
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
 from .lm import LMOptions
+from .markers import (CalibrationOptions, MarkerPlacement, calibration_document, place_markers, surface_keypoints,
+                      unposed_targets, with_placements)
 from .mocap.bvh import BVHMotion, forward_kinematics
 from .mocap.skeletons import SMPL_BODY_JOINT_NAMES, SkeletonPreset, detect_preset, load_preset
 from .mocap.transfer import build_transfer, source_rest, transfer_rotations, transfer_translation
@@ -39,6 +43,8 @@ from .vposer import VPoser
 
 POSE = ("orient", "transl", "pose")
 WARM_ITERATIONS = 3  # from the rotation transfer, a few steps reach the targets
+WARM_ITERATIONS_PRIOR = 8  # from a previous solve of the same frames, before its markers moved
+NEIGHBOUR_ITERATIONS = 15  # from a nearby key frame's solve (see Retarget._solve_frames)
 
 
 class RetargetError(VPoserError):
@@ -55,6 +61,7 @@ class ClipTargets:
     fps: float
     init: IKState | None = None
     source_frames: np.ndarray | None = None  # the source frame of each row
+    unused_labels: tuple[str, ...] = ()  # source markers the layout does not know (not fitted)
 
 
 def bvh_targets(motion: BVHMotion, preset: SkeletonPreset | str | dict, model: BodyModel,
@@ -137,28 +144,38 @@ FIT_WARNING_MM = 30.0
 FIT_WARNING_WORST_MM = 60.0
 
 
-def marker_targets(model: BodyModel, layout: str | Path, labels: Sequence[str], positions: np.ndarray,
+def marker_targets(model: BodyModel, layout: str | Path | Mapping, labels: Sequence[str], positions: np.ndarray,
                    fps: float, source: str = "markers") -> ClipTargets:
     """Targets from marker trajectories already in model space (T, M, 3) metres, NaN where a marker
-    was not seen, and a layout (JSON, see core.keypoints) naming where each label sits on the body.
-    Markers the layout does not know are ignored; frames with fewer than MIN_MARKERS visible
+    was not seen, and a layout (a JSON file, see core.keypoints, or its document as a dict, e.g. a
+    calibration) naming where each label sits on the body. Markers the layout does not know are
+    not fitted and are listed in `unused_labels`; frames with fewer than MIN_MARKERS visible
     layout markers are left out (`source_frames` keeps the others' indices)."""
     _require_body(model, source)
-    full = KeypointSet.from_json(model, layout)
+    if isinstance(layout, Mapping):
+        name = str(layout.get("description", "<layout>"))[:40]
+        if not isinstance(layout.get("markers"), Mapping):
+            raise RetargetError(f"{source}: the layout {name!r} has no 'markers' object")
+        full = KeypointSet.from_dict(model, layout["markers"], source=name)
+    else:
+        name = Path(layout).name
+        full = KeypointSet.from_json(model, layout)
     entries = full.to_dict()
     known = [label for label in full.names if label in set(labels)]
     if len(known) < MIN_MARKERS:
-        raise RetargetError(f"{source}: only {len(known)} of its markers are in the layout {Path(layout).name} "
-                            f"(it names {', '.join(full.names[:8])}, ...); a layout for this marker set is needed")
+        raise RetargetError(f"{source}: only {len(known)} of its markers are in the layout {name} "
+                            f"(it names {', '.join(full.names[:8])}, ...); a layout for this marker set is needed "
+                            "(scripts/make_marker_layout.py --trial starts one from a take)")
     columns = [list(labels).index(label) for label in known]
     chosen = np.asarray(positions, dtype=np.float64)[:, columns]
     visible = np.isfinite(chosen).all(-1).sum(1)
     frames = np.flatnonzero(visible >= MIN_MARKERS)
     if not len(frames):
         raise RetargetError(f"{source}: no frame shows {MIN_MARKERS} or more of the layout's markers")
-    keypoints = KeypointSet.from_dict(model, {label: entries[label] for label in known}, source=str(layout))
+    keypoints = KeypointSet.from_dict(model, {label: entries[label] for label in known}, source=name)
     like = {"dtype": model.dtype, "device": model.device}
-    return ClipTargets(keypoints, torch.as_tensor(chosen[frames]).to(**like), fps, None, frames)
+    unused = tuple(label for label in labels if label not in set(known))
+    return ClipTargets(keypoints, torch.as_tensor(chosen[frames]).to(**like), fps, None, frames, unused)
 
 
 @dataclass(frozen=True)
@@ -166,18 +183,23 @@ class RetargetOptions:
     """batch_size: frames per solve (progress is reported per batch); fit_shape: solve one shape
     for the clip on `shape_frames` spread frames first; max_iterations: LM iterations per frame
     (None: 3 from a start state, which is close, and 30 from the prior's mean pose).
+    key_stride: marker frames (no start state) are solved from the prior's mean pose only every
+    key_stride-th frame, the others from the nearest of those (1: every frame cold).
     shape_prior weighs ||betas||^2 in the shape fit (as IKWeights.betas): strong enough to keep a
     natural body, which no skeleton's landmarks should talk out of its proportions.
     calibrate: for joint landmarks, also find where each source joint sits relative to the body's
     (a constant offset along the parent segment per landmark, as mocap solvers calibrate markers):
     skeletons place joints differently (CMU's shoulder sits above SMPL's), and without it those
-    constant differences would show as error or bend every pose.
+    constant differences would show as error or bend every pose. For surface markers, likewise:
+    each marker's place on the body and distance off the skin are fitted with the shape on the
+    same frames (core.markers, `marker_calibration` its options).
     The prior is used only for frames without a start state (markers). With a start state,
     `stay` weighs each joint's rotation change from it (as IKWeights.stay): positions leave some
     rotations free (twist about a bone, how a spine without targets bends), and those keep the
     source's."""
 
     batch_size: int = 1000
+    key_stride: int = 8
     fit_shape: bool = True
     shape_frames: int = 32
     shape_prior: float = 1e-4
@@ -185,6 +207,7 @@ class RetargetOptions:
     max_iterations: int | None = None
     stay: float = 1e-4
     weights: IKWeights = field(default_factory=IKWeights)
+    marker_calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
 
 
 @dataclass
@@ -202,6 +225,7 @@ class RetargetResult:
     fps: float
     seconds: float
     offsets: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # calibrated, metres
+    calibration: dict | None = None  # calibrated surface markers (core.markers.calibration_document)
     skeleton: bool = True  # targets from a skeleton's joints (False: markers)
 
     @property
@@ -259,17 +283,20 @@ class Retarget:
                              else torch.as_tensor(betas, dtype=model.dtype, device=model.device).reshape(model.num_betas))
         self.seconds = 0.0
         self._done = 0
+        self.placements: list[MarkerPlacement] = []
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         total = self.targets.positions.shape[0]
         while self._done < total:
             start = time.perf_counter()
-            if self.betas is None:
+            if self.betas is None and self.options.calibrate and surface_keypoints(self.keypoints):
+                self._calibrate_markers()  # the shape with the markers' places
+            elif self.betas is None:
                 self.betas = self._fit_shape()
                 if self.options.calibrate and self.keypoints.only_joints:
                     self._calibrate()
             rows = torch.arange(self._done, min(total, self._done + self.options.batch_size), device=self.model.device)
-            result = self._solve(rows, self.betas)
+            result = self._solve_frames(rows, self.betas)
             self.poses[rows] = result.full_pose()
             self.transl[rows] = result.transl
             self.errors[rows] = result.errors
@@ -282,20 +309,30 @@ class Retarget:
         if self._done < self.targets.positions.shape[0]:
             raise RetargetError(f"the retarget stopped after {self._done} of {self.targets.positions.shape[0]} frames")
         offsets = {point.name: point.local for point in self.keypoints.keypoints if any(point.local)}
+        calibration = (calibration_document(self.keypoints, self.betas, self.placements)
+                       if self.placements else None)
         return RetargetResult(self.poses, self.transl, self.betas, self.errors, self.iterations,
-                              self.keypoints.names, self.targets.fps, self.seconds, offsets,
+                              self.keypoints.names, self.targets.fps, self.seconds, offsets, calibration,
                               skeleton=self.targets.init is not None)
 
     def _fit_shape(self) -> Tensor:
         """The mean of per-frame shapes solved on spread frames (the fixed shape when not asked for)."""
-        model = self.model
-        if not self.options.fit_shape or not model.num_betas:
+        if not self.options.fit_shape or not self.model.num_betas:
             return self._fixed_betas
-        zeros = torch.zeros(model.num_betas, dtype=model.dtype, device=model.device)
-        rows = self._spread_rows()
-        result = self._solve(rows, zeros.expand(len(rows), -1), solve_betas=True)
+        return self._shape_and_poses()[0]
+
+    def _shape_and_poses(self, previous: IKResult | None = None, betas: Tensor | None = None
+                         ) -> tuple[Tensor, IKResult]:
+        """The spread frames solved with a shape per frame, from `betas` (default the mean shape) and
+        `previous` (a solve of the same frames) if given: (the shapes' mean, the solve). Without a
+        shape fit, the frames are solved with the fixed shape, which is returned."""
+        model, rows = self.model, self._spread_rows()
+        if not self.options.fit_shape or not model.num_betas:
+            return self._fixed_betas, self._solve(rows, self._fixed_betas, previous=previous)
+        start = torch.zeros(model.num_betas, dtype=model.dtype, device=model.device) if betas is None else betas
+        result = self._solve(rows, start.expand(len(rows), -1), solve_betas=True, previous=previous)
         usable = torch.isfinite(result.errors).any(1)
-        return result.betas[usable].mean(0)
+        return result.betas[usable].mean(0), result
 
     def _spread_rows(self) -> Tensor:
         total = self.targets.positions.shape[0]
@@ -326,7 +363,45 @@ class Retarget:
                                     source="calibrated landmarks")
             self.keypoints = keypoints
 
-    def _solve(self, rows: Tensor, betas: Tensor, solve_betas: bool = False) -> IKResult:
+    def _calibrate_markers(self) -> None:
+        """MoSh-style: on spread frames, alternately solve the poses with the shape (one per frame,
+        their mean kept) and move each surface marker to where the frames put it on the rest body
+        (core.markers.place_markers); then the shape once more with the markers' last places."""
+        options = self.options.marker_calibration
+        rows = self._spread_rows()
+        targets = self.targets.positions[rows]
+        guesses = surface_keypoints(self.targets.keypoints)
+        column = [self.keypoints.names.index(point.name) for point in guesses]
+        result, betas = None, None
+        for _ in range(options.rounds):  # after the first, each solve goes on from the last one's poses
+            betas, result = self._shape_and_poses(result, betas)
+            frame_betas = betas if result.betas is None else result.betas
+            unposed = unposed_targets(self.model, surface_keypoints(self.keypoints), result.rotations, frame_betas,
+                                      result.transl, targets[:, column], rest_betas=betas)
+            self.placements = place_markers(self.model, surface_keypoints(self.keypoints), guesses, betas,
+                                            unposed, options)
+            self.keypoints = with_placements(self.keypoints, self.placements)
+        self.betas = self._shape_and_poses(result, betas)[0]
+
+    def _solve_frames(self, rows: Tensor, betas: Tensor) -> IKResult:
+        """Every row of a batch. Marker frames without a start state: every KEY_STRIDE-th frame is
+        solved from the prior's mean pose, then each frame goes on from its nearest such key frame,
+        rigidly aligned to its own targets (mocap frames that near differ little: fewer iterations
+        than a cold start, and each frame still converges on its own). `iterations` counts the
+        frame's own solve."""
+        if self.targets.init is not None or self.options.key_stride < 2 or len(rows) < 2 * self.options.key_stride:
+            return self._solve(rows, betas)
+        keys = torch.unique(torch.cat([rows[::self.options.key_stride], rows[-1:]]))
+        cold = self._solve(keys, betas)
+        nearest = (rows.unsqueeze(1) - keys.unsqueeze(0)).abs().argmin(1)
+        return self._solve(rows, betas, previous=cold.state.select(nearest), align=True,
+                           iterations=NEIGHBOUR_ITERATIONS)
+
+    def _solve(self, rows: Tensor, betas: Tensor, solve_betas: bool = False, previous: IKResult | IKState | None = None,
+               align: bool = False, iterations: int = WARM_ITERATIONS_PRIOR) -> IKResult:
+        """Solve the rows: from the clip's start states (skeletons), from `previous` (a solve of
+        the same rows through the prior, or of frames near them: `iterations` at most, moved rigidly
+        onto the targets first if `align`) or from the prior's mean."""
         unknowns = POSE + ("betas",) if solve_betas else POSE
         keypoints, init, targets = self.keypoints, self.targets.init, self.targets.positions[rows]
         iterations = self.options.max_iterations or (WARM_ITERATIONS if init is not None else LMOptions.max_iterations)
@@ -343,9 +418,11 @@ class Retarget:
             # Aligned rigidly first: a start off by a rigid shift would otherwise be taken up by the joints.
             return solver.solve(targets, init=init.select(rows), betas=betas, stay=_moving_joints(keypoints),
                                 stages=[Stage(unknowns, iterations, prior=False)], align=True)
+        if previous is not None:
+            lm = LMOptions(max_iterations=self.options.max_iterations or iterations)
         solver = IKSolver(self.model, keypoints, self.prior, weights=weights, unknowns=unknowns,
                           lm_options=lm)
-        return solver.solve(targets, betas=betas)
+        return solver.solve(targets, betas=betas, init=previous, align=align)
 
 
 def _moving_joints(keypoints: KeypointSet) -> tuple[str, ...]:

@@ -586,9 +586,48 @@ def bench_blender(ctx: Context) -> list[Table]:
             retarget_ms.append((time.perf_counter() - start) * 1e3)
         table.rows.append([f"Retarget {clip.name}, frames 1-1000 (sample, solve, write the action, set the shape)",
                            statistics.median(retarget_ms), ctx.repeat])
+        table.rows.extend(_bench_marker_retarget(ctx, bpy))
         table.notes.append("Open adult body, float32 on the CPU; Live Posing runs "
                            "core.ik.LIVE_ITERATIONS LM iterations per update, warm-started.")
     return [table]
+
+
+def _bench_marker_retarget(ctx: Context, bpy) -> list[list]:
+    """1,000 marker frames (a C3D take made by eval_markers.py from the shipped walk, looped):
+    Import C3D then Retarget in Blender, against core's Retarget of the same file with the same
+    options (calibrated, 100-frame batches as the operator solves), runs alternated."""
+    from eval_markers import LAYOUT, make_take
+
+    from core.body_model import BodyModel
+    from core.mocap.c3d import read_c3d, to_model_space
+    from core.retarget import Retarget, RetargetOptions, marker_targets
+    from core.vposer import load_default_vposer
+
+    model = BodyModel.open_default("adult").to(ctx.device)
+    take, _ = make_take(model, ROOT / "examples" / "cmu_02_01_walk.bvh", 1000, 1, ctx.workdir)
+    prior = load_default_vposer().to(ctx.device).eval()
+
+    def core() -> None:
+        clip = read_c3d(take)
+        targets = marker_targets(model, LAYOUT, clip.labels, to_model_space(clip.positions), clip.frame_rate)
+        for _ in Retarget(model, targets, prior, RetargetOptions(batch_size=100)):
+            pass
+
+    def blender() -> None:
+        bpy.ops.wm.read_homefile(use_empty=True)
+        bpy.ops.vposer.import_c3d("EXEC_DEFAULT", filepath=str(take))
+        collection = bpy.data.collections[-1].name
+        bpy.ops.object.select_all(action="DESELECT")
+        bpy.ops.vposer.add_body("EXEC_DEFAULT", source="ADULT")
+        start = time.perf_counter()
+        bpy.ops.vposer.retarget("EXEC_DEFAULT", source="MARKERS", marker_collection=collection)
+        times["blender retarget"].append((time.perf_counter() - start) * 1e3)
+
+    times: dict[str, list[float]] = {"blender retarget": []}
+    core_ms = time_interleaved({"core": core, "blender": blender}, ctx)
+    return [["Retarget 1,000 C3D marker frames in core (read, calibrate, solve)", core_ms["core"], ctx.repeat],
+            ["Retarget 1,000 C3D marker frames in Blender (sample the empties, calibrate, solve, write, set the shape)",
+             statistics.median(times["blender retarget"][-ctx.repeat:]), ctx.repeat]]
 
 
 # --------------------------------------------------------------------------- command line

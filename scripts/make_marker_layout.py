@@ -15,6 +15,15 @@ the dorsal forearm and hand face up (+Y), the thumb side of the wrist faces forw
 
     python scripts/make_marker_layout.py            # writes core/data/markers_plugin_gait_open.json
     python scripts/make_marker_layout.py --plot     # also docs/images/markers_plugin_gait.png
+
+A layout for another marker set starts from one trial (a C3D take) that shares at least six
+markers with a known layout (--base, default the Plug-in Gait one): those give a rough fit of the
+body on spread frames (shape, poses, and their own places calibrated to the subject), then every
+marker of the trial is put at its nearest body surface point, carried to the rest body and
+averaged over the frames (core.markers.markers_from_poses). Check the result, rename what needs
+it, and calibrate it on the subject's takes as any layout (scripts/retarget.py):
+
+    python scripts/make_marker_layout.py --trial TRIAL.c3d --out my_markers.json [--up y] [--units mm]
 """
 
 from __future__ import annotations
@@ -213,11 +222,59 @@ def _format(document: dict) -> str:
     return head + ',\n "markers": {\n' + ",\n".join(lines) + "\n }\n}\n"
 
 
+def layout_from_trial(args: argparse.Namespace) -> dict:
+    """A layout document for every marker of a C3D trial, after a rough fit on the markers the
+    base layout knows (module docstring)."""
+    from core.markers import markers_from_poses
+    from core.mocap.c3d import read_c3d, to_model_space
+    from core.retarget import Retarget, RetargetOptions, marker_targets
+    from core.vposer import load_default_vposer
+
+    model = BodyModel.open_default("adult")
+    clip = read_c3d(args.trial, units=args.units)
+    positions = to_model_space(clip.positions, args.up)
+    spread = np.unique(np.linspace(0, clip.num_frames - 1, min(args.frames, clip.num_frames)).round().astype(int))
+    targets = marker_targets(model, args.base, clip.labels, positions[spread], clip.frame_rate, str(args.trial))
+    run = Retarget(model, targets, load_default_vposer().eval(), RetargetOptions(shape_frames=len(spread)))
+    for _ in run:
+        pass
+    result = run.result()
+    rows = spread[targets.source_frames]
+    rotations = torch.as_tensor(result.poses).view(len(rows), -1, 3)
+    from core.rotations import axis_angle_to_matrix
+
+    new = markers_from_poses(model, clip.labels, positions[rows], axis_angle_to_matrix(rotations), result.betas,
+                             result.transl)
+    markers = {**new, **(result.calibration or {}).get("markers", {})}  # known ones: their calibrated places
+    print(f"rough fit on {len(rows)} frames: {result.mpjpe_mm:.1f} mm over the {len(targets.keypoints)} markers "
+          f"{Path(args.base).name} knows; {len(new) - len(targets.keypoints)} new marker(s) placed", file=sys.stderr)
+    return {
+        "description": f"markers of {Path(args.trial).name} placed on the open adult body from a rough fit "
+                       f"(scripts/make_marker_layout.py --trial); calibrate on the subject's takes",
+        "markers": {label: markers[label] for label in clip.labels if label in markers},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=OUTPUT)
     parser.add_argument("--plot", action="store_true", help=f"also draw {FIGURE.relative_to(REPO)}")
+    parser.add_argument("--trial", type=Path, help="a C3D take: start a layout for its marker set from it")
+    parser.add_argument("--base", type=Path, default=OUTPUT, help="--trial: the layout that gives the rough fit")
+    parser.add_argument("--up", default="z", choices=("z", "y"), help="--trial: the lab's up axis")
+    parser.add_argument("--units", choices=("mm", "cm", "m"), help="--trial: override POINT:UNITS")
+    parser.add_argument("--frames", type=int, default=24, help="--trial: spread frames of the rough fit")
     args = parser.parse_args(argv)
+    if args.trial:
+        if args.out == OUTPUT:
+            parser.error("--trial needs --out (the shipped layout is not overwritten)")
+        try:
+            document = layout_from_trial(args)
+        except ValueError as error:  # C3DError, RetargetError, KeypointError: they name the file and the problem
+            raise SystemExit(f"error: {error}") from None
+        args.out.write_text(_format(document))
+        print(f"wrote {len(document['markers'])} markers to {args.out}")
+        return 0
     model = BodyModel.open_default("adult", dtype=torch.float64)
     layout = build_layout(model)
     document = {

@@ -2,6 +2,8 @@
 
     python scripts/retarget.py CLIP.bvh --skeleton cmu --out clip_poses.npz
     python scripts/retarget.py TRIAL.c3d --markers core/data/markers_plugin_gait_open.json --out trial.npz
+    python scripts/retarget.py TRIAL.c3d --save-calibration subject.json   # the layout fitted to the subject
+    python scripts/retarget.py TAKE2.c3d --calibration subject.json        # reused for another take
     python scripts/retarget.py CLIP.bvh --blend clip.blend        # also a Blender scene and a preview PNG
     python scripts/retarget.py CLIP.bvh --character HERO.bvh --out clip_on_hero.bvh   # onto a character's skeleton
 
@@ -10,6 +12,10 @@ preset (cmu, cmu_daz, mixamo, smpl_like, or a JSON file), and each frame solved 
 with the preset's landmark joints as targets; one body shape is fitted to the whole clip. A C3D
 clip's markers (labels as in the marker layout; lab Z up unless --up y) are solved through the
 prior from its mean pose. Frames showing too few markers are left out (see "source_frames").
+The layout is first calibrated to the subject with the shape, as MoSh++ does (core.markers): the
+JSON gives each marker's slide from the layout's guess and distance off the skin
+("marker_calibration"), and markers the layout does not know ("unknown_markers"). --calibration
+reuses a saved calibration (layout and shape) as it is, for another take of the same subject.
 
 Prints one JSON object: frames, seconds (solve time), frames_per_s, mpjpe_mm (fitted keypoints vs
 the source's), per_joint_mm, fit_warning (null, or why the fit looks wrong: a mean error above
@@ -35,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +72,7 @@ from core.mocap.c3d import read_c3d, to_model_space  # noqa: E402
 from core.mocap.convert import subsample_indices  # noqa: E402
 from core.pose_files import PoseSequence, save_pose_file  # noqa: E402
 from core.retarget import ClipTargets, Retarget, RetargetOptions, bvh_targets, marker_targets  # noqa: E402
+from core.markers import read_calibration  # noqa: E402
 from core.vposer import load_default_vposer, load_vposer  # noqa: E402
 
 DEFAULT_LAYOUT = REPO / "core" / "data" / "markers_plugin_gait_open.json"
@@ -83,7 +91,8 @@ def load_targets(args: argparse.Namespace, model: BodyModel) -> ClipTargets:
         clip = read_c3d(path, units=args.units)
         positions = to_model_space(clip.positions, args.up)
         frames = subsample_indices(clip.num_frames, clip.frame_rate, args.fps) if args.fps else np.arange(clip.num_frames)
-        targets = marker_targets(model, args.markers or DEFAULT_LAYOUT, clip.labels, positions[frames],
+        layout = load_calibration(args.calibration) if args.calibration else args.markers or DEFAULT_LAYOUT
+        targets = marker_targets(model, layout, clip.labels, positions[frames],
                                  min(args.fps or clip.frame_rate, clip.frame_rate), source=str(path))
         targets.source_frames = frames[targets.source_frames]
         return targets
@@ -133,6 +142,40 @@ def _limb_agreement(args, binding, targets, result, heads, D) -> dict:
             "limb_direction_body_deg": to_body}
 
 
+def load_calibration(path: Path) -> dict[str, Any]:
+    """A calibration saved by --save-calibration (a marker layout with the subject's shape)."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: cannot read the calibration ({error})") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected a JSON object with 'markers' and 'betas'")
+    read_calibration(document, str(path))
+    return document
+
+
+def retarget_options(args: argparse.Namespace, model: BodyModel) -> tuple[RetargetOptions, torch.Tensor | None]:
+    """Options and a fixed shape: a saved calibration holds its layout and shape as they are."""
+    if args.calibration:
+        betas = read_calibration(load_calibration(args.calibration), str(args.calibration))
+        fixed = torch.zeros(model.num_betas, dtype=model.dtype)
+        count = min(len(betas), model.num_betas)
+        fixed[:count] = torch.as_tensor(betas[:count], dtype=model.dtype)
+        return RetargetOptions(batch_size=args.batch, fit_shape=False, calibrate=False), fixed.to(args.device)
+    return RetargetOptions(batch_size=args.batch, fit_shape=not args.no_shape), None
+
+
+def marker_report(targets: ClipTargets, result: Any, save: Path | None) -> dict[str, Any]:
+    """The markers the layout does not know, and the calibration (also written to `save`)."""
+    report: dict[str, Any] = {"unknown_markers": list(targets.unused_labels)} if targets.init is None else {}
+    if result.calibration is not None:
+        report["marker_calibration"] = result.calibration["calibration"]
+        if save is not None:
+            save.write_text(json.dumps(result.calibration, indent=1))
+            report["calibration_out"] = str(save)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", metavar="INPUT", help="a .bvh or .c3d clip")
@@ -140,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skeleton", default="cmu",
                         help="BVH skeleton preset: cmu, cmu_daz, mixamo, smpl_like, auto (by joint names) or a .json")
     parser.add_argument("--markers", type=Path, help="C3D marker layout .json (default: the shipped Plug-in Gait)")
+    parser.add_argument("--calibration", type=Path, help="C3D: a saved calibration (layout + shape) to reuse as it is")
+    parser.add_argument("--save-calibration", type=Path, help="C3D: write the layout calibrated to this subject")
     parser.add_argument("--up", default="z", choices=("z", "y"), help="C3D lab up axis (default z)")
     parser.add_argument("--units", choices=("mm", "cm", "m"), help="override the C3D file's POINT:UNITS")
     parser.add_argument("--fps", type=float, help="resample to this frame rate (default: the clip's own)")
@@ -172,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         prior = None
         if targets.init is None:
             prior = (load_vposer(args.prior) if args.prior else load_default_vposer()).to(args.device).eval()
-        run = Retarget(model, targets, prior, RetargetOptions(batch_size=args.batch, fit_shape=not args.no_shape))
+        options, betas = retarget_options(args, model)
+        run = Retarget(model, targets, prior, options, betas=betas)
         with tqdm(total=targets.positions.shape[0], unit="frame", file=sys.stderr, leave=False) as bar:
             for done, _ in run:
                 bar.update(done - bar.n)
@@ -199,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_joint_mm": result.per_keypoint_mm(),
         "fit_warning": result.fit_warning(),
         "landmark_offsets_mm": {name: [round(1000 * v, 1) for v in local] for name, local in result.offsets.items()},
+        **marker_report(targets, result, args.save_calibration),
         "betas": [round(float(b), 3) for b in result.betas],
         "device": args.device,
         "out": str(out),

@@ -164,6 +164,9 @@ class VPOSER_PT_retarget(_VPoserSubPanel, bpy.types.Panel):
         else:
             layout.prop_search(retarget, "marker_collection", bpy.data, "collections")
             layout.prop(retarget, "layout_path")
+            layout.prop_search(retarget, "calibration_action", bpy.data, "actions")
+            if not retarget.calibration_action:
+                layout.prop(retarget, "calibrate_markers")
         layout.prop(retarget, "use_scene_range")
         layout.prop(retarget, "fit_shape")
         layout.operator("vposer.retarget", icon="ARMATURE_DATA")

@@ -19,6 +19,15 @@ What `read_c3d` returns (`MarkerClip`):
   does not happen (`zero_is_missing=False` keeps such samples).
 * **frame_rate** (POINT:RATE, frames per second) and **first_frame** (the file's frame number of
   its first sample, usually 1).
+* **notes**: what was tolerated on the way, each said once (also as a `C3DWarning`).
+
+Analog data (force plates, EMG) is never needed here, so an analog section whose header and
+parameters disagree does not stop the read: CMU's own takes say 1 analog sample per frame in the
+header but ANALOG:RATE 600 at POINT:RATE 120, which the `c3d` package refuses outright. The points
+are read with the analog block size that the file's length bears out (header's, parameters' or
+none), and one warning says what was ignored. A point section that disagrees with itself (header
+point count, scale or rate against POINT:USED, POINT:SCALE, POINT:RATE) is still an error: those
+numbers decide where every coordinate lies.
 
 Axes: C3D lab frames are usually Z-up (Vicon, Qualisys, Motion Analysis) and sometimes Y-up
 (OptiTrack, some Vicon set-ups); the file does not say reliably. `lab_to_model_rotation(up)` is the
@@ -40,7 +49,8 @@ import numpy as np
 
 from ..errors import VPoserError
 
-__all__ = ["UNIT_SCALES", "C3DError", "MarkerClip", "lab_to_model_rotation", "read_c3d", "to_model_space"]
+__all__ = ["UNIT_SCALES", "C3DError", "C3DWarning", "MarkerClip", "lab_to_model_rotation", "read_c3d",
+           "to_model_space", "write_c3d"]
 
 UNIT_SCALES = {"mm": 1e-3, "cm": 1e-2, "m": 1.0}  # metres per file unit
 _MAGIC = 0x50  # the second byte of every C3D file
@@ -57,6 +67,10 @@ class C3DError(VPoserError):
     """A C3D file that cannot be read as marker trajectories; the message names the file and why."""
 
 
+class C3DWarning(UserWarning):
+    """A C3D file was read, but part of it (never the points) was ignored; the message says what."""
+
+
 @dataclass(frozen=True)
 class MarkerClip:
     """Marker trajectories from one C3D file (see the module docstring for the conventions).
@@ -69,6 +83,7 @@ class MarkerClip:
     positions: np.ndarray
     frame_rate: float
     first_frame: int
+    notes: tuple[str, ...] = ()
 
     @property
     def num_frames(self) -> int:
@@ -90,7 +105,8 @@ def read_c3d(
     """Read the 3D points of a C3D file; `units` ("mm", "cm", "m") overrides POINT:UNITS.
 
     Raises C3DError naming the file for a missing package, a file that is not C3D, a truncated
-    file, unknown units or an unusable frame rate.
+    file, an inconsistent point section, unknown units or an unusable frame rate. An inconsistent
+    analog section is ignored with one C3DWarning (module docstring).
     """
     source = str(path)
     library = _c3d_library()
@@ -98,7 +114,8 @@ def read_c3d(
     with open(path, "rb") as handle, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the package warns about absent analog data; a short read is checked below
         with _corrupt_file_errors(source):
-            reader = library.Reader(handle)
+            reader = _lenient_reader(library, source)(handle)
+            notes = _settle_analog_block(reader, Path(path).stat().st_size)
             count, num_frames = int(reader.point_used), int(reader.frame_count)
             labels = _raw_labels(reader, count)
             unit_text = _parameter_string(reader, "POINT:UNITS")
@@ -118,7 +135,34 @@ def read_c3d(
     positions = raw * scale
     if zero_is_missing:
         positions[(raw == 0).all(axis=-1)] = np.nan
-    return MarkerClip(source, _clean_labels(labels, strip_subject), positions, frame_rate, first_frame)
+    for note in notes:
+        warnings.warn(f"{source}: {note}", C3DWarning, stacklevel=2)
+    return MarkerClip(source, _clean_labels(labels, strip_subject), positions, frame_rate, first_frame, notes)
+
+
+def write_c3d(path: str | Path, labels: list[str], positions: np.ndarray, frame_rate: float, units: str = "mm",
+              first_frame: int = 1, analog_rate: float = 0.0) -> Path:
+    """Write marker trajectories (T, M, 3) metres in the lab frame, NaN where missing (written with
+    a negative residual, as C3D marks an invalid sample), as a float C3D file in `units`.
+    analog_rate: the ANALOG:RATE to declare (a multiple of frame_rate); no channels are written."""
+    library = _c3d_library()
+    if units not in UNIT_SCALES:
+        raise C3DError(f"{path}: units {units!r} is not one of {sorted(UNIT_SCALES)}")
+    positions = np.asarray(positions, dtype=np.float64)
+    writer = library.Writer(point_rate=float(frame_rate), analog_rate=float(analog_rate), point_units=units)
+    no_analog = np.zeros((0, int(round(analog_rate / frame_rate))))
+    writer.set_point_labels(list(labels))
+    writer.set_start_frame(int(first_frame))
+    missing = ~np.isfinite(positions).all(-1)
+    samples = np.zeros((len(labels), 5), np.float32)
+    for frame, gone in zip(np.nan_to_num(positions) / UNIT_SCALES[units], missing):
+        samples[:, :3] = frame
+        samples[:, 3] = np.where(gone, -1.0, 0.0)
+        writer.add_frames([(samples.copy(), no_analog)])
+    with open(path, "wb") as handle, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the package warns that there are no analog channels
+        writer.write(handle)
+    return Path(path)
 
 
 def lab_to_model_rotation(up: str = "z") -> np.ndarray:
@@ -162,11 +206,71 @@ def _check_magic(path: Path) -> None:
         )
 
 
+def _lenient_reader(library: Any, source: str) -> type:
+    """The package's Reader, except that an inconsistent analog section is noted, not refused.
+
+    The package checks its metadata with asserts, point section first: any other failed check
+    (a point count, scale or rate that disagrees) stays an error, named as such."""
+
+    class LenientReader(library.Reader):  # type: ignore[misc, name-defined]
+        analog_problem: str | None = None
+        analog_block: int | None = None  # analog samples per frame actually stored, once settled
+
+        def _check_metadata(self) -> None:
+            try:
+                super()._check_metadata()
+            except AssertionError as error:
+                message = str(error).strip()
+                if not message.startswith("inconsistent analog"):
+                    raise C3DError(f"{source}: the point section is inconsistent ({message}); "
+                                   "the 3D points cannot be located reliably") from None
+                self.analog_problem = message
+
+        @property
+        def analog_per_frame(self) -> int:
+            if self.analog_block is not None:
+                return self.analog_block
+            return super().analog_per_frame
+
+    return LenientReader
+
+
+def _settle_analog_block(reader: Any, file_size: int) -> tuple[str, ...]:
+    """After an inconsistent analog section: pick the analog samples per frame (the header's, the
+    parameters' or none) whose frame size fits the file's length, so the points are read where
+    they lie. Returns the note to give the user (empty when the file was consistent)."""
+    if reader.analog_problem is None:
+        return ()
+    header = reader.header
+    analog_used = int(reader.analog_used)
+    note = f"{reader.analog_problem}; the analog section is ignored, only the 3D points are read"
+    if analog_used == 0:
+        reader.analog_block = 0
+        return (note,)
+    word = 4 if reader.point_scale < 0 else 2
+    point_bytes = 4 * int(reader.point_used) * word
+    available = file_size - (int(header.data_block) - 1) * 512
+    frames = int(reader.frame_count)
+    try:
+        from_parameters = int(reader.analog_rate / reader.point_rate)
+    except (ZeroDivisionError, ValueError, OverflowError):
+        from_parameters = 0
+    candidates = sorted({int(header.analog_per_frame), from_parameters, 0})
+    leftovers = {count: available - frames * (point_bytes + analog_used * count * word) for count in candidates}
+    # The block that leaves least of the file unread (data is padded to 512-byte blocks); when none
+    # fits, the largest, so that a truncated file is reported as such.
+    fitting = [count for count, left in leftovers.items() if left >= 0]
+    reader.analog_block = min(fitting, key=leftovers.get) if fitting else candidates[-1]
+    return (f"{note} (analog blocks of {reader.analog_block} sample(s) per frame, as the file's length shows)",)
+
+
 @contextmanager
 def _corrupt_file_errors(source: str) -> Iterator[None]:
     """The parser meets arbitrary bytes, so any failure inside it means a corrupt file: say which."""
     try:
         yield
+    except C3DError:
+        raise
     except Exception as error:
         raise C3DError(f"{source}: corrupt or unsupported C3D file ({error})") from error
 

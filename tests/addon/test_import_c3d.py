@@ -152,3 +152,32 @@ def test_bad_file_reports_the_file_and_creates_nothing(addon, empty_scene, tmp_p
         bpy.ops.vposer.import_c3d(filepath=str(path))
     assert len(bpy.data.objects) == 0 and len(bpy.data.collections) == 0 and len(bpy.data.actions) == 0
     assert empty_scene.render.fps == fps
+
+
+def test_scene_range_is_extended_to_the_clip_never_shortened(addon, empty_scene, c3d_file):
+    empty_scene.frame_start, empty_scene.frame_end = 1, 3
+    bpy.ops.vposer.import_c3d(filepath=str(c3d_file), use_file_start=True)
+    assert (empty_scene.frame_start, empty_scene.frame_end) == (1, FIRST + FRAMES - 1)
+
+    empty_scene.frame_start, empty_scene.frame_end = 1, 500
+    bpy.ops.vposer.import_c3d(filepath=str(c3d_file), use_file_start=True)
+    assert (empty_scene.frame_start, empty_scene.frame_end) == (1, 500)
+
+    empty_scene.frame_start, empty_scene.frame_end = 40, 50
+    bpy.ops.vposer.import_c3d(filepath=str(c3d_file), use_file_start=True, update_scene_duration=False)
+    assert (empty_scene.frame_start, empty_scene.frame_end) == (40, 50)
+
+
+def test_cmu_like_analog_header_imports_the_points_with_a_warning(addon, empty_scene, tmp_path, lab_points):
+    from tests.core.c3d_testing import write_cmu_like
+
+    points, _ = lab_points
+    path = write_cmu_like(tmp_path / "01_01.c3d", LABELS, points, channels=3)
+    empty_scene.frame_current = 1
+
+    assert bpy.ops.vposer.import_c3d(filepath=str(path)) == {"FINISHED"}
+
+    empty_scene.frame_set(1 + 4)
+    np.testing.assert_allclose(np.array(bpy.data.objects["C7"].matrix_world.translation), points[4, 2] / 1000,
+                               atol=1e-6)
+    assert empty_scene.frame_end >= FRAMES

@@ -419,3 +419,47 @@ def test_polls_say_what_is_missing(addon, empty_scene):
         bpy.ops.vposer.retarget()
     bpy.ops.object.mode_set(mode="POSE")
     assert bpy.ops.vposer.retarget.poll()
+
+
+def test_marker_calibration_is_stored_with_the_action_and_reused(rig, adult, prior):
+    """Markers of a subject whose markers sit off the layout's places: the calibration lands on the
+    new action as JSON (layout + shape), and a second take reusing it gets that layout and shape."""
+    from core.markers import displaced_layout, read_calibration
+
+    frames = 12
+    rotations, transl = _known_poses(prior, frames, seed=3)
+    full = torch.eye(3, dtype=torch.float64).repeat(frames, adult.num_joints, 1, 1)
+    full[:, :BODY] = rotations
+    subject = displaced_layout(KeypointSet.from_json(adult, LAYOUT), seed=4)
+    with torch.no_grad():
+        model_points = subject.evaluate(full, transl=transl).numpy()
+    to_world = np.array(rig.matrix_world)
+    world = model_points @ to_world[:3, :3].T + to_world[:3, 3]
+    collection = bpy.data.collections.new("take1")
+    bpy.context.scene.collection.children.link(collection)
+    for k, label in enumerate([*subject.names, "EXTRA"]):
+        empty = bpy.data.objects.new(label, None)
+        collection.objects.link(empty)
+        empty["vposer_marker"] = label
+        for t in range(frames):
+            empty.location = world[t, k] if k < len(subject.names) else (0.0, 0.0, 3.0)
+            empty.keyframe_insert("location", frame=t + 1)
+    bpy.context.view_layer.objects.active = rig
+
+    assert bpy.ops.vposer.retarget(source="MARKERS", marker_collection="take1") == {"FINISHED"}
+
+    first = rig.animation_data.action
+    document = json.loads(first["vposer_marker_calibration"])
+    assert set(document["markers"]) == set(subject.names) == set(document["calibration"])
+    np.testing.assert_allclose(rig.vposer_body.betas_array(), read_calibration(document)[: rig.vposer_body.num_betas],
+                               atol=1e-5)
+    rig.vposer_body.betas = np.zeros(len(rig.vposer_body.betas))
+
+    assert bpy.ops.vposer.retarget(source="MARKERS", marker_collection="take1",
+                                   calibration_action=first.name) == {"FINISHED"}
+    second = rig.animation_data.action
+    assert second != first and json.loads(second["vposer_marker_calibration"]) == document
+    np.testing.assert_allclose(rig.vposer_body.betas_array(), read_calibration(document)[: rig.vposer_body.num_betas],
+                               atol=1e-5)
+    with pytest.raises(RuntimeError, match="action 'nothing' .*|no action named 'nothing'"):
+        bpy.ops.vposer.retarget(source="MARKERS", marker_collection="take1", calibration_action="nothing")

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import struct
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from core.mocap.c3d import C3DError, lab_to_model_rotation, read_c3d, to_model_space
+from core.mocap.c3d import C3DError, C3DWarning, lab_to_model_rotation, read_c3d, to_model_space
+from core.mocap.c3d import write_c3d as write_trajectories
 
 c3d = pytest.importorskip("c3d")
+
+from c3d_testing import write_cmu_like  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYOUT = ROOT / "core" / "data" / "markers_plugin_gait_open.json"
@@ -129,6 +134,72 @@ def test_bad_files_name_the_file_and_what_was_expected(tmp_path, trajectories):
             path.write_bytes(data)
         with pytest.raises(C3DError, match=rf"{name}: {expected[name]}"):
             read_c3d(path)
+
+
+@pytest.mark.parametrize("channels", [0, 3])
+def test_inconsistent_analog_header_is_ignored_with_one_warning(tmp_path, trajectories, channels):
+    """CMU's header says 1 analog sample per frame against 600 / 120 in its parameters; the points
+    are intact (with analog channels stored, 5 samples per frame lie between them)."""
+    path = write_cmu_like(tmp_path / "01_01.c3d", ["A", "B", "C", "D"], trajectories, channels)
+    with open(path, "rb") as handle, pytest.raises(AssertionError, match="inconsistent analog rate"):
+        c3d.Reader(handle)  # what the package alone does with such a file
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clip = read_c3d(path)
+
+    ours = [w for w in caught if issubclass(w.category, C3DWarning)]
+    assert len(ours) == 1
+    assert "01_01.c3d: inconsistent analog rate! 1 header != 600.0 analog-fps / 120.0 point-fps" in str(ours[0].message)
+    assert clip.notes and "analog section is ignored" in clip.notes[0]
+    np.testing.assert_allclose(clip.positions, trajectories / 1000, atol=1e-7)
+
+
+def test_consistent_file_reads_without_warning(tmp_path, trajectories):
+    path = write_cmu_like(tmp_path / "fine.c3d", ["A", "B", "C", "D"], trajectories, 3, header_per_frame=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", C3DWarning)
+        clip = read_c3d(path)
+    assert clip.notes == ()
+    np.testing.assert_allclose(clip.positions, trajectories / 1000, atol=1e-7)
+
+
+def test_inconsistent_point_section_is_still_refused(tmp_path, trajectories):
+    path = write_c3d(tmp_path / "bad_points.c3d", ["A", "B", "C", "D"], trajectories)
+    data = bytearray(path.read_bytes())
+    data[2:4] = struct.pack("<H", 9)  # the header's point count, against POINT:USED = 4
+    path.write_bytes(bytes(data))
+    with pytest.raises(C3DError, match=r"bad_points\.c3d: the point section is inconsistent "
+                                       r"\(inconsistent point count! 9 header != 4 POINT:USED\)"):
+        read_c3d(path)
+
+
+def test_other_writers_conventions_metres_y_up_gaps_residuals(tmp_path):
+    """Metres (POINT:UNITS "m"), a Y-up lab, gaps as zeros and as negative residuals: in model
+    space (Y up) the Y-up lab's points come back as written, gaps NaN."""
+    generator = np.random.default_rng(5)
+    points = generator.uniform(-1.0, 1.0, size=(6, 3, 3))
+    points[:, :, 1] = np.abs(points[:, :, 1]) + 0.1  # up is Y, above the floor
+    invalid = np.zeros((6, 3), bool)
+    invalid[1:3, 0] = True
+    points[4, 2] = 0.0
+    path = write_c3d(tmp_path / "optitrack.c3d", ["A", "B", "C"], points, invalid, rate=100.0, units="m")
+    clip = read_c3d(path)
+    model = to_model_space(clip.positions, "y")
+    missing = invalid.copy()
+    missing[4, 2] = True
+    assert (np.isnan(model).any(-1) == missing).all()
+    np.testing.assert_allclose(model[~missing], points[~missing], atol=1e-6)
+    assert clip.frame_rate == 100.0
+
+
+def test_written_trajectories_read_back_with_their_gaps(tmp_path, trajectories):
+    metres = trajectories / 1000
+    metres[2, 1] = np.nan
+    path = write_trajectories(tmp_path / "out.c3d", ["A", "B", "C", "D"], metres, 60.0, units="cm", first_frame=3)
+    clip = read_c3d(path)
+    assert clip.labels == ("A", "B", "C", "D") and clip.frame_rate == 60.0 and clip.first_frame == 3
+    np.testing.assert_allclose(clip.positions, metres, atol=1e-6)  # NaN where NaN
 
 
 def test_missing_package_says_how_to_install(tmp_path, monkeypatch):

@@ -95,3 +95,97 @@ def test_retarget_fits_a_c3d_trial_written_from_a_known_pose(tmp_path):
     report = json.loads(result.stdout)
     assert report["frames"] == 3 and report["mpjpe_mm"] < 10
     assert load_pose_file(out).framerate == 100
+
+
+def test_retarget_reads_a_cmu_like_c3d_lists_unknown_markers_and_reuses_a_calibration(tmp_path):
+    """A take with CMU's inconsistent analog header and a marker no layout knows: the points are
+    fitted, the stranger is listed, the calibration is saved and a second run reuses it as it is."""
+    import torch
+    from c3d_testing import write_cmu_like
+
+    from core.body_model import BodyModel
+    from core.keypoints import KeypointSet
+    from core.mocap.c3d import lab_to_model_rotation
+    from core.vposer import load_default_vposer
+
+    body, prior = BodyModel.open_default("adult"), load_default_vposer()
+    markers = KeypointSet.from_json(body, REPO / "core" / "data" / "markers_plugin_gait_open.json")
+    frames = 6
+    rotations = torch.eye(3).expand(frames, body.num_joints, 3, 3).clone()
+    with torch.no_grad():
+        latent = 0.6 * torch.randn(frames, prior.latent_dim, generator=torch.Generator().manual_seed(4))
+        rotations[:, 1:22] = prior.decode_matrix(latent)
+        model_space = markers.evaluate(rotations, None, torch.tensor([[0.2, 0.9, 0.1]]).expand(frames, 3)).numpy()
+    lab_mm = 1000 * model_space @ lab_to_model_rotation("z")
+    lab_mm = np.concatenate([lab_mm, np.full((frames, 1, 3), 500.0)], axis=1)
+    trial = write_cmu_like(tmp_path / "07_01.c3d", [*markers.names, "LKNEE_MED"], lab_mm, channels=2)
+    saved = tmp_path / "subject07.json"
+
+    first = run("scripts/retarget.py", str(trial), "--out", str(tmp_path / "a.npz"), "--save-calibration", str(saved))
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("inconsistent analog rate") == 1
+    report = json.loads(first.stdout)
+    assert report["unknown_markers"] == ["LKNEE_MED"] and report["mpjpe_mm"] < 10
+    assert set(report["marker_calibration"]) == set(markers.names)
+    document = json.loads(saved.read_text())
+    assert set(document["markers"]) == set(markers.names) and len(document["betas"]) == body.num_betas
+
+    second = run("scripts/retarget.py", str(trial), "--out", str(tmp_path / "b.npz"), "--calibration", str(saved))
+    assert second.returncode == 0, second.stderr
+    again = json.loads(second.stdout)
+    np.testing.assert_allclose(again["betas"], np.round(document["betas"], 3), atol=1e-3)
+    assert "marker_calibration" not in again and again["mpjpe_mm"] < report["mpjpe_mm"] + 2
+
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"markers": {}, "betas": "tall"}')
+    third = run("scripts/retarget.py", str(trial), "--calibration", str(broken))
+    assert third.returncode != 0 and "broken.json: 'betas' must be a list of numbers" in third.stderr
+
+
+def test_make_marker_layout_starts_a_layout_from_one_trial(tmp_path):
+    """A take with the Plug-in Gait markers and four more at known surface points: the layout made
+    from it puts the newcomers where they were (on the rest body), and keeps the known ones."""
+    import torch
+
+    from core.body_model import BodyModel
+    from core.keypoints import KeypointSet, sample_surface
+    from core.markers import rest_positions, surface_keypoints
+    from core.mocap.c3d import lab_to_model_rotation, write_c3d
+    from core.vposer import load_default_vposer
+
+    body, prior = BodyModel.open_default("adult"), load_default_vposer()
+    shipped = KeypointSet.from_json(body, REPO / "core" / "data" / "markers_plugin_gait_open.json")
+    extra = sample_surface(body, 4, offset=0.01, seed=3)
+    both = KeypointSet(body, [*shipped.keypoints, *extra.keypoints])
+    frames = 30
+    rotations = torch.eye(3).expand(frames, body.num_joints, 3, 3).clone()
+    with torch.no_grad():
+        latent = 0.7 * torch.randn(frames, prior.latent_dim, generator=torch.Generator().manual_seed(1))
+        rotations[:, 1:22] = prior.decode_matrix(latent)
+        points = both.evaluate(rotations, None, torch.zeros(frames, 3)).numpy()
+    trial = write_c3d(tmp_path / "new_set.c3d", list(both.names), points @ lab_to_model_rotation("z"), 100.0)
+    out = tmp_path / "new_set.json"
+
+    result = run("scripts/make_marker_layout.py", "--trial", str(trial), "--out", str(out))
+
+    assert result.returncode == 0, result.stderr
+    made = KeypointSet.from_json(body, out)
+    assert made.names == both.names
+    zeros = torch.zeros(body.num_betas)
+    placed = dict(zip(made.names, rest_positions(body, surface_keypoints(made), zeros)))
+    truth = dict(zip(both.names, rest_positions(body, surface_keypoints(both), zeros)))
+    for name in extra.names:
+        assert np.linalg.norm(placed[name] - truth[name]) < 0.015, name
+    refused = run("scripts/make_marker_layout.py", "--trial", str(trial))
+    assert refused.returncode != 0 and "--trial needs --out" in refused.stderr
+
+
+def test_eval_markers_reports_calibration_on_a_synthetic_take(tmp_path):
+    """A few frames of the shipped walk as a marker take: calibration must lower the marker residual."""
+    result = run("scripts/eval_markers.py", str(CLIP), "--frames", "40", "--keep-c3d", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    take = report["takes"][0]
+    assert take["uncalibrated"]["c3d_warnings"] == 1  # the take carries CMU's analog header
+    assert take["calibrated"]["marker_mm"] < take["uncalibrated"]["marker_mm"]
+    assert take["calibrated"]["joint_mm"] < 60 and (tmp_path / "cmu_02_01_walk_markers.c3d").exists()

@@ -13,11 +13,17 @@ key before a gap holds (CONSTANT) until the marker reappears, rather than glidin
 straight line. The integer custom property "vposer_visible" is keyed (CONSTANT, a key per change)
 1 where the marker was seen and 0 where not: whatever reads the empties later (a retarget or a
 fit) evaluates it per frame to mask gaps out.
+
+Scene: as Blender's BVH importer with Update Scene FPS and Update Scene Duration (the add-on's
+panel turns both on for BVH), the scene's frame rate becomes the file's and its frame range is
+extended to cover the clip (never shortened: other animation in the scene keeps its frames).
+A file whose analog section is inconsistent (CMU's own takes) is read with a warning.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import bpy
@@ -70,6 +76,11 @@ class VPOSER_OT_import_c3d(bpy.types.Operator, ImportHelper):
         description="Set the scene's frame rate to the file's, so the markers move at their recorded speed",
         default=True,
     )
+    update_scene_duration: bpy.props.BoolProperty(
+        name="Update Scene Duration",
+        description="Extend the scene's frame range to cover the clip (never shortens it), as the BVH importer does",
+        default=True,
+    )
     marker_size: bpy.props.FloatProperty(
         name="Marker Size", description="Radius of the sphere empties", default=0.015, min=0.001,
         soft_max=0.1, subtype="DISTANCE", unit="LENGTH",
@@ -87,9 +98,11 @@ class VPOSER_OT_import_c3d(bpy.types.Operator, ImportHelper):
 
     @reports_errors("Cannot import markers")
     def execute(self, context: bpy.types.Context) -> set[str]:
-        from ...core.mocap.c3d import lab_to_model_rotation, read_c3d
+        from ...core.mocap.c3d import C3DWarning, lab_to_model_rotation, read_c3d
 
-        clip = read_c3d(self.filepath, units=None if self.units == "FILE" else self.units)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", C3DWarning)  # reported below, once, as the operator's warning
+            clip = read_c3d(self.filepath, units=None if self.units == "FILE" else self.units)
         to_world = np.array(bridge.Y_UP_TO_Z_UP.to_3x3()) @ lab_to_model_rotation(self.up_axis)
         positions = clip.positions @ to_world.T
         start = clip.first_frame if self.use_file_start else context.scene.frame_current
@@ -110,6 +123,10 @@ class VPOSER_OT_import_c3d(bpy.types.Operator, ImportHelper):
             window_manager.progress_end()
         if self.set_scene_fps:
             bridge.set_scene_frame_rate(context.scene, clip.frame_rate)
+        if self.update_scene_duration:
+            cover_frames(context.scene, int(frames[0]), int(frames[-1]))
+        for note in clip.notes:
+            self.report({"WARNING"}, f"{Path(self.filepath).name}: {note}")
 
         never_seen = [label for label, seen in zip(clip.labels, clip.visible.any(axis=0)) if not seen]
         unseen = f"; never seen: {', '.join(never_seen)}" if never_seen else ""
@@ -142,6 +159,14 @@ class VPOSER_OT_import_c3d(bpy.types.Operator, ImportHelper):
             channelbag, f'["{VISIBLE}"]', 0, label, frames[switches], seen[switches].astype(np.float64),
             hold=np.ones(len(switches), dtype=bool),
         )
+
+
+def cover_frames(scene: bpy.types.Scene, first: int, last: int) -> None:
+    """Extend the scene's frame range to [first, last], never shortening it."""
+    if scene.frame_start > first:
+        scene.frame_start = max(0, first)
+    if scene.frame_end < last:
+        scene.frame_end = last
 
 
 def _remove_collection(collection: bpy.types.Collection) -> None:

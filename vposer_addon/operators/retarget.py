@@ -14,6 +14,12 @@ and SMPL's axes: the BVH importer's Scale already turned file units into Blender
 that is not 0.3-3 m tall there (a CMU file imported at Scale 1 is some 30 m tall) is refused with
 the Scale to import it at.
 
+Markers. The layout is calibrated to the subject first (core.markers, as MoSh++ does): each
+marker's place on the body and distance off the skin, with the shape. The calibration (a layout
+with the subject's shape, JSON) is stored on the new action as the custom property
+"vposer_marker_calibration", so another take of the same subject can reuse it as it is (Reuse
+Calibration). Markers the layout does not know are named in the report.
+
 Running. execute solves every batch at once, with the window manager's progress; invoke (the UI)
 solves one batch per timer event so Blender stays responsive and Esc cancels. Nothing in the scene
 changes before the last batch is solved, so a failed or cancelled run leaves it as it was.
@@ -21,6 +27,7 @@ changes before the last batch is solved, so a failed or cancelled run leaves it 
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -42,7 +49,7 @@ if TYPE_CHECKING:
 
     from ...core.body_model import BodyModel
     from ...core.mocap.skeletons import SkeletonPreset
-    from ...core.retarget import ClipTargets, Retarget
+    from ...core.retarget import ClipTargets, Retarget, RetargetOptions
 
 PRESET_ITEMS = [
     ("CMU", "CMU", "CMU mocap converted to BVH (cgspeed names: Hips, LeftUpLeg, ...); import at Scale 0.05644"),
@@ -55,6 +62,7 @@ PRESET_ITEMS = [
 ]
 PRESET_NAMES = {"CMU": "cmu", "CMU_DAZ": "cmu_daz", "MIXAMO": "mixamo", "SMPL_LIKE": "smpl_like"}
 MARKER_LAYOUT = "markers_plugin_gait_open.json"  # shipped with core's data
+CALIBRATION = "vposer_marker_calibration"  # an action's custom property: its markers' calibration (JSON)
 BATCH_FRAMES = 100  # frames per solve step: progress and Esc are checked between steps
 PLAUSIBLE_HEIGHT = (0.3, 3.0)  # metres: a rest skeleton outside this was imported at the wrong scale
 TYPICAL_HEIGHT = 1.7  # metres, to suggest a scale
@@ -96,6 +104,17 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         name="Marker Layout",
         description="Where each marker label sits on the body (.json); empty: the shipped Plug-in Gait layout",
         subtype="FILE_PATH",
+    )
+    calibrate_markers: bpy.props.BoolProperty(
+        name="Calibrate Markers",
+        description="Fit each marker's place on the body and its distance off the skin to this subject, with the "
+        "shape (as MoSh++ does); the calibration is stored with the new action",
+        default=True,
+    )
+    calibration_action: bpy.props.StringProperty(
+        name="Reuse Calibration",
+        description="An action retargeted from markers before, whose calibration (marker places and shape) is used "
+        "as it is: another take of the same subject. Empty: the layout, calibrated if asked",
     )
     use_scene_range: bpy.props.BoolProperty(
         name="Scene Frame Range",
@@ -176,7 +195,37 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         else:
             source = self._marker_source(context)
             clip, frames = self._marker_targets(context, rig, source, model)
-        return RetargetJob(context, rig, model, source.name, clip, frames, self.fit_shape, started)
+        options, betas, reused = self._options(rig, model)
+        return RetargetJob(context, rig, model, source.name, clip, frames, options, betas, started, reused)
+
+    def _options(self, rig: bpy.types.Object, model: BodyModel
+                 ) -> tuple[RetargetOptions, np.ndarray | None, dict | None]:
+        """The solve's options, the shape to hold (None: fit it) and a reused calibration if any."""
+        from ...core.markers import read_calibration
+        from ...core.retarget import RetargetOptions
+
+        calibrate = self.source == "ARMATURE" or self.calibrate_markers
+        if self.source == "MARKERS" and self.calibration_action:
+            document = self._reused_calibration()
+            betas = np.zeros(model.num_betas)
+            values = read_calibration(document, f"action '{self.calibration_action}'")[: model.num_betas]
+            betas[: len(values)] = values
+            return RetargetOptions(batch_size=BATCH_FRAMES, fit_shape=False, calibrate=False), betas, document
+        betas = None if self.fit_shape else rig.vposer_body.betas_array()
+        return RetargetOptions(batch_size=BATCH_FRAMES, fit_shape=self.fit_shape, calibrate=calibrate), betas, None
+
+    def _reused_calibration(self) -> dict:
+        action = bpy.data.actions.get(self.calibration_action)
+        if action is None:
+            raise SourceError(f"no action named '{self.calibration_action}' to reuse a calibration from")
+        try:
+            document = json.loads(action[CALIBRATION])
+        except (KeyError, TypeError, json.JSONDecodeError):
+            raise SourceError(f"action '{action.name}' holds no marker calibration (a '{CALIBRATION}' property, as "
+                              "Retarget from markers stores)") from None
+        if not isinstance(document, dict):
+            raise SourceError(f"action '{action.name}': '{CALIBRATION}' is not a calibration object")
+        return document
 
     def _finish(self, job: RetargetJob) -> set[str]:
         report, warning = job.write()
@@ -249,6 +298,8 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         to_model = np.linalg.inv(np.array(rig.matrix_world))
         positions = positions @ to_model[:3, :3].T + to_model[:3, 3]  # NaN stays NaN
         layout = bpy.path.abspath(self.layout_path) if self.layout_path else DATA_DIR / MARKER_LAYOUT
+        if self.calibration_action:
+            layout = self._reused_calibration()
         return marker_targets(model, layout, labels, positions, bridge.scene_frame_rate(context.scene),
                               f"collection '{collection.name}'"), frames
 
@@ -270,15 +321,17 @@ class RetargetJob:
     """A prepared retarget: the solve as steps (step), then the result written onto the body (write)."""
 
     def __init__(self, context: bpy.types.Context, rig: bpy.types.Object, model: BodyModel, source: str,
-                 clip: ClipTargets, frames: np.ndarray, fit_shape: bool, started: float) -> None:
-        from ...core.retarget import Retarget, RetargetOptions
+                 clip: ClipTargets, frames: np.ndarray, options: RetargetOptions, betas: np.ndarray | None,
+                 started: float, reused: dict | None = None) -> None:
+        """betas: the shape to hold (None: fitted); reused: a calibration used as it is (its shape is set)."""
+        from ...core.retarget import Retarget
 
-        body = rig.vposer_body
         prior = load_prior(context, like=model) if clip.init is None else None  # only markers need it
-        self.run: Retarget = Retarget(model, clip, prior, RetargetOptions(batch_size=BATCH_FRAMES, fit_shape=fit_shape),
-                                      betas=None if fit_shape else body.betas_array())
+        self.run: Retarget = Retarget(model, clip, prior, options, betas=betas)
         self._steps = iter(self.run)
-        self.rig, self.source, self.fit_shape, self.started = rig, source, fit_shape, started
+        self.rig, self.source, self.started, self.reused = rig, source, started, reused
+        self.set_shape = options.fit_shape or reused is not None
+        self.unused_labels = clip.unused_labels
         self.frames = frames[clip.source_frames]  # marker frames with too few markers are left out
         self.skipped = len(frames) - len(self.frames)
         self.total, self.done = len(self.frames), 0
@@ -305,7 +358,10 @@ class RetargetJob:
         action, _ = bridge.new_action(rig, f"{self.source} on {rig.name}")
         bridge.insert_keys(rig, names, bridge.continuous_quaternions(quaternions),
                            result.transl.detach().cpu().double().numpy(), self.frames)
-        if self.fit_shape:
+        calibration = result.calibration or self.reused
+        if calibration is not None:
+            action[CALIBRATION] = json.dumps(calibration)
+        if self.set_shape:
             betas = np.zeros(MAX_BETAS)
             betas[: body.num_betas] = result.betas.detach().cpu().numpy()[: body.num_betas]
             body.betas = betas  # one assignment, one reshape
@@ -314,9 +370,16 @@ class RetargetJob:
         skipped = (f" ({self.skipped} frame{'s' * (self.skipped > 1)} with fewer than {MIN_MARKERS} markers "
                    "left out)" if self.skipped else "")
         warning = result.fit_warning()
+        unknown = (f"; not in the layout, so not fitted: {', '.join(self.unused_labels)}"
+                   if self.unused_labels else "")
+        calibrated = ""
+        if result.calibration is not None:
+            slides = [entry["slide_mm"] for entry in result.calibration["calibration"].values()]
+            calibrated = (f"; markers calibrated (moved {np.mean(slides):.0f} mm on average, stored with the action "
+                          f"as '{CALIBRATION}')")
         report = (f"Retargeted {self.total} frames of {self.source} onto {rig.name}{skipped} in "
                   f"{time.perf_counter() - self.started:.1f} s as action '{action.name}': mean error "
-                  f"{result.mpjpe_mm:.1f} mm, worst {worst[0]} {worst[1]:.1f} mm{kept}")
+                  f"{result.mpjpe_mm:.1f} mm, worst {worst[0]} {worst[1]:.1f} mm{calibrated}{unknown}{kept}")
         return (f"{report}. {warning[0].upper()}{warning[1:]}" if warning else report), warning is not None
 
 
