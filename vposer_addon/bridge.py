@@ -178,6 +178,25 @@ def insert_keys(
         _add_keys(channelbag.fcurves.ensure(path, index=index, group_name=bone), frames, column)
 
 
+def pose_keys(rig: bpy.types.Object, joint_names: list[str]) -> dict[tuple[str, int], np.ndarray]:
+    """The keys of the joints' pose channels in the rig's action: (data path, index) -> (N, 2)
+    (frame, value) pairs, to tell what a job changed."""
+    curves = _active_curves(rig)
+    keys = {}
+    for _, path, index in _pose_channels(joint_names):
+        curve = curves.get((path, index))
+        if curve is not None:
+            co = np.empty(2 * len(curve.keyframe_points), dtype=np.float32)
+            curve.keyframe_points.foreach_get("co", co)
+            keys[path, index] = co.reshape(-1, 2)
+    return keys
+
+
+def add_curve_keys(curve: bpy.types.FCurve, frames: np.ndarray, values: np.ndarray) -> None:
+    """Linear keys on a curve at the frames it does not key yet (keys already there stay)."""
+    _add_keys(curve, np.asarray(frames, dtype=np.float64), np.asarray(values, dtype=np.float64))
+
+
 def new_action(obj: bpy.types.Object, name: str) -> tuple[bpy.types.Action, bpy.types.ActionChannelbag]:
     """A new slotted action (one layer, one keyframe strip, a slot for `obj`) assigned to `obj`, and
     the channelbag its curves go in; the object's previous action is only unassigned."""

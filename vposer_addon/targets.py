@@ -224,9 +224,11 @@ def live_update(scene: bpy.types.Scene, depsgraph: bpy.types.Depsgraph) -> None:
     _busy = True
     try:
         from ..core.ik import LIVE_ITERATIONS
+        from .character import follow_pose
 
         for rig in bodies:
             solve(bpy.context, rig, mapped_targets(scene, rig), iterations=LIVE_ITERATIONS)
+            follow_pose(bpy.context, rig)
     except Exception as error:  # noqa: BLE001 - anything escaping a handler would repeat on every update
         scene.vposer_live = False
         print(f"VPoser: Live Posing turned off in scene '{scene.name}': {error}")
