@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import bpy
 
-from . import character, operators, panels, preferences, properties, targets
+from . import character, character_panel, operators, panels, preferences, properties, targets
 
 _CLASSES: tuple[type, ...] = (
-    *preferences.CLASSES, *properties.CLASSES, *targets.CLASSES, *character.CLASSES, *operators.CLASSES, *panels.CLASSES
+    *preferences.CLASSES, *properties.CLASSES, *targets.CLASSES, *character.CLASSES, *operators.CLASSES, *panels.CLASSES,
+    *character_panel.CLASSES,
 )
 
 

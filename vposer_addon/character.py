@@ -78,15 +78,23 @@ class VPoserCharacter(bpy.types.PropertyGroup):
         default="HIDDEN", update=_set_body_display,
     )
 
-    def mapping(self) -> dict[str, str]:
-        """Body joint -> character bone, the entries with a bone."""
-        return {entry.name: entry.bone for entry in self.bones if entry.bone}
+    scale: bpy.props.FloatProperty(name="Scale", description="Character metres per body metre, fitted at bind")
+    bind_world: bpy.props.FloatVectorProperty(size=16, options={"HIDDEN"}, description="matrix_world at bind, rows")
 
-    def set_mapping(self, mapping: dict[str, str]) -> None:
+    def mapping(self) -> dict[str, list[str]]:
+        """Body joint -> the character bones it drives (root to tip), the entries with a bone."""
+        mapping: dict[str, list[str]] = {}
+        for entry in self.bones:
+            if entry.bone:
+                mapping.setdefault(entry.name, []).append(entry.bone)
+        return mapping
+
+    def set_mapping(self, mapping: dict[str, list[str]]) -> None:
         self.bones.clear()
-        for joint, bone in mapping.items():
-            entry = self.bones.add()
-            entry.name, entry.bone = joint, bone
+        for joint, bones in mapping.items():
+            for bone in bones:
+                entry = self.bones.add()
+                entry.name, entry.bone = joint, bone
 
 
 def bound_character(body: bpy.types.Object) -> bpy.types.Object | None:
@@ -423,6 +431,7 @@ class BodyState:
     action: bpy.types.Action | None
     keys: dict[tuple[str, int], np.ndarray]  # (data path, index) -> (N, 2) keys (frame, value)
     pose: np.ndarray
+    betas: np.ndarray
 
 
 def body_state(body: bpy.types.Object) -> BodyState:
@@ -430,7 +439,8 @@ def body_state(body: bpy.types.Object) -> BodyState:
     quaternions, location = bridge.get_pose(body, names)
     animation_data = body.animation_data
     action = animation_data.action if animation_data else None
-    return BodyState(action, bridge.pose_keys(body, names), np.concatenate([quaternions.ravel(), location]))
+    return BodyState(action, bridge.pose_keys(body, names), np.concatenate([quaternions.ravel(), location]),
+                     np.array(body.vposer_body.betas))
 
 
 def changed_frames(before: BodyState, after: BodyState) -> tuple[np.ndarray, np.ndarray]:
@@ -453,48 +463,69 @@ def drives_character(cls: type[bpy.types.Operator]) -> type[bpy.types.Operator]:
     def note(context: bpy.types.Context) -> tuple[bpy.types.Object, BodyState] | None:
         from .targets import driven_body
 
+        from .character_transfer import pull_pose
+
         body = driven_body(context)
-        return (body, body_state(body)) if body is not None and bound_character(body) is not None else None
+        character = bound_character(body) if body is not None else None
+        if character is None:
+            return None
+        pull_pose(context, character, body)  # the job starts from the pose the user sees
+        return body, body_state(body)
 
-    def following(method: Callable, takes_note: bool) -> Callable:
-        @wraps(method)
-        def run(self: bpy.types.Operator, context: bpy.types.Context, *args: object) -> set[str]:
-            noted = note(context) if takes_note else getattr(self, "_vposer_noted", None)
-            if takes_note:
-                self._vposer_noted = noted
-            result = method(self, context, *args)
-            if noted is not None and "FINISHED" in result:
-                try:
-                    message = follow_body(context, *noted)
-                except CharacterError as error:
-                    self.report({"ERROR"}, str(error))
-                    return {"CANCELLED"}
-                if message:
-                    self.report({"INFO"}, message)
+    def after(self: bpy.types.Operator, context: bpy.types.Context, noted, result: set[str]) -> set[str]:  # noqa: ANN001
+        if noted is None or "FINISHED" not in result:
             return result
+        try:
+            message = follow_body(context, *noted)
+        except CharacterError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        if message:
+            self.report({"INFO"}, message)
+        return result
 
-        return run
+    execute = cls.execute
 
-    cls.execute = following(cls.execute, takes_note=True)
-    if hasattr(cls, "modal"):
-        cls.invoke = following(cls.invoke, takes_note=True)
-        cls.modal = following(cls.modal, takes_note=False)
+    @wraps(execute)
+    def run_execute(self: bpy.types.Operator, context: bpy.types.Context) -> set[str]:
+        noted = note(context)
+        return after(self, context, noted, execute(self, context))
+
+    cls.execute = run_execute
+    if hasattr(cls, "modal"):  # Blender checks the argument count of invoke and modal
+        invoke, modal = cls.invoke, cls.modal
+
+        @wraps(invoke)
+        def run_invoke(self: bpy.types.Operator, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+            self._vposer_noted = note(context)
+            return after(self, context, self._vposer_noted, invoke(self, context, event))
+
+        @wraps(modal)
+        def run_modal(self: bpy.types.Operator, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+            return after(self, context, getattr(self, "_vposer_noted", None), modal(self, context, event))
+
+        cls.invoke, cls.modal = run_invoke, run_modal
     return cls
 
 
 def follow_body(context: bpy.types.Context, body: bpy.types.Object, before: BodyState) -> str:
-    """Write what a job changed on the body onto its character; returns a line for the report."""
+    """Write what a job changed on the body onto its character; returns a line for the report.
+    A job that refitted the body's shape (Retarget's Fit Shape) gets the shape fitted to the
+    character back once its motion is written."""
     from .character_transfer import body_to_character
 
     character = bound_character(body)
     after = body_state(body)
     names = body.vposer_body.joint_names()
-    poser = posers.get(context, character)
+    if not np.array_equal(after.betas, before.betas):
+        body.vposer_body.betas = before.betas
     message = ""
+    fresh = True  # the first transfer calibrates the poser, the others reuse it
     if after.action is not None and after.action != before.action:
         frames = _keyed_frames(after)
         if frames.size:
-            clip = body_to_character(character, body, *bridge.read_action(body, names, frames), poser)
+            clip = body_to_character(context, character, body, *bridge.read_action(body, names, frames), fresh)
+            fresh = False
             action_name = after.action.name.replace(body.name, character.name)
             if action_name == after.action.name:
                 action_name = f"{after.action.name} on {character.name}"
@@ -503,25 +534,24 @@ def follow_body(context: bpy.types.Context, body: bpy.types.Object, before: Body
     elif after.action is not None:
         added, removed = changed_frames(before, after)
         if added.size or removed.size:
-            clip = body_to_character(character, body, *bridge.read_action(body, names, added), poser)
+            clip = body_to_character(context, character, body, *bridge.read_action(body, names, added), fresh)
+            fresh = False
             replace_keys(character, clip, added, removed)
             message = f"{character.name} keyed on {added.size} frames"
     if not np.array_equal(after.pose, before.pose) or message:
-        follow_pose(context, body, poser)
+        follow_pose(context, body, fresh)
     return message
 
 
-def follow_pose(context: bpy.types.Context, body: bpy.types.Object, poser: CharacterPoser | None = None) -> None:
+def follow_pose(context: bpy.types.Context, body: bpy.types.Object, fresh: bool = False) -> None:
     """Give the character the body's current pose (Solve Pose, Live Posing)."""
     from .character_transfer import body_to_character
 
     character = bound_character(body)
     if character is None:
         return
-    names = body.vposer_body.joint_names()
-    quaternions, location = bridge.get_pose(body, names)
-    poser = poser or posers.get(context, character, fresh=False)
-    set_channels(character, body_to_character(character, body, quaternions[None], location[None], poser))
+    quaternions, location = bridge.get_pose(body, body.vposer_body.joint_names())
+    set_channels(character, body_to_character(context, character, body, quaternions[None], location[None], fresh))
 
 
 def _keyed_frames(state: BodyState) -> np.ndarray:
@@ -534,13 +564,14 @@ class _Posers:
     its unmapped bones do may have changed); Live Posing reuses the last one, as it runs often."""
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[tuple[str, ...], CharacterPoser]] = {}
+        self._cache: dict[int, tuple[tuple, CharacterPoser]] = {}
 
-    def get(self, context: bpy.types.Context, character: bpy.types.Object, fresh: bool = True) -> CharacterPoser:
-        bones = tuple(character.vposer_character.mapping().values())
+    def get(self, context: bpy.types.Context, character: bpy.types.Object, bones: list[str], located: list[str],
+            fresh: bool = True) -> CharacterPoser:
+        key = (tuple(bones), tuple(located))
         cached = self._cache.get(character.session_uid)
-        if fresh or cached is None or cached[0] != bones:
-            cached = self._cache[character.session_uid] = (bones, CharacterPoser.calibrate(character, bones, _located(character)))
+        if fresh or cached is None or cached[0] != key:
+            cached = self._cache[character.session_uid] = (key, CharacterPoser.calibrate(character, bones, located))
         return cached[1]
 
     def clear(self) -> None:
@@ -548,12 +579,6 @@ class _Posers:
 
 
 posers = _Posers()
-
-
-def _located(character: bpy.types.Object) -> list[str]:
-    """The bone the body's root (pelvis) maps to takes the body's location."""
-    bones = character.vposer_character.bones
-    return [bones[0].bone] if len(bones) and bones[0].bone else []
 
 
 def attach() -> None:

@@ -207,3 +207,76 @@ def test_poser_poses_rigify_fk_controls_through_their_mechanism_parents(characte
             rigify_rig.pose.bones[f"{limb}_parent.{side}"]["IK_FK"] = 1.0
     posed = _random_basis_pose(rigify_rig, RIGIFY_FK, seed=2)
     _assert_poses_like(character_module, rigify_rig, RIGIFY_FK, posed)
+
+
+# ------------------------------------------------------------------------------------ binding
+ARM_LEG_LIMBS = [("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"), ("right_shoulder", "right_elbow"),
+                 ("right_elbow", "right_wrist"), ("left_hip", "left_knee"), ("left_knee", "left_ankle"),
+                 ("right_hip", "right_knee"), ("right_knee", "right_ankle"), ("spine3", "neck")]
+
+
+def _body_of(character):
+    return character.vposer_character.body
+
+
+def _limb_angles(body, character, bones: dict[str, str], limbs=ARM_LEG_LIMBS) -> dict[str, float]:
+    """Degrees between each body limb (joint -> child joint, the body's evaluated bones in the scene)
+    and the character's (the mapped bones' evaluated heads)."""
+    bpy.context.view_layer.update()
+    out = {}
+    for joint, child in limbs:
+        body_dir = _world_head(body, joint, body) - _world_head(body, child, body)
+        char_dir = _world_head(character, bones[joint]) - _world_head(character, bones[child])
+        cos = body_dir @ char_dir / np.linalg.norm(body_dir) / np.linalg.norm(char_dir)
+        out[joint] = math.degrees(math.acos(np.clip(cos, -1, 1)))
+    return out
+
+
+def _world_head(obj, bone, _body=None) -> np.ndarray:
+    return np.array(obj.matrix_world @ obj.pose.bones[bone].head)
+
+
+@pytest.fixture
+def mixamo(addon, empty_scene, adult):
+    return build_character("Hero", adult.rest_joints()[0].numpy(), list(adult.joint_names), a_pose_deg=40,
+                           roll_seed=7, units=100.0, world=Matrix.Translation((1.0, 2.0, 0.0)) @ FBX_LIKE)
+
+
+def _bind(character) -> set[str]:
+    for obj in bpy.context.selected_objects:
+        obj.select_set(False)
+    character.select_set(True)
+    bpy.context.view_layer.objects.active = character
+    return bpy.ops.vposer.bind_character()
+
+
+def _add_targets_and_move(character, offsets: dict[str, tuple[float, float, float]]) -> None:
+    """Effector targets on the character's body, some moved by world offsets."""
+    assert bpy.ops.vposer.add_targets(preset="EFFECTORS") == {"FINISHED"}
+    body = _body_of(character)
+    for obj in bpy.context.scene.objects:
+        if obj.vposer_target.body == body and obj.vposer_target.joint in offsets:
+            obj.location = np.array(obj.location) + np.array(offsets[obj.vposer_target.joint])
+
+
+def test_bind_detects_mixamo_and_solve_pose_moves_the_character(mixamo):
+    """An A-pose, rolled, centimetre, Y-up Mixamo rig: bound, solved to moved targets; every limb of
+    the character then points where the body's does, and the body is hidden."""
+    assert _bind(mixamo) == {"FINISHED"}
+    settings = mixamo.vposer_character
+    assert settings.preset == "mixamo"
+    body = _body_of(mixamo)
+    assert body is not None and body.vposer_body.is_body and body.hide_get()
+    names = bone_names("mixamo")
+    assert {joint: bones[0] for joint, bones in settings.mapping().items() if joint in names} == names
+    rest_angles = _limb_angles(body, mixamo, names)
+    assert max(rest_angles.values()) < 3.0, rest_angles  # the body took the character's A-pose at bind
+
+    _add_targets_and_move(mixamo, {"left_wrist": (0.0, -0.3, 0.4), "right_ankle": (0.0, -0.3, 0.25)})
+    bpy.context.view_layer.objects.active = mixamo
+    before = np.array(mixamo.pose.bones["mixamorig:LeftForeArm"].matrix)
+    assert bpy.ops.vposer.solve_pose() == {"FINISHED"}
+    bpy.context.view_layer.update()
+    assert not np.allclose(np.array(mixamo.pose.bones["mixamorig:LeftForeArm"].matrix), before, atol=1e-3)
+    angles = _limb_angles(body, mixamo, names)
+    assert max(angles.values()) < 2.0, angles
