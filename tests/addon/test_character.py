@@ -280,3 +280,216 @@ def test_bind_detects_mixamo_and_solve_pose_moves_the_character(mixamo):
     assert not np.allclose(np.array(mixamo.pose.bones["mixamorig:LeftForeArm"].matrix), before, atol=1e-3)
     angles = _limb_angles(body, mixamo, names)
     assert max(angles.values()) < 2.0, angles
+
+
+RIGIFY_DEF_LIMBS = {  # body limb -> the deform bones whose heads span it
+    ("left_shoulder", "left_elbow"): ("DEF-upper_arm.L", "DEF-forearm.L"),
+    ("left_elbow", "left_wrist"): ("DEF-forearm.L", "DEF-hand.L"),
+    ("right_shoulder", "right_elbow"): ("DEF-upper_arm.R", "DEF-forearm.R"),
+    ("right_elbow", "right_wrist"): ("DEF-forearm.R", "DEF-hand.R"),
+    ("left_hip", "left_knee"): ("DEF-thigh.L", "DEF-shin.L"),
+    ("left_knee", "left_ankle"): ("DEF-shin.L", "DEF-foot.L"),
+    ("right_hip", "right_knee"): ("DEF-thigh.R", "DEF-shin.R"),
+    ("right_knee", "right_ankle"): ("DEF-shin.R", "DEF-foot.R"),
+}
+
+
+def _deform_angles(rig) -> dict[str, float]:
+    """Degrees between the body's limbs and the Rigify rig's deform bones spanning them."""
+    bpy.context.view_layer.update()
+    body = _body_of(rig)
+    out = {}
+    for (joint, child), (bone, next_bone) in RIGIFY_DEF_LIMBS.items():
+        body_dir = _world_head(body, child) - _world_head(body, joint)
+        rig_dir = _world_head(rig, next_bone) - _world_head(rig, bone)
+        cos = body_dir @ rig_dir / np.linalg.norm(body_dir) / np.linalg.norm(rig_dir)
+        out[joint] = math.degrees(math.acos(np.clip(cos, -1, 1)))
+    return out
+
+
+def test_rigify_rig_binds_to_its_fk_controls_and_solve_pose_drives_its_deform_bones(rigify_rig):
+    assert _bind(rigify_rig) == {"FINISHED"}
+    settings = rigify_rig.vposer_character
+    assert settings.preset == "rigify_fk"
+    assert settings.mapping()["left_shoulder"] == ["upper_arm_fk.L"]
+    assert all(rigify_rig.pose.bones[f"{limb}_parent.{side}"]["IK_FK"] == 1.0
+               for limb in ("upper_arm", "thigh") for side in "LR")
+    _add_targets_and_move(rigify_rig, {"left_wrist": (0.1, -0.3, 0.5), "right_ankle": (0.0, -0.4, 0.3)})
+    bpy.context.view_layer.objects.active = rigify_rig
+    assert bpy.ops.vposer.solve_pose() == {"FINISHED"}
+    angles = _deform_angles(rigify_rig)
+    assert max(angles.values()) < 3.0, angles
+    upper_arm = rigify_rig.pose.bones["upper_arm_fk.L"]
+    assert abs(upper_arm.rotation_quaternion[0]) < 0.999  # the FK control itself moved
+
+
+def test_retarget_writes_a_new_action_on_a_rigify_rig(rigify_rig):
+    """A CMU walk retargeted onto the bound rig: a new action keyed on the FK controls, the rig's
+    previous action kept, the deform bones following the body's limbs on a sampled frame."""
+    from core.body_model import DATA_DIR
+
+    old = bpy.data.actions.new("Old")
+    rigify_rig.animation_data_create().action = old
+    assert _bind(rigify_rig) == {"FINISHED"}
+    walk = DATA_DIR.parents[1] / "examples" / "cmu_02_01_walk.bvh"
+    assert bpy.ops.import_anim.bvh(filepath=str(walk), global_scale=0.05644) == {"FINISHED"}
+    source = bpy.context.active_object
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end = 1, 60
+    for obj in bpy.context.scene.objects:
+        obj.select_set(obj in (rigify_rig, source))
+    bpy.context.view_layer.objects.active = rigify_rig
+    assert bpy.ops.vposer.retarget(source="ARMATURE", preset="CMU", use_scene_range=True) == {"FINISHED"}
+    action = rigify_rig.animation_data.action
+    assert action is not None and action != old and old.use_fake_user
+    assert "rig" in action.name
+    body = _body_of(rigify_rig)
+    assert body.animation_data.action is not None
+    keyed = {curve.data_path for bag in _channelbags(action) for curve in bag.fcurves}
+    assert 'pose.bones["upper_arm_fk.L"].rotation_quaternion' in keyed
+    assert 'pose.bones["torso"].location' in keyed
+    for frame in (10, 40):
+        bpy.context.scene.frame_set(frame)
+        angles = _deform_angles(rigify_rig)
+        assert max(angles.values()) < 3.0, (frame, angles)
+
+
+def _channelbags(action):
+    return [bag for layer in action.layers for strip in layer.strips for bag in strip.channelbags]
+
+
+@pytest.mark.parametrize("convention", ["unreal", "vrm"])
+def test_unreal_and_vrm_named_rigs_are_detected(addon, empty_scene, adult, convention):
+    character = build_character("Avatar", adult.rest_joints()[0].numpy(), list(adult.joint_names),
+                                convention=convention, roll_seed=1)
+    assert _bind(character) == {"FINISHED"}
+    names = bone_names(convention)
+    mapping = character.vposer_character.mapping()
+    assert character.vposer_character.preset == convention
+    assert all(mapping[joint][-1] == bone for joint, bone in names.items()), mapping
+
+
+def _scene_snapshot() -> tuple:
+    return (sorted(obj.name for obj in bpy.data.objects), sorted(action.name for action in bpy.data.actions),
+            sorted(bpy.context.scene.objects.keys()))
+
+
+def test_a_rig_missing_a_leg_is_refused_naming_the_joints(addon, empty_scene, adult):
+    character = build_character("OneLeg", adult.rest_joints()[0].numpy(), list(adult.joint_names),
+                                leave_out=("right_hip",))
+    before = _scene_snapshot()
+    with pytest.raises(RuntimeError, match="right_hip.*right_knee.*right_ankle"):
+        _bind(character)
+    assert _scene_snapshot() == before
+    assert character.vposer_character.body is None
+
+
+def test_a_non_humanoid_armature_is_refused(addon, empty_scene):
+    armature = bpy.data.armatures.new("Snake")
+    snake = bpy.data.objects.new("Snake", armature)
+    bpy.context.scene.collection.objects.link(snake)
+    bpy.context.view_layer.objects.active = snake
+    bpy.ops.object.mode_set(mode="EDIT")
+    previous = None
+    for i in range(8):
+        bone = armature.edit_bones.new(f"segment_{i}")
+        bone.head, bone.tail = (0.0, 0.3 * i, 0.0), (0.0, 0.3 * (i + 1), 0.0)
+        bone.parent = previous
+        previous = bone
+    bpy.ops.object.mode_set(mode="OBJECT")
+    before = _scene_snapshot()
+    with pytest.raises(RuntimeError, match="not a humanoid"):
+        _bind(snake)
+    assert _scene_snapshot() == before
+
+
+def test_live_posing_re_poses_a_bound_character(mixamo):
+    assert _bind(mixamo) == {"FINISHED"}
+    _add_targets_and_move(mixamo, {})
+    bpy.context.view_layer.objects.active = mixamo
+    assert bpy.ops.vposer.solve_pose() == {"FINISHED"}
+    bpy.context.scene.vposer_live = True
+    hand = next(obj for obj in bpy.context.scene.objects if obj.vposer_target.joint == "left_wrist")
+    forearm = mixamo.pose.bones["mixamorig:LeftForeArm"]
+    before = np.array(forearm.matrix)
+    hand.location = np.array(hand.location) + np.array([0.0, -0.25, 0.3])
+    bpy.context.view_layer.update()  # fires Live Posing
+    bpy.context.view_layer.update()
+    assert not np.allclose(np.array(forearm.matrix), before, atol=1e-3)
+    body = _body_of(mixamo)
+    angles = _limb_angles(body, mixamo, bone_names("mixamo"))
+    assert max(angles.values()) < 2.0, angles
+    bpy.context.scene.vposer_live = False
+
+
+def _quaternion_curves(action, bone: str) -> list:
+    path = f'pose.bones["{bone}"].rotation_quaternion'
+    return sorted((curve for bag in _channelbags(action) for curve in bag.fcurves if curve.data_path == path),
+                  key=lambda curve: curve.array_index)
+
+
+def test_sample_poses_and_import_poses_key_new_character_actions(mixamo, tmp_path):
+    assert _bind(mixamo) == {"FINISHED"}
+    first = bpy.data.actions.new("Mine")
+    mixamo.animation_data_create().action = first
+    bpy.context.view_layer.objects.active = mixamo
+    assert bpy.ops.vposer.sample_poses(count=4, spacing=5) == {"FINISHED"}
+    sampled = mixamo.animation_data.action
+    assert sampled != first and first.use_fake_user and "Hero" in sampled.name
+    curves = _quaternion_curves(sampled, "mixamorig:LeftArm")
+    assert len(curves) == 4 and [point.co[0] for point in curves[0].keyframe_points] == [1, 6, 11, 16]
+    body = _body_of(mixamo)
+    for frame in (6, 16):
+        bpy.context.scene.frame_set(frame)
+        angles = _limb_angles(body, mixamo, bone_names("mixamo"))
+        assert max(angles.values()) < 2.0, (frame, angles)
+
+    assert bpy.ops.vposer.export_poses(filepath=str(tmp_path / "poses.npz")) == {"FINISHED"}
+    assert bpy.ops.vposer.import_poses(filepath=str(tmp_path / "poses.npz")) == {"FINISHED"}
+    imported = mixamo.animation_data.action
+    assert imported not in (first, sampled) and sampled.use_fake_user
+    assert len(_quaternion_curves(imported, "mixamorig:LeftArm")[0].keyframe_points) == 16
+
+
+def test_solve_and_key_and_inbetweens_key_the_characters_action(mixamo):
+    """Solve & Key adds keys at the current frame of the character's action; In-betweens fills the
+    frames between two of them on the character too; Euler bones are keyed as Euler angles."""
+    mixamo.pose.bones["mixamorig:RightForeArm"].rotation_mode = "YXZ"
+    assert _bind(mixamo) == {"FINISHED"}
+    _add_targets_and_move(mixamo, {"left_wrist": (0.0, -0.2, 0.3)})
+    bpy.context.view_layer.objects.active = mixamo
+    scene = bpy.context.scene
+    scene.frame_set(1)
+    assert bpy.ops.vposer.solve_pose(insert_keyframes=True) == {"FINISHED"}
+    hand = next(obj for obj in scene.objects if obj.vposer_target.joint == "left_wrist")
+    hand.location = np.array(hand.location) + np.array([0.3, 0.0, -0.4])
+    scene.frame_set(11)
+    assert bpy.ops.vposer.solve_pose(insert_keyframes=True) == {"FINISHED"}
+    action = mixamo.animation_data.action
+    assert action is not None
+    assert [point.co[0] for point in _quaternion_curves(action, "mixamorig:LeftArm")[0].keyframe_points] == [1, 11]
+    euler = [curve for bag in _channelbags(action) for curve in bag.fcurves
+             if curve.data_path == 'pose.bones["mixamorig:RightForeArm"].rotation_euler']
+    assert len(euler) == 3
+
+    scene.frame_set(5)
+    assert bpy.ops.vposer.inbetweens() == {"FINISHED"}
+    frames = [point.co[0] for point in _quaternion_curves(action, "mixamorig:LeftArm")[0].keyframe_points]
+    assert frames == list(range(1, 12))
+    scene.frame_set(6)
+    angles = _limb_angles(_body_of(mixamo), mixamo, bone_names("mixamo"))
+    assert max(angles.values()) < 2.0, angles
+
+
+def test_undo_restores_the_character_pose(mixamo):
+    assert _bind(mixamo) == {"FINISHED"}
+    _add_targets_and_move(mixamo, {"left_wrist": (0.0, -0.3, 0.4)})
+    bpy.context.view_layer.objects.active = mixamo
+    bpy.ops.ed.undo_push(message="before solve")
+    before = np.array([bone.matrix_basis for bone in mixamo.pose.bones])
+    assert bpy.ops.vposer.solve_pose("EXEC_DEFAULT", True) == {"FINISHED"}
+    character = bpy.data.objects["Hero"]
+    assert not np.allclose(np.array([bone.matrix_basis for bone in character.pose.bones]), before, atol=1e-4)
+    bpy.ops.ed.undo()
+    character = bpy.data.objects["Hero"]  # undo replaces every datablock
+    np.testing.assert_allclose(np.array([bone.matrix_basis for bone in character.pose.bones]), before, atol=1e-6)

@@ -323,7 +323,8 @@ class RetargetJob:
 
 def source_armatures(context: bpy.types.Context, rig: bpy.types.Object) -> list[bpy.types.Object]:
     """The selected armatures other than the body: the candidates for an armature source."""
-    return [obj for obj in context.selected_objects if obj.type == "ARMATURE" and obj != rig]
+    return [obj for obj in context.selected_objects if obj.type == "ARMATURE" and obj != rig
+            and obj.vposer_character.body != rig]  # a character bound to the body is no source
 
 
 def preset_unit_scale(preset: str) -> float | None:
