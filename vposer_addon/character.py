@@ -340,6 +340,11 @@ def channels_from_basis(obj: bpy.types.Object, bones: list[str], basis: np.ndarr
     """(T, B, 4, 4) matrix_basis of the bones -> their rotation channels in each bone's own rotation
     mode (quaternions continuous in sign, Euler angles continuous with the bone's current angles and
     from frame to frame, so nothing flips), plus the location of the bones in `located` (the root)."""
+    import torch
+
+    from ..core.rotations import matrix_to_quaternion
+
+    quaternions = matrix_to_quaternion(torch.from_numpy(np.ascontiguousarray(basis[..., :3, :3]))).numpy()
     keys: list[tuple[str, str, int]] = []
     columns: list[np.ndarray] = []
     located = set(located)
@@ -347,7 +352,7 @@ def channels_from_basis(obj: bpy.types.Object, bones: list[str], basis: np.ndarr
         pose_bone = obj.pose.bones[name]
         mode = pose_bone.rotation_mode
         path = pose_bone.path_from_id(ROTATION_PATHS.get(mode, "rotation_euler"))
-        values = _rotation_values(pose_bone, basis[:, i, :3, :3])
+        values = _rotation_values(pose_bone, quaternions[:, i], basis[:, i, :3, :3])
         keys += [(name, path, c) for c in range(values.shape[1])]
         columns.append(values)
         if name in located:
@@ -356,13 +361,13 @@ def channels_from_basis(obj: bpy.types.Object, bones: list[str], basis: np.ndarr
     return Channels(keys, np.concatenate(columns, axis=1))
 
 
-def _rotation_values(pose_bone: bpy.types.PoseBone, rotations: np.ndarray) -> np.ndarray:
-    """(T, 3, 3) -> (T, 4) quaternions / axis-angles or (T, 3) Euler angles in the bone's mode."""
+def _rotation_values(pose_bone: bpy.types.PoseBone, quaternions: np.ndarray, rotations: np.ndarray) -> np.ndarray:
+    """One bone's rotations ((T, 4) quaternions and the (T, 3, 3) matrices) -> (T, 4) quaternions /
+    axis-angles or (T, 3) Euler angles in the bone's mode."""
     mode = pose_bone.rotation_mode
     if mode in ("QUATERNION", "AXIS_ANGLE"):
-        quaternions = np.array([Matrix(r).to_quaternion() for r in rotations])
-        reference = np.array(pose_bone.rotation_quaternion)
-        if quaternions[0] @ reference < 0:
+        quaternions = quaternions.copy()
+        if quaternions[0] @ np.array(pose_bone.rotation_quaternion) < 0:
             quaternions[0] *= -1
         quaternions = bridge.continuous_quaternions(quaternions[:, None])[:, 0]
         if mode == "QUATERNION":

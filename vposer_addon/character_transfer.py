@@ -31,16 +31,26 @@ class TransferError(ValueError):
     """A bone map or character cannot be used; the message names the file or armature and says why."""
 
 
-def skeleton_of(character: bpy.types.Object, world: np.ndarray | None = None) -> CharacterSkeleton:
+def skeleton_of(character: bpy.types.Object, world: np.ndarray | None = None,
+                keep: set[str] | None = None) -> CharacterSkeleton:
     """Core's skeleton of an armature (bones parents first). world: the object matrix whose
-    rotation sets the model axes (the one stored at bind time; None: the object's current one)."""
+    rotation sets the model axes (the one stored at bind time; None: the object's current one).
+    keep: only these bones and their ancestors (the others, e.g. face and mechanism bones that
+    no body joint drives, cost time in every transfer and change nothing in it)."""
     from ..core.character import CharacterSkeleton
 
     rest = read_armature(character)
     order = _parents_first(rest.parents)
-    position = np.empty(len(order), dtype=np.int64)
+    if keep is not None:
+        kept = np.zeros(len(rest.names), dtype=bool)
+        for name in keep:
+            i = rest.names.index(name)
+            while i >= 0 and not kept[i]:
+                kept[i], i = True, rest.parents[i]
+        order = order[kept[order]]
+    position = np.full(len(rest.names), -1, dtype=np.int64)
     position[order] = np.arange(len(order))
-    parents = np.array([position[p] if p >= 0 else -1 for p in rest.parents[order]])
+    parents = np.array([position[p] if p >= 0 else -1 for p in rest.parents[order]], dtype=np.int64)
     return CharacterSkeleton.from_arrays([rest.names[i] for i in order], parents, rest.matrix_local[order],
                                          rest.tails[order], rest.world if world is None else world,
                                          source=character.name)
@@ -155,7 +165,8 @@ def binding_of(character: bpy.types.Object, body: bpy.types.Object) -> Character
         with torch.no_grad():
             rest = model.rest_joints(torch.as_tensor(body.vposer_body.betas_array(), dtype=model.dtype)[None])[0]
         world = np.array(settings.bind_world).reshape(4, 4)
-        binding = bind_character(skeleton_of(character, world), _preset_from(mapping), rest.double().numpy(),
+        skeleton = skeleton_of(character, world, {bone for bones in mapping.values() for bone in bones})
+        binding = bind_character(skeleton, _preset_from(mapping), rest.double().numpy(),
                                  model.parents.numpy(), list(model.joint_names), scale=settings.scale)
         cached = _bindings[character.session_uid] = (key, binding)
     return cached[1]
