@@ -149,3 +149,27 @@ def geodesic_angle(a: Tensor, b: Tensor) -> Tensor:
     """Angle in radians between rotation matrices a and b, (..., 3, 3) -> (...)."""
     cos = ((a.transpose(-1, -2) @ b).diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
     return torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
+
+
+def matrix_to_euler(matrix: Tensor, order: str) -> Tensor:
+    """(..., 3, 3) -> intrinsic Euler angles (..., 3) in radians, the inverse of `euler_to_matrix`
+    (R = R_first @ R_second @ R_third); the middle angle lies in [-pi/2, pi/2].
+
+    An order that is an odd permutation of XYZ is read as the even one after a reflection of the
+    axes (which negates every angle), so one formula (XYZ's) serves all six."""
+    order = order.upper()
+    if sorted(order) != ["X", "Y", "Z"]:
+        raise ValueError(f"Euler order must be a permutation of 'XYZ', got {order!r}")
+    idx = ["XYZ".index(a) for a in order]
+    P = torch.zeros(3, 3, dtype=matrix.dtype, device=matrix.device)
+    for row, axis in enumerate(idx):
+        P[row, axis] = 1.0
+    sign = 1.0 if order in ("XYZ", "YZX", "ZXY") else -1.0
+    m = P @ matrix @ P.transpose(-1, -2)  # now R = Rx(a) Ry(b) Rz(c), angles times sign
+    b = torch.asin(m[..., 0, 2].clamp(-1.0, 1.0))
+    a = torch.atan2(-m[..., 1, 2], m[..., 2, 2])
+    c = torch.atan2(-m[..., 0, 1], m[..., 0, 0])
+    gimbal = m[..., 0, 2].abs() > 1 - 1e-9  # b = +-90 deg: a and c turn about one axis; put it all in a
+    a = torch.where(gimbal, torch.atan2(m[..., 2, 1], m[..., 1, 1]), a)
+    c = torch.where(gimbal, torch.zeros_like(c), c)
+    return sign * torch.stack([a, b, c], dim=-1)

@@ -23,6 +23,14 @@ A preset is plain data:
 
 Custom presets come from a dict or a JSON file with the same keys (`SkeletonPreset.from_dict`,
 `load_preset`).
+
+A preset is also a *bone map* (`BoneMap` is the same class): the character rigs below (Rigify,
+Unreal, Character Creator, DAZ Genesis, VRM, MakeHuman) are presets like the mocap skeletons, and
+one registry (PRESETS) and one detection function (`detect_preset`, by bone names) serve both the
+mocap retarget and `core.character`. Names may give alternatives ("lThighBend|lThigh") and
+a tuple is a chain of bones sharing one body joint: the mocap transfer averages their rotations;
+a character binding spreads the joint's rotation along the chain (see `core.character`).
+`SkeletonPreset.resolve` makes a preset concrete for one skeleton's bone names.
 """
 
 from __future__ import annotations
@@ -47,6 +55,12 @@ __all__ = [
     "PRESETS",
     "get_preset",
     "load_preset",
+    "BoneMap",
+    "BoneMapError",
+    "PRESET_ALIASES",
+    "REQUIRED_JOINTS",
+    "missing_required",
+    "detect_preset",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -69,7 +83,8 @@ def default_target_names(num_joints: int) -> list[str]:
 
 
 def _sided(table: Mapping) -> dict:
-    """Expand keys/values holding "{s}" (left/right), "{S}" (Left/Right) or "{c}" (l/r) into both sides.
+    """Expand keys/values holding "{s}" (left/right), "{S}" (Left/Right), "{c}" (l/r) or "{L}" (L/R) into both
+    sides.
 
     Values may be a name, a tuple of names or None.
     """
@@ -79,7 +94,8 @@ def _sided(table: Mapping) -> dict:
             return None
         if isinstance(value, tuple):
             return tuple(sub(v, side) for v in value)
-        return value.replace("{s}", side).replace("{S}", side.capitalize()).replace("{c}", side[0])
+        return (value.replace("{s}", side).replace("{S}", side.capitalize()).replace("{c}", side[0])
+                .replace("{L}", side[0].upper()))
 
     out = {}
     for key, value in table.items():
@@ -151,6 +167,32 @@ class SkeletonPreset:
         names += [d for d in self.directions.values() if d]
         return list(dict.fromkeys(names))
 
+    def resolve(self, bone_names) -> "SkeletonPreset":
+        """This preset made concrete for one skeleton's bone names: each name's first present
+        alternative ("lThighBend|lThigh"), matched with or without a "prefix:" on either side
+        ("mixamorig1:Hips" for "mixamorig:Hips"); bones the skeleton lacks leave their chains, and a
+        joint with none left is unmapped (see `missing_required`)."""
+        names = list(bone_names)
+        lookup: dict[str, str] = {n: n for n in names}
+        for n in names:
+            lookup.setdefault(_bare(n), n)
+
+        def one(spec: str) -> str | None:
+            for alt in spec.split("|"):
+                found = lookup.get(alt) or lookup.get(_bare(alt))
+                if found is not None:
+                    return found
+            return None
+
+        joints: dict[str, str | tuple[str, ...]] = {}
+        for smpl in self.joints:
+            chain = tuple(dict.fromkeys(b for b in map(one, self.sources(smpl)) if b is not None))
+            if chain:
+                joints[smpl] = chain[0] if len(chain) == 1 else chain
+        directions = {k: one(v) for k, v in self.directions.items() if k in joints and one(v) is not None}
+        landmarks = None if self.landmarks is None else tuple(k for k in self.landmarks if k in joints)
+        return replace(self, joints=joints, directions=directions, landmarks=landmarks)
+
     def with_prefix(self, prefix: str, old_prefix: str = "") -> "SkeletonPreset":
         """The same preset with source names re-prefixed (e.g. Mixamo's "mixamorig1:")."""
 
@@ -195,6 +237,11 @@ class SkeletonPreset:
             landmarks=tuple(data["landmarks"]) if data.get("landmarks") is not None else None,
             rest_frame=data.get("rest_frame"),
         )
+
+
+def _bare(name: str) -> str:
+    """A bone name without its "namespace:" prefix (Mixamo's "mixamorig:", FBX namespaces)."""
+    return name.rsplit(":", 1)[-1]
 
 
 def _check_axes(axes) -> None:
@@ -331,13 +378,209 @@ SMPL_LIKE = SkeletonPreset(
     directions={},
 )
 
-PRESETS: dict[str, SkeletonPreset] = {p.name: p for p in (CMU, CMU_DAZ, MIXAMO, SMPL_LIKE)}
+# --------------------------------------------------------------------------------------------
+# Character rigs. The same data drives `core.character` (posing a user's armature from the body)
+# and, where a clip uses one of these skeletons, the mocap transfer: a preset IS a bone map. Names
+# may list alternatives ("lThighBend|lThigh": the first the rig has) and chains of bones that share
+# one body joint (spine and neck chains, limb segments split for twist); `SkeletonPreset.resolve`
+# turns a preset into the concrete map of one rig (absent bones dropped, "prefix:" ignored).
+# The rigs' own rests (A-pose, rolled bones, Z-up, centimetres) need nothing here: the character
+# binding aligns each bone from the rest positions. Only the limbs are listed in `landmarks`
+# (where the rig's joints sit where the body's do); spines are placed differently by every rig.
+
+_LIMB_LANDMARKS = tuple(f"{side}_{joint}" for side in ("left", "right")
+                        for joint in ("hip", "knee", "ankle", "shoulder", "elbow", "wrist")) + ("head",)
+
+
+def _finger_map(pattern: str, names: Mapping[str, str], numbers=("1", "2", "3")) -> dict:
+    """{s}_<finger><k> -> pattern.format(finger=rig name, k=rig number), e.g. "f_{finger}.0{k}.{L}"."""
+    return {f"{{s}}_{finger}{k}": pattern.replace("{finger}", rig).replace("{k}", num)
+            for finger, rig in names.items() for k, num in zip((1, 2, 3), numbers)}
+
+
+def _rigify_fingers(prefix: str) -> dict:
+    return {**_finger_map(prefix + "f_{finger}.0{k}.{L}", {"index": "index", "middle": "middle", "ring": "ring",
+                                                           "pinky": "pinky"}),
+            **_finger_map(prefix + "thumb.0{k}.{L}", {"thumb": ""})}
+
+
+RIGIFY = SkeletonPreset(
+    name="rigify",
+    description="Rigify human metarig (spine, spine.001, ..., thigh.L, upper_arm.L, ...)",
+    joints=_sided({
+        "pelvis": "spine", "spine1": "spine.001", "spine2": "spine.002", "spine3": "spine.003",
+        "neck": ("spine.004", "spine.005"), "head": "spine.006",
+        "{s}_hip": "thigh.{L}", "{s}_knee": "shin.{L}", "{s}_ankle": "foot.{L}", "{s}_foot": "toe.{L}",
+        "{s}_collar": "shoulder.{L}", "{s}_shoulder": "upper_arm.{L}", "{s}_elbow": "forearm.{L}",
+        "{s}_wrist": "hand.{L}", **_rigify_fingers(""),
+    }),
+    landmarks=_LIMB_LANDMARKS,
+)  # fmt: skip
+
+# A generated Rigify rig is posed through its FK controls, with every IK/FK switch at FK (1.0).
+RIGIFY_FK = SkeletonPreset(
+    name="rigify_fk",
+    description="generated Rigify rig, FK controls (torso, spine_fk.001, thigh_fk.L, upper_arm_fk.L, ...); "
+                "set the limbs' IK/FK switches to FK",
+    joints=_sided({
+        "pelvis": "torso", "spine1": "spine_fk.001", "spine2": "spine_fk.002", "spine3": "spine_fk.003",
+        "neck": "neck", "head": "head",
+        "{s}_hip": "thigh_fk.{L}", "{s}_knee": "shin_fk.{L}", "{s}_ankle": "foot_fk.{L}",
+        "{s}_foot": "toe_fk.{L}|toe.{L}",
+        "{s}_collar": "shoulder.{L}", "{s}_shoulder": "upper_arm_fk.{L}", "{s}_elbow": "forearm_fk.{L}",
+        "{s}_wrist": "hand_fk.{L}", **_rigify_fingers(""),
+    }),
+    landmarks=_LIMB_LANDMARKS,
+)  # fmt: skip
+
+# The deform bones of a generated Rigify rig, for a rig whose controls were removed: the metarig's
+# names with "DEF-", the upper and lower limbs split in two segments (thigh.L, thigh.L.001).
+_RIGIFY_SPLIT = {f"{side}_{joint}" for side in ("left", "right") for joint in ("hip", "knee", "shoulder", "elbow")}
+RIGIFY_DEF = SkeletonPreset(
+    name="rigify_def",
+    description="generated Rigify rig without controls: its DEF- bones (DEF-spine, DEF-thigh.L, ...)",
+    joints={joint: ("DEF-" + bones, f"DEF-{bones}.001") if joint in _RIGIFY_SPLIT
+            else ("DEF-" + bones if isinstance(bones, str) else tuple("DEF-" + b for b in bones))
+            for joint, bones in RIGIFY.joints.items()},
+    landmarks=_LIMB_LANDMARKS,
+)
+
+# Unreal Engine mannequin (UE4; UE5's Manny adds spine_04/05 and neck_02, taken as chains).
+UNREAL = SkeletonPreset(
+    name="unreal",
+    description="Unreal Engine mannequin (pelvis, spine_01, thigh_l, upperarm_l, ...; UE4 and UE5)",
+    joints=_sided({
+        "pelvis": "pelvis", "spine1": "spine_01", "spine2": "spine_02", "spine3": ("spine_03", "spine_04", "spine_05"),
+        "neck": ("neck_01", "neck_02"), "head": "head",
+        "{s}_hip": "thigh_{c}", "{s}_knee": "calf_{c}", "{s}_ankle": "foot_{c}", "{s}_foot": "ball_{c}",
+        "{s}_collar": "clavicle_{c}", "{s}_shoulder": "upperarm_{c}", "{s}_elbow": "lowerarm_{c}",
+        "{s}_wrist": "hand_{c}",
+        **_finger_map("{finger}_0{k}_{c}", {f: f for f in _FINGERS}),
+    }),
+    landmarks=_LIMB_LANDMARKS,
+)  # fmt: skip
+
+# Character Creator / iClone (CC3, CC4). CC_Base_Hip carries the whole body (CC_Base_Pelvis, its
+# child, only the legs); twist bones (..._UpperarmTwist01, ...) are left to follow their limb.
+CHARACTER_CREATOR = SkeletonPreset(
+    name="character_creator",
+    description="Character Creator / iClone (CC_Base_Hip, CC_Base_Waist, CC_Base_L_Thigh, ...)",
+    joints=_sided({
+        "pelvis": "CC_Base_Hip", "spine1": "CC_Base_Waist", "spine2": "CC_Base_Spine01", "spine3": "CC_Base_Spine02",
+        "neck": ("CC_Base_NeckTwist01", "CC_Base_NeckTwist02"), "head": "CC_Base_Head",
+        "{s}_hip": "CC_Base_{L}_Thigh", "{s}_knee": "CC_Base_{L}_Calf", "{s}_ankle": "CC_Base_{L}_Foot",
+        "{s}_foot": "CC_Base_{L}_ToeBase", "{s}_collar": "CC_Base_{L}_Clavicle",
+        "{s}_shoulder": "CC_Base_{L}_Upperarm", "{s}_elbow": "CC_Base_{L}_Forearm", "{s}_wrist": "CC_Base_{L}_Hand",
+        **_finger_map("CC_Base_{L}_{finger}{k}", {"thumb": "Thumb", "index": "Index", "middle": "Mid",
+                                                  "ring": "Ring", "pinky": "Pinky"}),
+    }),
+    landmarks=_LIMB_LANDMARKS,
+)  # fmt: skip
+
+# DAZ Genesis 3/8 (bend/twist pairs, two-bone abdomen, chest and neck) and Genesis 1/2 names.
+DAZ_GENESIS = SkeletonPreset(
+    name="daz_genesis",
+    description="DAZ Genesis figures (hip, pelvis, abdomenLower, lThighBend, lShldrBend, ...; Genesis 1-2 names too)",
+    joints=_sided({
+        "pelvis": "hip", "spine1": "abdomenLower|abdomen", "spine2": "abdomenUpper|abdomen2",
+        "spine3": ("chestLower|chest", "chestUpper"), "neck": ("neckLower|neck", "neckUpper"), "head": "head",
+        "{s}_hip": ("{c}ThighBend|{c}Thigh", "{c}ThighTwist"), "{s}_knee": "{c}Shin", "{s}_ankle": "{c}Foot",
+        "{s}_foot": "{c}Toe", "{s}_collar": "{c}Collar", "{s}_shoulder": ("{c}ShldrBend|{c}Shldr", "{c}ShldrTwist"),
+        "{s}_elbow": ("{c}ForearmBend|{c}ForeArm", "{c}ForearmTwist"), "{s}_wrist": "{c}Hand",
+        **_finger_map("{c}{finger}{k}", {"thumb": "Thumb", "index": "Index", "middle": "Mid", "ring": "Ring",
+                                         "pinky": "Pinky"}),
+    }),
+    landmarks=_LIMB_LANDMARKS,
+)  # fmt: skip
+
+# VRoid Studio / VRM avatars as exported (J_Bip_C_Hips, ...).
+VRM = SkeletonPreset(
+    name="vrm",
+    description="VRoid / VRM avatar (J_Bip_C_Hips, J_Bip_C_Spine, J_Bip_L_UpperArm, ...)",
+    joints=_sided({
+        "pelvis": "J_Bip_C_Hips", "spine1": "J_Bip_C_Spine", "spine2": "J_Bip_C_Chest", "spine3": "J_Bip_C_UpperChest",
+        "neck": "J_Bip_C_Neck", "head": "J_Bip_C_Head",
+        "{s}_hip": "J_Bip_{L}_UpperLeg", "{s}_knee": "J_Bip_{L}_LowerLeg", "{s}_ankle": "J_Bip_{L}_Foot",
+        "{s}_foot": "J_Bip_{L}_ToeBase", "{s}_collar": "J_Bip_{L}_Shoulder", "{s}_shoulder": "J_Bip_{L}_UpperArm",
+        "{s}_elbow": "J_Bip_{L}_LowerArm", "{s}_wrist": "J_Bip_{L}_Hand",
+        **_finger_map("J_Bip_{L}_{finger}{k}", {"thumb": "Thumb", "index": "Index", "middle": "Middle",
+                                                "ring": "Ring", "pinky": "Little"}),
+    }),
+    landmarks=_LIMB_LANDMARKS,
+)  # fmt: skip
+
+# MakeHuman / MPFB default rig (the rig the open body was built from; see DESIGN.md).
+MAKEHUMAN = SkeletonPreset(
+    name="makehuman",
+    description="MakeHuman / MPFB default rig (root, spine05..01, upperleg01.L, upperarm01.L, ...)",
+    joints=_sided({
+        "pelvis": "root", "spine1": ("spine04", "spine03"), "spine2": "spine02", "spine3": "spine01",
+        "neck": ("neck01", "neck02", "neck03"), "head": "head",
+        "{s}_hip": ("upperleg01.{L}", "upperleg02.{L}"), "{s}_knee": ("lowerleg01.{L}", "lowerleg02.{L}"),
+        "{s}_ankle": "foot.{L}", "{s}_collar": ("clavicle.{L}", "shoulder01.{L}"),
+        "{s}_shoulder": ("upperarm01.{L}", "upperarm02.{L}"), "{s}_elbow": ("lowerarm01.{L}", "lowerarm02.{L}"),
+        "{s}_wrist": "wrist.{L}",
+        **_finger_map("finger{finger}-{k}.{L}", {"thumb": "1", "index": "2", "middle": "3", "ring": "4", "pinky": "5"}),
+    }),
+    landmarks=_LIMB_LANDMARKS,
+)  # fmt: skip
+
+PRESETS: dict[str, SkeletonPreset] = {
+    p.name: p for p in (CMU, CMU_DAZ, MIXAMO, SMPL_LIKE, RIGIFY, RIGIFY_FK, RIGIFY_DEF, UNREAL, CHARACTER_CREATOR,
+                        DAZ_GENESIS, VRM, MAKEHUMAN)
+}
+PRESET_ALIASES = {"body": "smpl_like", "mpfb": "makehuman", "cc": "character_creator", "daz": "daz_genesis",
+                  "vroid": "vrm", "ue": "unreal", "mannequin": "unreal"}
+
+# Body joints a rig must map to be posed as a humanoid: (name shown in errors, joints any of which will do).
+REQUIRED_JOINTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("pelvis", ("pelvis",)), ("spine", ("spine1", "spine2", "spine3")), ("head", ("head",)),
+    *((f"{side}_{joint}", (f"{side}_{joint}",)) for side in ("left", "right")
+      for joint in ("hip", "knee", "ankle", "shoulder", "elbow", "wrist")),
+)
+MIN_HUMANOID = 8  # required joints a preset must find before a rig counts as humanoid at all
+
+
+class BoneMapError(ValueError):
+    """A rig cannot be mapped to the body: the message names the missing joints or why."""
+
+
+def missing_required(preset: SkeletonPreset) -> list[str]:
+    """The REQUIRED_JOINTS a (resolved) preset leaves unmapped."""
+    return [name for name, joints in REQUIRED_JOINTS if not any(preset.sources(j) for j in joints)]
+
+
+def detect_preset(bone_names, source: str = "armature", candidates=None) -> SkeletonPreset:
+    """The built-in preset that maps the most required joints of a rig, resolved to its bone names.
+
+    Ties go to the earlier preset in PRESETS (the mocap presets first: a cgspeed DAZ clip is
+    `cmu_daz`, not `daz_genesis`; a generated Rigify rig's FK controls before its DEF bones).
+    Raises BoneMapError naming the missing required joints when the best preset misses some, and
+    refusing the rig as not humanoid when no preset finds MIN_HUMANOID of them."""
+    names = list(bone_names)
+    best, best_key = None, None
+    for preset in (candidates or PRESETS.values()):
+        resolved = preset.resolve(names)
+        mapped = sum(1 for k in resolved.joints if resolved.sources(k))
+        key = (len(REQUIRED_JOINTS) - len(missing_required(resolved)), mapped)
+        if best_key is None or key > best_key:
+            best, best_key = resolved, key
+    if best is None or best_key[0] < MIN_HUMANOID:
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise BoneMapError(f"{source}: not a humanoid armature (no built-in bone map finds more than "
+                           f"{best_key[0] if best_key else 0} of the {len(REQUIRED_JOINTS)} required joints "
+                           f"among its bones {shown}); give a bone map JSON")
+    missing = missing_required(best)
+    if missing:
+        raise BoneMapError(f"{source}: bone map {best.name!r} finds no bone for the required joint(s) "
+                           f"{', '.join(missing)}; add them in a bone map JSON")
+    return best
 
 
 def get_preset(name: str) -> SkeletonPreset:
-    """A built-in preset by name ("cmu", "cmu_daz", "mixamo", "smpl_like")."""
+    """A built-in preset by name (see PRESETS; PRESET_ALIASES such as "body" for "smpl_like")."""
     try:
-        return PRESETS[name]
+        return PRESETS[PRESET_ALIASES.get(name, name)]
     except KeyError:
         raise KeyError(f"unknown skeleton preset {name!r}; built-in: {sorted(PRESETS)}") from None
 
@@ -348,10 +591,13 @@ def load_preset(spec: "str | Path | Mapping | SkeletonPreset") -> SkeletonPreset
         return spec
     if isinstance(spec, Mapping):
         return SkeletonPreset.from_dict(spec)
-    if isinstance(spec, str) and spec in PRESETS:
-        return PRESETS[spec]
+    if isinstance(spec, str) and PRESET_ALIASES.get(spec, spec) in PRESETS:
+        return PRESETS[PRESET_ALIASES.get(spec, spec)]
     path = Path(spec)
     if path.suffix.lower() == ".json" or path.exists():
         with open(path, encoding="utf-8") as f:
             return SkeletonPreset.from_dict(json.load(f))
     raise KeyError(f"unknown skeleton preset {spec!r}; built-in: {sorted(PRESETS)}, or a .json file")
+
+
+BoneMap = SkeletonPreset  # a bone map (body joint -> character bones) is a skeleton preset

@@ -1,0 +1,133 @@
+"""Characters built from the body's own rest joints for tests of core.character: bones named by a
+bone map, optionally bent into an A-pose (arms lowered, elbows flexed, legs splayed, each about an
+axis perpendicular to the bone, as artists pose a rest), rolled at random, in a Z-up rig of
+another scale. The test knows every rotation it applied, so it knows the T-pose orientation each
+posed bone must reach."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from core.character import BLENDER_TO_MODEL, CharacterSkeleton
+from core.mocap.skeletons import TARGET_DIRECTION_CHILD, SkeletonPreset, get_preset
+from core.rotations import axis_angle_to_matrix
+
+import torch
+
+
+def _rotation(axis, degrees) -> np.ndarray:
+    axis = np.asarray(axis, dtype=np.float64)
+    axis = axis / np.linalg.norm(axis)
+    return axis_angle_to_matrix(torch.as_tensor(axis * math.radians(degrees))).numpy()
+
+
+def _roll_frame(direction, rng) -> np.ndarray:
+    y = direction / np.linalg.norm(direction)
+    x = rng.normal(size=3)
+    x -= (x @ y) * y
+    x /= np.linalg.norm(x)
+    return np.stack([x, y, np.cross(x, y)], axis=1)
+
+
+class BuiltCharacter:
+    """names, parents, heads/tails (N, 3) and rest (N, 3, 3) in model space metres (A-pose), the
+    T-pose rest orientations t_rest (N, 3, 3), and the bone of each body joint."""
+
+    def __init__(self, names, parents, heads, tails, rest, t_rest, joint_bone):
+        self.names, self.parents = names, parents
+        self.heads, self.tails, self.rest, self.t_rest = heads, tails, rest, t_rest
+        self.joint_bone = joint_bone  # body joint name -> first bone name
+
+    def skeleton(self, world_rotation=np.eye(3), scale=1.0, source="test rig") -> CharacterSkeleton:
+        """As a Blender armature: armature space = (world_rotation^T B^T model) / scale."""
+        to_rig = world_rotation.T @ BLENDER_TO_MODEL.T / scale
+        M = np.tile(np.eye(4), (len(self.names), 1, 1))
+        M[:, :3, :3] = world_rotation.T @ BLENDER_TO_MODEL.T @ self.rest
+        M[:, :3, 3] = self.heads @ to_rig.T
+        W = np.eye(4)
+        W[:3, :3] = world_rotation * scale
+        return CharacterSkeleton.from_arrays(self.names, self.parents, M, self.tails @ to_rig.T, W, source=source)
+
+
+def build_character(preset: str | SkeletonPreset, body_rest, body_names, body_parents, seed: int = 0,
+                    a_pose: bool = True, drop: tuple[str, ...] = (), extras: bool = True) -> BuiltCharacter:
+    """A rig over the body's 22 joints with the preset's names (first alternative of each name;
+    chains split the joint's segment evenly), plus an unmapped floor-level root, a jaw and a twist
+    bone; `drop` leaves body joints (and what hangs below them) out."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    rng = np.random.default_rng(seed)
+    rest = np.asarray(body_rest, dtype=np.float64)
+    index = {n: i for i, n in enumerate(body_names)}
+    names, parents, heads, tails = [], [], [], []
+    last: dict[int, int] = {}  # body joint -> its last bone
+    joint_bone = {}
+    if extras:
+        names.append("rig_root"), parents.append(-1), heads.append(np.array([0, rest[:, 1].min(), 0.0]))
+        tails.append(heads[-1] + [0, 0, 0.2])
+    dropped: set[int] = set()
+    for j, name in enumerate(body_names[:22]):
+        p = body_parents[j]
+        if name in drop or p in dropped:
+            dropped.add(j)
+            continue
+        chain = [b.split("|")[0] for b in preset.sources(name)]
+        if not chain:
+            last[j] = last.get(p, -1)
+            continue
+        child = TARGET_DIRECTION_CHILD.get(name)
+        if child in index and index[child] < 22:
+            end = rest[index[child]]
+        elif name == "head":
+            end = rest[j] + [0, 0.18, 0.02]
+        elif name.endswith("_wrist"):
+            end = rest[j] + 0.08 * (rest[j] - rest[p]) / np.linalg.norm(rest[j] - rest[p])
+        else:  # feet, toes
+            end = rest[j] + [0, -0.02, 0.06]
+        k = len(chain)
+        for i, bone in enumerate(chain):
+            names.append(bone)
+            parents.append(last.get(p, 0 if extras else -1) if i == 0 else len(names) - 2)
+            heads.append(rest[j] + i / k * (end - rest[j]))
+            tails.append(rest[j] + (i + 1) / k * (end - rest[j]))
+        joint_bone[name] = chain[0]
+        last[j] = len(names) - 1
+        if extras and name == "head":
+            names.append("jaw"), parents.append(len(names) - 2), heads.append(rest[j] + [0, 0.02, 0.05])
+            tails.append(rest[j] + [0, -0.03, 0.12])
+        if extras and name == "left_shoulder":
+            names.append("upperarm_twist_01_l"), parents.append(len(names) - 2)
+            heads.append(0.5 * (rest[j] + end)), tails.append(0.8 * end + 0.2 * rest[j])
+    heads, tails = np.array(heads), np.array(tails)
+    parents = np.array([p if p is not None else -1 for p in parents])
+    t_rest = np.stack([_roll_frame(t - h, rng) for h, t in zip(heads, tails)])
+    posed_rest = t_rest.copy()
+    if a_pose:
+        def subtree(root):
+            inside = np.zeros(len(names), bool)
+            inside[root] = True
+            for b in range(root + 1, len(names)):
+                inside[b] = parents[b] >= 0 and inside[parents[b]]
+            return inside
+
+        def bend(bone_name, degrees, towards):
+            b = names.index(bone_name)
+            d = tails[b] - heads[b]
+            axis = np.cross(d, towards)  # perpendicular to the bone: a bend, no twist
+            R = _rotation(axis, degrees)
+            moved = subtree(b)
+            pivot = heads[b].copy()
+            heads[moved] = (heads[moved] - pivot) @ R.T + pivot
+            tails[moved] = (tails[moved] - pivot) @ R.T + pivot
+            posed_rest[moved] = R @ posed_rest[moved]
+
+        for side in ("left", "right"):
+            bone = lambda joint: joint_bone.get(f"{side}_{joint}")  # noqa: E731
+            if bone("shoulder"):
+                bend(bone("shoulder"), 40, [0, -1, 0])  # arms 40 deg down
+            if bone("elbow"):
+                bend(bone("elbow"), 25, [0, 0, 1])  # forearms flexed forwards
+            if bone("hip"):
+                bend(bone("hip"), 6, [1 if side == "left" else -1, 0, 0])  # legs apart
+    return BuiltCharacter(names, parents, heads, tails, posed_rest, t_rest, joint_bone)

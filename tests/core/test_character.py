@@ -1,0 +1,317 @@
+"""core.character: binding a rig to the body and transferring poses both ways; bone map detection."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from character_testing import build_character
+from core.body_model import BodyModel
+from core.character import (
+    BoneMapError,
+    CharacterSkeleton,
+    bind_character,
+    body_to_character,
+    character_fk,
+    character_to_body,
+    fit_body,
+    limb_direction_errors,
+    rig_world_rotations,
+)
+from core.mocap.bvh import format_bvh, parse_bvh, forward_kinematics
+from core.mocap.skeletons import TARGET_DIRECTION_CHILD, detect_preset, get_preset
+from core.mocap.transfer import skeleton_fk
+from core.rotations import axis_angle_to_matrix, euler_to_matrix, matrix_to_euler, quaternion_to_matrix
+from core.vposer import load_default_vposer
+
+LIMBS = [f"{s}_{j}" for s in ("left", "right") for j in ("hip", "knee", "shoulder", "elbow", "collar")]
+ENDS = ("left_wrist", "right_wrist", "left_ankle", "right_ankle")
+
+
+@pytest.fixture(scope="module")
+def body():
+    model = BodyModel.open_default("adult", dtype=torch.float64)
+    with torch.no_grad():
+        rest = model.rest_joints()[0]
+    return model, rest, list(model.joint_names), model.parents.tolist()
+
+
+@pytest.fixture(scope="module")
+def samples(body):
+    """Random prior poses with random root orientations and translations: (poses (B, 52, 3), transl)."""
+    B = 48
+    with torch.no_grad():
+        pose = load_default_vposer().sample(B, seed=7).double().reshape(B, 21, 3)
+    gen = torch.Generator().manual_seed(3)
+    orient = torch.randn(B, 1, 3, generator=gen, dtype=torch.float64)
+    poses = torch.cat([orient, pose, torch.zeros(B, len(body[2]) - 22, 3, dtype=torch.float64)], 1)
+    return poses, torch.randn(B, 3, generator=gen, dtype=torch.float64)
+
+
+def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angle between rotation matrices through the quaternion (precise near zero)."""
+    from core.rotations import matrix_to_quaternion
+
+    dot = (matrix_to_quaternion(a) * matrix_to_quaternion(b)).sum(-1).abs().clamp(max=1)
+    return torch.rad2deg(2 * torch.acos(dot))
+
+
+def _direction_deg(a, b):
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1, 1)
+    return torch.rad2deg(torch.acos(cos))
+
+
+def _check_follows(binding, names, parents, rest, poses, transl, first_bone, t_rest):
+    """Body -> character: limb directions within 1 deg, hands/feet (relative to the T-pose rest the
+    test built) within 2 deg; character -> body -> character within 0.5 deg."""
+    pose = body_to_character(binding, poses, transl)
+    heads, D = character_fk(binding, pose.quaternions, pose.location)
+    joints, G = skeleton_fk(axis_angle_to_matrix(poses), rest, parents, transl)
+    index = binding.skeleton.names.index
+    for joint in LIMBS:
+        child = TARGET_DIRECTION_CHILD[joint]
+        body_dir = joints[:, names.index(child)] - joints[:, names.index(joint)]
+        rig_dir = heads[:, index(first_bone[child])] - heads[:, index(first_bone[joint])]
+        assert float(_direction_deg(body_dir, rig_dir).max()) < 1.0, joint
+    for joint in ENDS:
+        b = index(first_bone[joint])
+        expected = G[:, names.index(joint)] @ torch.as_tensor(t_rest[b])
+        assert float(_angle_deg(D[:, b] @ binding.rest[b], expected).max()) < 2.0, joint
+    # the pelvis bone sits at scale x the body's pelvis
+    torch.testing.assert_close(heads[:, binding.root_bone], binding.scale * joints[:, 0], atol=1e-6, rtol=0)
+    # round trips
+    back, back_transl = character_to_body(binding, pose.quaternions, pose.location)
+    again = body_to_character(binding, back, back_transl)
+    assert float(_angle_deg(quaternion_to_matrix(pose.quaternions), quaternion_to_matrix(again.quaternions)).max()) < 0.5
+    torch.testing.assert_close(again.location, pose.location, atol=1e-6, rtol=0)
+    _, G_back = skeleton_fk(axis_angle_to_matrix(back), rest, parents, back_transl)
+    mapped = [j for j, chain in enumerate(binding.joint_bones) if chain]
+    assert float(_angle_deg(G_back[:, mapped], G[:, mapped]).max()) < 0.5
+    torch.testing.assert_close(back_transl, transl, atol=1e-6, rtol=0)
+    return pose
+
+
+@pytest.mark.parametrize("preset", ["unreal", "daz_genesis", "rigify_def"])
+def test_a_pose_rig_with_rolls_other_axes_and_scale_follows_the_body(body, samples, preset):
+    """Arms 40 deg down, forearms flexed, legs apart, random rolls, a Z-up object turned about
+    every axis, centimetres; chains (DAZ's bend/twist pairs, Rigify's split limbs) included."""
+    _, rest, names, parents = body
+    built = build_character(preset, rest, names, parents, seed=2)
+    world = axis_angle_to_matrix(torch.tensor([0.4, -0.3, 1.2], dtype=torch.float64)).numpy()
+    binding = bind_character(built.skeleton(world, 0.01), "auto", rest, parents, names)
+    assert binding.bone_map.name == preset
+    assert binding.unit_scale == pytest.approx(0.01)
+    assert binding.scale == pytest.approx(1.0, abs=1e-6)
+    poses, transl = samples
+    _check_follows(binding, names, parents, rest, poses, transl, built.joint_bone, built.t_rest)
+
+
+def test_rest_pose_of_the_body_puts_an_a_pose_rig_in_t_pose(body):
+    """At the body's rest, the rig's arms come up to horizontal: the upper arm turns 40 deg."""
+    _, rest, names, parents = body
+    built = build_character("mixamo", rest, names, parents, seed=5)
+    binding = bind_character(built.skeleton(), "auto", rest, parents, names)
+    pose = body_to_character(binding, torch.zeros(1, len(names), 3))
+    arm = binding.skeleton.names.index("mixamorig:LeftArm")
+    angle = math.degrees(2 * math.acos(min(1.0, abs(float(pose.quaternions[0, arm, 0])))))
+    assert angle == pytest.approx(40.0, abs=0.01)
+    unmapped = [binding.skeleton.names.index(n) for n in ("rig_root", "jaw", "upperarm_twist_01_l")]
+    torch.testing.assert_close(pose.quaternions[0, unmapped], torch.tensor([[1.0, 0, 0, 0]] * 3, dtype=torch.float64))
+
+
+def test_unmapped_bones_keep_their_current_rotation(body, samples):
+    _, rest, names, parents = body
+    built = build_character("vrm", rest, names, parents, seed=1)
+    binding = bind_character(built.skeleton(), "vrm", rest, parents, names)
+    N = binding.skeleton.num_bones
+    current = torch.nn.functional.normalize(torch.randn(N, 4, generator=torch.Generator().manual_seed(0),
+                                                        dtype=torch.float64), dim=-1)
+    poses, transl = samples
+    pose = body_to_character(binding, poses[:4], transl[:4], current=current)
+    jaw = binding.skeleton.names.index("jaw")
+    twist = binding.skeleton.names.index("upperarm_twist_01_l")
+    for b in (jaw, twist):
+        torch.testing.assert_close(quaternion_to_matrix(pose.quaternions[:, b]),
+                                   quaternion_to_matrix(current[b]).expand(4, 3, 3))
+
+
+# ------------------------------------------------------------------------------------------------
+# A DAZ-style BVH (cgspeed's release layout): arms hang down in the OFFSET pose, frame 0 raises them
+
+
+def daz_bvh_text(rest: torch.Tensor, names: list[str]) -> str:
+    """cmu_daz-named skeleton on the body's own rest joints (centimetres), OFFSETs with the arms
+    hanging down, frame 0 the T-pose that matches the body's rest, frame 1 a bent pose."""
+    p = {n: rest[names.index(n)].numpy() * 100 for n in names[:22]}
+    p.update({f"{s}_middle1": rest[names.index(f"{s}_middle1")].numpy() * 100 for s in ("left", "right")})
+    bones = [("hip", None, "pelvis"), ("abdomen", "hip", "spine2"), ("chest", "abdomen", "spine3"),
+             ("neck", "chest", "neck"), ("head", "neck", "head")]
+    for c, s in (("l", "left"), ("r", "right")):
+        bones += [(f"{c}Collar", "chest", f"{s}_collar"), (f"{c}Shldr", f"{c}Collar", f"{s}_shoulder"),
+                  (f"{c}ForeArm", f"{c}Shldr", f"{s}_elbow"), (f"{c}Hand", f"{c}ForeArm", f"{s}_wrist")]
+    for c, s in (("l", "left"), ("r", "right")):
+        bones += [(f"{c}Buttock", "hip", f"{s}_hip"), (f"{c}Thigh", f"{c}Buttock", f"{s}_hip"),
+                  (f"{c}Shin", f"{c}Thigh", f"{s}_knee"), (f"{c}Foot", f"{c}Shin", f"{s}_ankle")]
+    bnames = [b for b, _, _ in bones]
+    parents = [bnames.index(q) if q else -1 for _, q, _ in bones]
+    down = {"l": euler_to_matrix(torch.tensor([math.radians(-90), 0, 0], dtype=torch.float64), "ZXY").numpy(),
+            "r": euler_to_matrix(torch.tensor([math.radians(90), 0, 0], dtype=torch.float64), "ZXY").numpy()}
+    offsets = []
+    for b, q, joint in bones:
+        offset = p[joint] - (p[bones[bnames.index(q)][2]] if q else 0 * p[joint])
+        if q and q[1:] in ("Shldr", "ForeArm", "Hand") and q[0] in "lr":  # below the shoulder: hanging down
+            offset = down[q[0]] @ offset
+        offsets.append(offset)
+    offsets[0] = np.zeros(3)
+    ends = {bnames.index(f"{c}Hand"): down[c] @ (p[f"{s}_middle1"] - p[f"{s}_wrist"]) for c, s in (("l", "left"), ("r", "right"))}
+    ends.update({bnames.index(f"{c}Foot"): p[f"{s}_foot"] - p[f"{s}_ankle"] for c, s in (("l", "left"), ("r", "right"))})
+    ends[bnames.index("head")] = np.array([0, 15.0, 0])
+    channels = [("Xposition", "Yposition", "Zposition", "Zrotation", "Yrotation", "Xrotation")] + [
+        ("Zrotation", "Xrotation", "Yrotation")] * (len(bnames) - 1)
+    t_pose = {"lShldr": (90, 0, 0), "rShldr": (-90, 0, 0)}
+    bent = {**t_pose, "lForeArm": (0, 0, 70), "abdomen": (10, 20, 0), "rThigh": (0, -40, 5)}
+    rows = [[0, 93, 0] + [v for n in bnames for v in frame.get(n, (0, 0, 0))] for frame in (t_pose, bent)]
+    return format_bvh(bnames, parents, offsets, channels, np.array(rows), 1 / 120, ends)
+
+
+def test_daz_bvh_character_with_a_bind_frame(body, samples):
+    _, rest, names, parents = body
+    motion = parse_bvh(daz_bvh_text(rest, names), "daz.bvh")
+    skeleton = CharacterSkeleton.from_bvh(motion, rest_frame=0)
+    binding = bind_character(skeleton, "auto", rest, parents, names)
+    assert binding.bone_map.name == "cmu_daz"
+    # the bind frame's arms match the body's: no alignment left anywhere
+    torch.testing.assert_close(binding.align[:22], torch.eye(3, dtype=torch.float64).expand(22, 3, 3), atol=1e-6, rtol=0)
+    first = {j: binding.skeleton.names[chain[0]] for j, chain in zip(names, binding.joint_bones) if chain}
+    first["left_hip"], first["right_hip"] = "lThigh", "rThigh"
+    poses, transl = samples
+    _check_follows(binding, names, parents, rest, poses, transl, first, skeleton.rest)
+    # the OFFSET pose is not the rest: without the bind frame the arms are 90 deg off
+    hanging = bind_character(CharacterSkeleton.from_bvh(motion), "cmu_daz", rest, parents, names)
+    shoulder = names.index("left_shoulder")
+    assert float(_angle_deg(hanging.align[shoulder], torch.eye(3, dtype=torch.float64))) == pytest.approx(90, abs=1)
+
+
+def test_character_pose_of_a_bvh_frame_reads_back(body):
+    """A BVH frame taken as a character pose: its joints' world rotations come back from FK."""
+    _, rest, names, parents = body
+    motion = parse_bvh(daz_bvh_text(rest, names), "daz.bvh")
+    skeleton = CharacterSkeleton.from_bvh(motion, rest_frame=0)
+    binding = bind_character(skeleton, "auto", rest, parents, names)
+    world, _ = forward_kinematics(motion, frames=[1])
+    R0 = torch.as_tensor(skeleton.rest)
+    parent_world = torch.stack([world[0, p] if p >= 0 else torch.eye(3, dtype=torch.float64)
+                                for p in skeleton.parents.tolist()])
+    parent_rest = torch.stack([R0[p] if p >= 0 else torch.eye(3, dtype=torch.float64) for p in skeleton.parents.tolist()])
+    from core.rotations import matrix_to_quaternion
+
+    q = matrix_to_quaternion(R0.transpose(-1, -2) @ parent_rest @ parent_world.transpose(-1, -2) @ world[0])
+    _, D = character_fk(binding, q.unsqueeze(0))
+    torch.testing.assert_close(rig_world_rotations(binding, D)[0], world[0], atol=1e-9, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bone maps
+
+
+@pytest.mark.parametrize("preset, rename", [
+    ("mixamo", None), ("mixamo", lambda n: n.replace("mixamorig:", "mixamorig1:")),
+    ("mixamo", lambda n: n.replace("mixamorig:", "")), ("unreal", None), ("vrm", None),
+    ("character_creator", None), ("rigify", None), ("rigify_fk", None), ("rigify_def", None),
+    ("daz_genesis", None), ("daz_genesis", lambda n: {"lThighBend": "lThigh", "rThighBend": "rThigh",
+                                                      "lShldrBend": "lShldr", "rShldrBend": "rShldr"}.get(n, n)),
+    ("makehuman", None), ("smpl_like", None),
+])  # fmt: skip
+def test_rigs_are_detected_by_bone_names(body, preset, rename):
+    _, rest, names, parents = body
+    built = build_character(preset, rest, names, parents, a_pose=False)
+    bones = [rename(n) if rename else n for n in built.names]
+    found = detect_preset(bones, "rig")
+    assert found.name == preset
+    assert found.sources("left_knee")[0] in bones and found.sources("pelvis")[0] in bones
+
+
+def test_rig_missing_a_leg_names_the_missing_joints(body):
+    _, rest, names, parents = body
+    built = build_character("unreal", rest, names, parents, drop=("left_hip",))
+    with pytest.raises(BoneMapError, match=r"left_hip, left_knee, left_ankle") as info:
+        bind_character(built.skeleton(), "auto", rest, parents, names)
+    assert "right_" not in str(info.value)
+
+
+def test_non_humanoid_armature_is_refused():
+    names = ["Root", "Body", "Neck", "Jaw", "Tail.001", "Tail.002", "Wing.L", "Wing.R", "Leg_FL", "Leg_FR"]
+    heads = np.array([[0, 0, 0], [0, 1, 0], [0, 1.5, 0.5], [0, 1.5, 0.9], [0, 1, -1], [0, 1, -2],
+                      [0.5, 1.2, 0], [-0.5, 1.2, 0], [0.3, 0.8, 0.5], [-0.3, 0.8, 0.5]], dtype=float)
+    parents = [-1, 0, 1, 2, 1, 4, 1, 1, 1, 1]
+    skeleton = CharacterSkeleton(names, parents, heads, heads + [0, 0.1, 0], np.tile(np.eye(3), (10, 1, 1)))
+    with pytest.raises(BoneMapError, match="not a humanoid armature"):
+        bind_character(skeleton, "auto", torch.zeros(22, 3), list(range(-1, 21)))
+
+
+def test_json_bone_map(body, samples, tmp_path):
+    """A custom map as JSON; a map naming bones the rig lacks is refused with their names."""
+    _, rest, names, parents = body
+    unreal = get_preset("unreal")
+    built = build_character(unreal, rest, names, parents, seed=4)
+    rename = {n: "B_" + n for n in built.names}
+    built.names = [rename[n] for n in built.names]
+    custom = {"name": "my_rig", "joints": {k: ["B_" + b for b in unreal.sources(k)] for k in names[:22]}}
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps(custom))
+    binding = bind_character(built.skeleton(), str(path), rest, parents, names)
+    assert binding.bone_map.name == "my_rig" and binding.character_map()["spine3"] == ["B_spine_03", "B_spine_04", "B_spine_05"]
+    first = {k: "B_" + v for k, v in built.joint_bone.items()}
+    _check_follows(binding, names, parents, rest, *[s[:8] for s in samples], first, built.t_rest)
+    custom["joints"]["head"] = "B_skull"
+    with pytest.raises(BoneMapError, match="B_skull"):
+        bind_character(built.skeleton(), custom, rest, parents, names)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fitting the body
+
+
+def _landmark_gaps(binding, names, parents, rest):
+    """Distances (m) between the character's rest limb joints and the body's (shape `rest`) posed
+    in the character's rest and scaled by binding.scale."""
+    N = binding.skeleton.num_bones
+    poses, transl = character_to_body(binding, torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64).expand(1, N, 4))
+    joints, _ = skeleton_fk(axis_angle_to_matrix(poses), rest, parents, transl)
+    limbs = [names.index(f"{s}_{j}") for s in ("left", "right") for j in ("knee", "ankle", "elbow", "wrist")]
+    heads = binding.heads[[binding.joint_bones[j][0] for j in limbs]]
+    return (binding.scale * joints[0, limbs] - heads).norm(dim=-1)
+
+
+def test_fit_body_puts_the_body_joints_on_the_character(body):
+    """A character on a differently shaped, 10 % larger body in an A-pose: the fitted shape and
+    scale put the body's limb joints within 1.2 cm of the character's, far closer than the mean
+    shape scaled by leg length does."""
+    model, rest, names, parents = body
+    betas = torch.zeros(model.num_betas, dtype=torch.float64)
+    betas[:4] = torch.tensor([1.5, -1.0, 0.8, -1.2])
+    with torch.no_grad():
+        shaped = model.rest_joints(betas.unsqueeze(0))[0]
+    built = build_character("mixamo", shaped * 1.1, names, parents, seed=3)
+    unfitted = bind_character(built.skeleton(), "auto", rest, parents, names)
+    fitted = bind_character(built.skeleton(), "auto", model=model)
+    assert fitted.betas is not None and fitted.betas.shape == (model.num_betas,)
+    with torch.no_grad():
+        fitted_rest = model.rest_joints(fitted.betas.unsqueeze(0).to(model.dtype))[0]
+    torch.testing.assert_close(fitted.body_rest, fitted_rest)
+    before = _landmark_gaps(unfitted, names, parents, rest)
+    after = _landmark_gaps(fitted, names, parents, fitted_rest)
+    assert float(after.max()) < 0.012, after
+    assert float(after.mean()) < 0.5 * float(before.mean())
+
+
+def test_matrix_to_euler_inverts_euler_to_matrix():
+    gen = torch.Generator().manual_seed(0)
+    angles = (torch.rand(500, 3, generator=gen, dtype=torch.float64) - 0.5) * torch.tensor([6.0, 3.0, 6.0])
+    for order in ("XYZ", "XZY", "YXZ", "YZX", "ZXY", "ZYX"):
+        back = matrix_to_euler(euler_to_matrix(angles, order), order)
+        torch.testing.assert_close(back, angles, atol=1e-9, rtol=0)
