@@ -493,3 +493,26 @@ def test_undo_restores_the_character_pose(mixamo):
     bpy.ops.ed.undo()
     character = bpy.data.objects["Hero"]  # undo replaces every datablock
     np.testing.assert_allclose(np.array([bone.matrix_basis for bone in character.pose.bones]), before, atol=1e-6)
+
+
+def test_map_saves_loads_and_an_edited_map_rebinds(mixamo, tmp_path):
+    """Save Map writes the map, Load Map reads it onto another armature named alike, and a map
+    edited in the panel (a bone swapped) is what Bind with This Map uses."""
+    assert _bind(mixamo) == {"FINISHED"}
+    path = tmp_path / "hero_map.json"
+    assert bpy.ops.vposer.save_character_map(filepath=str(path)) == {"FINISHED"}
+    saved = mixamo.vposer_character.mapping()
+
+    settings = mixamo.vposer_character
+    left, right = (next(entry for entry in settings.bones if entry.name == f"{side}_wrist") for side in ("left", "right"))
+    left.bone, right.bone = right.bone, left.bone  # a wrong map: the wrists swapped
+    bpy.context.view_layer.objects.active = mixamo
+    assert bpy.ops.vposer.bind_character(map_source="CURRENT") == {"FINISHED"}
+    assert settings.mapping()["left_wrist"] == ["mixamorig:RightHand"]
+
+    assert bpy.ops.vposer.load_character_map(filepath=str(path)) == {"FINISHED"}
+    assert settings.mapping() == saved
+    (tmp_path / "broken.json").write_text('{"joints": {"pelvis": "NoSuchBone"}}')
+    with pytest.raises(RuntimeError, match="broken.json.*NoSuchBone"):
+        bpy.ops.vposer.load_character_map(filepath=str(tmp_path / "broken.json"))
+    assert settings.mapping() == saved
