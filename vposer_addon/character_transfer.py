@@ -131,11 +131,17 @@ def _place_body(body: bpy.types.Object, character: bpy.types.Object, binding: Ch
     body.matrix_basis = Matrix(placement.tolist())
 
 
+RIGIFY_FK_SWITCHES = {"IK_FK": 1.0, "neck_follow": 1.0, "head_follow": 1.0}
+
+
 def _use_fk_switches(character: bpy.types.Object) -> None:
-    """A generated Rigify rig is posed through its FK controls: its limbs' IK/FK switches go to FK."""
+    """A generated Rigify rig is posed through its FK controls: its limbs' IK/FK switches go to FK,
+    and the neck and head follow the spine (instead of half following the torso), so each control
+    turns with one other control and a clip converts in numpy rather than frame by frame."""
     for pose_bone in character.pose.bones:
-        if "IK_FK" in pose_bone.keys():
-            pose_bone["IK_FK"] = 1.0
+        for switch, value in RIGIFY_FK_SWITCHES.items():
+            if switch in pose_bone.keys():
+                pose_bone[switch] = value
 
 
 def _preset_from(mapping: dict[str, list[str]]):  # noqa: ANN202 - a core SkeletonPreset

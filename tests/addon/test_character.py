@@ -314,6 +314,7 @@ def test_rigify_rig_binds_to_its_fk_controls_and_solve_pose_drives_its_deform_bo
     assert settings.mapping()["left_shoulder"] == ["upper_arm_fk.L"]
     assert all(rigify_rig.pose.bones[f"{limb}_parent.{side}"]["IK_FK"] == 1.0
                for limb in ("upper_arm", "thigh") for side in "LR")
+    assert rigify_rig.pose.bones["torso"]["neck_follow"] == rigify_rig.pose.bones["torso"]["head_follow"] == 1.0
     _add_targets_and_move(rigify_rig, {"left_wrist": (0.1, -0.3, 0.5), "right_ankle": (0.0, -0.4, 0.3)})
     bpy.context.view_layer.objects.active = rigify_rig
     assert bpy.ops.vposer.solve_pose() == {"FINISHED"}
