@@ -474,15 +474,21 @@ def drives_character(cls: type[bpy.types.Operator]) -> type[bpy.types.Operator]:
         character = bound_character(body) if body is not None else None
         if character is None:
             return None
+        shown = bridge.get_pose(body, body.vposer_body.joint_names())
         pull_pose(context, character, body)  # the job starts from the pose the user sees
-        return body, body_state(body)
+        return body, body_state(body), shown
 
     def after(self: bpy.types.Operator, context: bpy.types.Context, noted, result: set[str]) -> set[str]:  # noqa: ANN001
-        if noted is None or "FINISHED" not in result:
+        if noted is None:
+            return result
+        body, before, shown = noted
+        if "FINISHED" not in result:  # a refused job leaves the body as it was, too
+            if "RUNNING_MODAL" not in result:
+                bridge.set_pose(body, body.vposer_body.joint_names(), *shown)
             return result
         try:
-            message = follow_body(context, *noted)
-        except CharacterError as error:
+            message = follow_body(context, body, before)
+        except ValueError as error:  # CharacterError, and core's for a map or pose it cannot use
             self.report({"ERROR"}, str(error))
             return {"CANCELLED"}
         if message:

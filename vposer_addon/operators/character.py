@@ -18,7 +18,7 @@ from .. import character as binding
 from ..dependencies import torch_available
 
 
-def _poll_character(cls: type[bpy.types.Operator], context: bpy.types.Context) -> bool:
+def _poll_character(cls: type[bpy.types.Operator], context: bpy.types.Context, modes: set[str]) -> bool:
     obj = context.active_object
     if not torch_available():
         cls.poll_message_set("PyTorch is missing: the VPoser tab says how to install it")
@@ -26,8 +26,8 @@ def _poll_character(cls: type[bpy.types.Operator], context: bpy.types.Context) -
     if obj is None or obj.type != "ARMATURE" or obj.vposer_body.is_body:
         cls.poll_message_set("Select your character's armature (not a VPoser body)")
         return False
-    if context.mode not in {"OBJECT", "POSE"}:
-        cls.poll_message_set("Switch to Object or Pose Mode")
+    if context.mode not in modes:
+        cls.poll_message_set("Switch to Object Mode" if modes == {"OBJECT"} else "Switch to Object or Pose Mode")
         return False
     return True
 
@@ -51,7 +51,7 @@ class VPOSER_OT_bind_character(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return _poll_character(cls, context)
+        return _poll_character(cls, context, {"OBJECT"})  # it may add a body, which needs Object Mode
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         from ..character_transfer import TransferError, bind
@@ -150,7 +150,7 @@ class VPOSER_OT_load_character_map(bpy.types.Operator, ImportHelper):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return _poll_character(cls, context)
+        return _poll_character(cls, context, {"OBJECT", "POSE"})
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         from ..character_transfer import TransferError, load_map
