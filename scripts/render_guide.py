@@ -170,13 +170,9 @@ def guide_inbetweens(bpy, out: Path) -> Path:
 def guide_retarget(bpy, out: Path) -> Path:
     """The shipped CMU walk through Blender's BVH importer, retargeted onto a body with Retarget;
     six side views."""
-    from core.mocap.skeletons import get_preset
-
     scene = _new_scene(bpy)
     scene.render.fps = RETARGET_FPS
-    _run(bpy, "import_anim.bvh", filepath=str(CLIP), global_scale=get_preset("cmu").unit_scale, rotate_mode="QUATERNION",
-         frame_start=1, use_fps_scale=True, update_scene_duration=True)
-    source = bpy.context.view_layer.objects.active
+    source = _import_walk(bpy)
     bpy.ops.object.select_all(action="DESELECT")
     rig = _add_body(bpy)
     source.select_set(True)  # the other selected armature is the source; the body stays active
@@ -187,12 +183,19 @@ def guide_retarget(bpy, out: Path) -> Path:
     return save_strip(tiles, out / "guide_retarget.png")
 
 
+def _import_walk(bpy):
+    """The shipped CMU walk through Blender's BVH importer; returns its armature (the active object)."""
+    from core.mocap.skeletons import get_preset
+
+    _run(bpy, "import_anim.bvh", filepath=str(CLIP), global_scale=get_preset("cmu").unit_scale,
+         rotate_mode="QUATERNION", frame_start=1, use_fps_scale=True, update_scene_duration=True)
+    return bpy.context.view_layer.objects.active
+
+
 def guide_character(bpy, out: Path) -> Path:
     """Rigify's human metarig with a mannequin on its bones, Bind Character, then Retarget of the
     shipped walk; the rest pose (front) and five side views."""
     import addon_utils
-
-    from core.mocap.skeletons import get_preset
 
     scene = _new_scene(bpy)
     scene.render.fps = RETARGET_FPS
@@ -206,9 +209,7 @@ def guide_character(bpy, out: Path) -> Path:
     bpy.context.view_layer.objects.active = rig
     _run(bpy, "vposer.bind_character")
     rig.vposer_character.body.vposer_body.mesh.hide_render = True
-    _run(bpy, "import_anim.bvh", filepath=str(CLIP), global_scale=get_preset("cmu").unit_scale, rotate_mode="QUATERNION",
-         frame_start=1, use_fps_scale=True, update_scene_duration=True)
-    source = bpy.context.view_layer.objects.active
+    source = _import_walk(bpy)
     rig.select_set(True)
     bpy.context.view_layer.objects.active = rig
     _run(bpy, "vposer.retarget", source="ARMATURE", preset="CMU")
@@ -235,7 +236,8 @@ def _mannequin(bpy, scene, rig) -> list:
         piece.parent, piece.parent_type, piece.parent_bone = rig, "BONE", bone.name
         bpy.context.view_layer.update()
         along = Matrix.Translation((0.0, bone.length / 2, 0.0)) @ Matrix.Rotation(-np.pi / 2, 4, "X")
-        piece.matrix_world = rig.matrix_world @ bone.matrix_local @ along @ Matrix.Diagonal((1.0, 1.0, bone.length, 1.0))
+        stretch = Matrix.Diagonal((1.0, 1.0, bone.length, 1.0))
+        piece.matrix_world = rig.matrix_world @ bone.matrix_local @ along @ stretch
         pieces.append(piece)
     return pieces
 

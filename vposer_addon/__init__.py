@@ -7,7 +7,8 @@ import bpy
 from . import character, character_panel, operators, panels, preferences, properties, targets
 
 _CLASSES: tuple[type, ...] = (
-    *preferences.CLASSES, *properties.CLASSES, *targets.CLASSES, *character.CLASSES, *operators.CLASSES, *panels.CLASSES,
+    *preferences.CLASSES, *properties.CLASSES, *targets.CLASSES, *character.CLASSES, *operators.CLASSES,
+    *panels.CLASSES,
     *character_panel.CLASSES,
 )
 

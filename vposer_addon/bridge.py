@@ -229,6 +229,14 @@ def write_curve(
     return curve
 
 
+def matrix_array(collection: bpy.types.bpy_prop_collection, prop: str) -> np.ndarray:
+    """(N, 4, 4) float64: a matrix property of every item (e.g. bones' matrix_local), read in one
+    foreach_get (Blender stores matrices column-major)."""
+    buffer = np.empty(len(collection) * 16, dtype=np.float32)
+    collection.foreach_get(prop, buffer)
+    return buffer.reshape(-1, 4, 4).transpose(0, 2, 1).astype(np.float64)
+
+
 def scene_frame_rate(scene: bpy.types.Scene) -> float:
     """Frames per second the scene plays at."""
     return scene.render.fps / scene.render.fps_base

@@ -154,15 +154,9 @@ def read_armature(obj: bpy.types.Object) -> ArmatureRest:
     parents = np.array([index[bone.parent.name] if bone.parent else -1 for bone in bones], dtype=np.int64)
     tails = np.empty(3 * len(bones), dtype=np.float32)
     bones.foreach_get("tail_local", tails)
-    return ArmatureRest(names, parents, _matrices(bones, "matrix_local"), tails.reshape(-1, 3).astype(np.float64),
+    return ArmatureRest(names, parents, bridge.matrix_array(bones, "matrix_local"),
+                        tails.reshape(-1, 3).astype(np.float64),
                         np.array(obj.matrix_world, dtype=np.float64))
-
-
-def _matrices(collection: bpy.types.bpy_prop_collection, prop: str) -> np.ndarray:
-    """(N, 4, 4) a matrix property of every item, in one call (Blender stores them column-major)."""
-    buffer = np.empty(len(collection) * 16, dtype=np.float32)
-    collection.foreach_get(prop, buffer)
-    return buffer.reshape(-1, 4, 4).transpose(0, 2, 1).astype(np.float64)
 
 
 def pose_matrices(obj: bpy.types.Object, names: list[str]) -> np.ndarray:
@@ -183,7 +177,7 @@ class CharacterPoser:
 
     def __init__(self, obj: bpy.types.Object, bones: list[str], located: list[str], anchors: np.ndarray,
                  offsets: np.ndarray) -> None:
-        rest = _matrices(obj.data.bones, "matrix_local")
+        rest = bridge.matrix_array(obj.data.bones, "matrix_local")
         index = {bone.name: i for i, bone in enumerate(obj.data.bones)}
         self.obj, self.bones, self.located = obj, bones, located
         self.anchors = anchors  # (B,) mapped bone the parent turns with; -1: still; -2: blends, ask Blender
@@ -478,7 +472,8 @@ def drives_character(cls: type[bpy.types.Operator]) -> type[bpy.types.Operator]:
         pull_pose(context, character, body)  # the job starts from the pose the user sees
         return body, body_state(body), shown
 
-    def after(self: bpy.types.Operator, context: bpy.types.Context, noted, result: set[str]) -> set[str]:  # noqa: ANN001
+    def after(self: bpy.types.Operator, context: bpy.types.Context, noted: tuple | None,
+              result: set[str]) -> set[str]:
         if noted is None:
             return result
         body, before, shown = noted

@@ -69,7 +69,8 @@ class VPOSER_OT_bind_character(bpy.types.Operator):
             obj.select_set(obj == character)
         character.select_set(True)
         context.view_layer.objects.active = character
-        self.report({"INFO"}, f"Bound {character.name} to {body.name} in {time.perf_counter() - started:.1f} s: {report}")
+        seconds = time.perf_counter() - started
+        self.report({"INFO"}, f"Bound {character.name} to {body.name} in {seconds:.1f} s: {report}")
         return {"FINISHED"}
 
 

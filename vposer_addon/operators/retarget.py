@@ -351,12 +351,12 @@ def sample_armature(context: bpy.types.Context, armature: bpy.types.Object,
     bones = armature.data.bones
     names = [bone.name for bone in bones]
     world = np.array(armature.matrix_world)
-    rest = world @ _matrices(bones, "matrix_local")
+    rest = world @ bridge.matrix_array(bones, "matrix_local")
     if _curves_alone_move(armature) and _bone_channels_alone_move(armature):
         posed = world @ _pose_matrices(armature, frames)
     else:
-        posed = _evaluated_by_blender(
-            context, frames, lambda: np.array(armature.matrix_world) @ _matrices(armature.pose.bones, "matrix"))
+        posed = _evaluated_by_blender(context, frames, lambda: np.array(armature.matrix_world)
+                                      @ bridge.matrix_array(armature.pose.bones, "matrix"))
     return names, rest, posed
 
 
@@ -413,7 +413,7 @@ def _pose_matrices(armature: bpy.types.Object, frames: np.ndarray) -> np.ndarray
     """(T, B, 4, 4) pose matrices (armature space) from the bones' channels, as Blender chains them:
     pose = parent's pose @ parent's rest^-1 @ rest @ basis, basis = location @ rotation @ scale."""
     bones = armature.data.bones
-    rest = _matrices(bones, "matrix_local")
+    rest = bridge.matrix_array(bones, "matrix_local")
     index = {bone.name: i for i, bone in enumerate(bones)}
     pose = np.empty((len(frames), len(bones), 4, 4))
     for bone in _parents_first(bones):
@@ -461,13 +461,6 @@ def _parents_first(bones: bpy.types.ArmatureBones) -> list[bpy.types.Bone]:
     for bone in ordered:  # grows while it is walked
         ordered.extend(bone.children)
     return ordered
-
-
-def _matrices(collection: bpy.types.bpy_prop_collection, prop: str) -> np.ndarray:
-    """(N, 4, 4) a matrix property of every item, read in one call (Blender stores them column-major)."""
-    buffer = np.empty(len(collection) * 16, dtype=np.float32)
-    collection.foreach_get(prop, buffer)
-    return buffer.reshape(-1, 4, 4).transpose(0, 2, 1).astype(np.float64)
 
 
 def _evaluated_by_blender(context: bpy.types.Context, frames: np.ndarray,
