@@ -104,16 +104,22 @@ def bind(context: bpy.types.Context, character: bpy.types.Object, body: bpy.type
 
 
 def _default_model(context: bpy.types.Context):  # noqa: ANN202 - a core BodyModel
+    """The preferences' default body model: the one Add Body builds, so the fit is the body's."""
+    from .preferences import get_preferences
     from .properties import load_body_model
 
-    return load_body_model("ADULT")
+    preferences = get_preferences(context)
+    choice = preferences.default_body if preferences else "ADULT"
+    if choice == "USER_FILE":
+        return load_body_model("FILE", bpy.path.abspath(preferences.model_path))
+    return load_body_model(choice)
 
 
 def _add_body(context: bpy.types.Context, character: bpy.types.Object) -> bpy.types.Object:
     """A new body (Add Body's, with the preferences' default model) for the character."""
     active = context.view_layer.objects.active
     selected = list(context.selected_objects)
-    bpy.ops.vposer.add_body(name=f"{character.name} Body")
+    bpy.ops.vposer.add_body(source="DEFAULT", name=f"{character.name} Body")
     body = context.view_layer.objects.active
     for obj in selected:
         obj.select_set(True)

@@ -54,6 +54,7 @@ class VPOSER_OT_bind_character(bpy.types.Operator):
         return _poll_character(cls, context, {"OBJECT"})  # it may add a body, which needs Object Mode
 
     def execute(self, context: bpy.types.Context) -> set[str]:
+        from ...core.model_files import BodyModelError
         from ..character_transfer import TransferError, bind
 
         started = time.perf_counter()
@@ -62,7 +63,7 @@ class VPOSER_OT_bind_character(bpy.types.Operator):
         try:
             current = character.vposer_character.mapping() if self.map_source == "CURRENT" else None
             body, report = bind(context, character, body, current)
-        except (TransferError, binding.CharacterError) as error:
+        except (TransferError, binding.CharacterError, BodyModelError) as error:
             self.report({"ERROR"}, f"Cannot bind {character.name}: {error}")
             return {"CANCELLED"}
         for obj in context.selected_objects:

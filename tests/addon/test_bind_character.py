@@ -194,7 +194,8 @@ def test_poser_poses_a_rolled_a_pose_rig_as_blender_evaluates_it(character_modul
     _assert_poses_like(character_module, obj, bones, _random_basis_pose(obj, bones, seed=5))
 
 
-RIGIFY_FK = ["torso", "hips", "chest", "spine_fk", "spine_fk.001", "spine_fk.002", "spine_fk.003", "neck", "head", "shoulder.L", "upper_arm_fk.L", "forearm_fk.L", "hand_fk.L",
+RIGIFY_FK = ["torso", "hips", "chest", "spine_fk", "spine_fk.001", "spine_fk.002", "spine_fk.003", "neck", "head",
+             "shoulder.L", "upper_arm_fk.L", "forearm_fk.L", "hand_fk.L",
              "thigh_fk.L", "shin_fk.L", "foot_fk.L", "toe_fk.L", "shoulder.R", "upper_arm_fk.R", "forearm_fk.R",
              "hand_fk.R", "thigh_fk.R", "shin_fk.R", "foot_fk.R"]
 
@@ -507,7 +508,8 @@ def test_map_saves_loads_and_an_edited_map_rebinds(mixamo, tmp_path):
     saved = mixamo.vposer_character.mapping()
 
     settings = mixamo.vposer_character
-    left, right = (next(entry for entry in settings.bones if entry.name == f"{side}_wrist") for side in ("left", "right"))
+    left, right = (next(entry for entry in settings.bones if entry.name == f"{side}_wrist")
+                   for side in ("left", "right"))
     left.bone, right.bone = right.bone, left.bone  # a wrong map: the wrists swapped
     bpy.context.view_layer.objects.active = mixamo
     assert bpy.ops.vposer.bind_character(map_source="CURRENT") == {"FINISHED"}
