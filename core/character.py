@@ -30,6 +30,18 @@ Contract (the Blender side and scripts/retarget.py build on it; shapes are batch
   character's rest joints; `bind_character(..., model=model)` fits and binds in one call.
 * `limb_direction_errors(binding, body_joints, heads)`: per limb, degrees between the body's and
   the character's bone directions (a check and the CLI's report).
+* `rig_points_to_body(binding, points)` / `body_points_to_rig`: positions between the rig's space
+  (units) and the body's model space (targets placed on the character, and back).
+* `CharacterBinding.character_map()`: body joint -> bone names, as reports and map editors show it.
+* Headless helpers: `character_motion` (a solved body motion on a character), `bvh_channels` /
+  `armature_bvh` + `armature_bvh_channels` (BVH output), `source_agreement` / `clip_agreement`
+  (limb directions and hand/foot rotations against a mocap source).
+
+The parents are the rig's own bone parents. A bone whose parent is driven by constraints (a
+generated Rigify rig's FK controls sit under MCH- bones) has a pose-bone rotation relative to that
+parent's rest as computed here (unmapped parents keep `current`), not to its evaluated pose: such
+rigs need the parents' evaluated matrices passed as `current`-equivalent or a map of unconstrained
+bones (the DEF- bones).
 
 The math (DESIGN.md "Characters"). All in model space after the rig's axes and units. The body's
 joints are world-aligned at rest (R_j0 = I) and its posed world rotations are G_j. A character
@@ -57,7 +69,7 @@ the deepest of them (cmu_daz's spine2 = abdomen + chest: abdomen drives spine2, 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -65,17 +77,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .mocap.bvh import BVHMotion, forward_kinematics, read_bvh, rest_positions
+from .mocap.bvh import BVHMotion, format_bvh, forward_kinematics, motion_channels, parse_bvh, read_bvh, rest_positions
 from .mocap.skeletons import (
     TARGET_DIRECTION_CHILD,
     BoneMapError,
     SkeletonPreset,
+    check_required,
     default_target_names,
     detect_preset,
     load_preset,
-    missing_required,
 )
-from .mocap.transfer import axes_matrix, infer_axes, minimal_rotation, skeleton_fk
+from .mocap.transfer import (
+    TransferSetup,
+    axes_matrix,
+    build_transfer,
+    infer_axes,
+    minimal_rotation,
+    skeleton_fk,
+    source_rest,
+)
 from .rotations import (
     axis_angle_to_matrix,
     matrix_to_axis_angle,
@@ -96,16 +116,28 @@ __all__ = [
     "character_to_body",
     "character_fk",
     "rig_world_rotations",
+    "rig_points_to_body",
+    "body_points_to_rig",
     "fit_body",
     "limb_direction_errors",
+    "source_agreement",
+    "character_motion",
+    "clip_agreement",
+    "bvh_channels",
+    "armature_bvh",
+    "armature_bvh_channels",
     "LIMB_JOINTS",
+    "END_JOINTS",
 ]
 
 # Blender's world (Z up, a character facing -Y) -> model space: p_model = (x, z, -y).
 BLENDER_TO_MODEL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 _SPREAD_WHOLE = ("pelvis", "spine1", "spine2", "spine3", "neck", "head")  # chains bend along their length
+# Limbs whose direction a character must follow (the collars are left out: mocap skeletons and
+# rigs place the clavicle too differently for its direction to be compared).
 LIMB_JOINTS = tuple(f"{side}_{joint}" for side in ("left", "right")
-                    for joint in ("hip", "knee", "ankle", "collar", "shoulder", "elbow", "wrist"))  # fmt: skip
+                    for joint in ("hip", "knee", "ankle", "shoulder", "elbow", "wrist"))  # fmt: skip
+END_JOINTS = ("left_wrist", "right_wrist", "left_ankle", "right_ankle")  # hands and feet
 _UNIT_GUESSES = (1.0, 0.01, 0.001, 0.0254)  # metres, centimetres, millimetres, inches
 _LEG_METRES = 0.85  # a typical adult's hip -> ankle length, for guessing units
 
@@ -265,6 +297,7 @@ class CharacterBinding:
     to_model: Tensor
     unit_scale: float
     betas: Tensor | None = None
+    _plan_cache: object = field(default=None, repr=False, compare=False)  # index tensors of the transfer
 
     def character_map(self) -> dict[str, list[str]]:
         """Body joint -> the character bones it drives (mapped joints only), as the report prints."""
@@ -290,18 +323,11 @@ def _resolve_map(skeleton: CharacterSkeleton, bone_map) -> SkeletonPreset:
     except (KeyError, ValueError, OSError) as error:
         raise BoneMapError(f"{skeleton.source}: {error.args[0] if error.args else error}") from None
     resolved = preset.resolve(skeleton.names)
-    if strict:  # a map written for this rig must name its bones
-        absent = [n for n in preset.source_names() if all(
-            a not in skeleton.names for a in n.split("|")) and n.rsplit(":", 1)[-1] not in
-            {m.rsplit(":", 1)[-1] for m in skeleton.names}]
-        if absent:
-            raise BoneMapError(f"{skeleton.source}: bone map {preset.name!r} names bones the rig lacks: "
-                               f"{', '.join(absent[:10])}")
-    missing = missing_required(resolved)
-    if missing:
-        raise BoneMapError(f"{skeleton.source}: bone map {preset.name!r} finds no bone for the required joint(s) "
-                           f"{', '.join(missing)}")
-    return resolved
+    absent = preset.absent_bones(skeleton.names) if strict else []  # a map written for this rig names its bones
+    if absent:
+        raise BoneMapError(f"{skeleton.source}: bone map {preset.name!r} names bones the rig lacks: "
+                           f"{', '.join(absent[:10])}")
+    return check_required(resolved, skeleton.source)
 
 
 def _depths(parents) -> list[int]:
@@ -330,7 +356,7 @@ def _rig_to_model(skeleton: CharacterSkeleton, preset: SkeletonPreset, dtype) ->
         return axes_matrix(preset.axes, dtype)
     heads = skeleton.heads
     first = {k: skeleton.index(preset.sources(k)[0]) for k in preset.joints if preset.sources(k)}
-    upper = next(k for k in ("neck", "spine3", "spine2", "spine1", "head") if k in first)
+    upper = _upper_joint(torch.as_tensor(heads), first, ("neck", "spine3", "spine2", "spine1", "head"))
     up = heads[first[upper]] - heads[first["pelvis"]]
     left = heads[first["left_hip"]] - heads[first["right_hip"]]
     exact = _frame(torch.as_tensor(up, dtype=dtype), torch.as_tensor(left, dtype=dtype))  # columns: left, up, fwd
@@ -439,7 +465,8 @@ def _bind(skeleton, preset, body_rest, body_parents, body_names, scale, dtype) -
             align[j] = _root_alignment(heads, body_rest, first, jindex)
         else:  # carried rigidly with its parent, then bent (not twisted) onto the body's bone
             d = _directions(name, chain, heads, tails, body_rest, first, jindex)
-            align[j] = parent_align if d is None else minimal_rotation(parent_align @ d[0], d[1]) @ parent_align
+            usable = d is not None and float(d[0].norm()) > 1e-9 and float(d[1].norm()) > 1e-9
+            align[j] = minimal_rotation(parent_align @ d[0], d[1]) @ parent_align if usable else parent_align
     body_legs = _leg_length(body_rest, jindex)
     return CharacterBinding(
         skeleton=skeleton, bone_map=preset, body_names=list(body_names), body_parents=list(body_parents),
@@ -463,9 +490,20 @@ def _directions(name, chain, heads, tails, body_rest, first, jindex):
     return tails[chain[-1]] - heads[chain[0]], body_rest[jindex[child]] - body_rest[jindex[name]]
 
 
+def _upper_joint(heads, first, order=("spine1", "spine2", "spine3", "neck", "head")) -> str:
+    """The first mapped upper-body joint whose bone starts away from the pelvis bone's head (CMU's
+    LowerBack starts where its Hips does)."""
+    pelvis = heads[first["pelvis"]]
+    reach = max(float((heads[b] - pelvis).norm()) for b in first.values())
+    for k in order:
+        if k in first and float((heads[first[k]] - pelvis).norm()) > 1e-3 * reach:
+            return k
+    raise BoneMapError("no upper-body bone starts away from the pelvis bone: cannot tell up from the rest pose")
+
+
 def _root_alignment(heads, body_rest, first, jindex) -> Tensor:
     """The pelvis: both rests' frames from (pelvis -> upper body, right hip -> left hip)."""
-    upper = next(k for k in ("spine1", "spine2", "spine3", "neck", "head") if k in first)
+    upper = _upper_joint(heads, first)
     up_rig = heads[first[upper]] - heads[first["pelvis"]]
     up_body = body_rest[jindex[upper]] - body_rest[jindex["pelvis"]]
     left_rig = heads[first["left_hip"]] - heads[first["right_hip"]]
@@ -486,15 +524,29 @@ def _batch_quaternions(q, B: int, N: int, dtype) -> Tensor:
     return q
 
 
-def character_fk(binding: CharacterBinding, quaternions, location=None) -> tuple[Tensor, Tensor]:
+def character_fk(binding: CharacterBinding, quaternions, location=None, bones=None) -> tuple[Tensor, Tensor]:
     """Posed heads (B, N, 3) in model-space metres and world rotation deltas D (B, N, 3, 3) from
-    pose-bone quaternions (B, N, 4) and the root bone's location (B, 3) in its rest frame (rig units)."""
+    pose-bone quaternions (B, N, 4) and the root bone's location (B, 3) in its rest frame (rig
+    units). bones: only these (closed under ancestors) are computed; the others are left at rest."""
     rest = binding.rest
     q = torch.as_tensor(quaternions, dtype=rest.dtype)
     B, N = q.shape[0], binding.skeleton.num_bones
     q = _batch_quaternions(q, B, N, rest.dtype)
-    local = rest @ quaternion_to_matrix(q) @ rest.transpose(-1, -2)  # world-aligned local rotations
-    heads, D = skeleton_fk(local, binding.heads, binding.skeleton.parents)
+    parents = binding.skeleton.parents.tolist()
+    if bones is None:
+        keep = list(range(N))
+    else:
+        keep = sorted(bones)
+    index = {b: i for i, b in enumerate(keep)}
+    R = rest[keep]
+    local = R @ quaternion_to_matrix(q[:, keep]) @ R.transpose(-1, -2)  # world-aligned local rotations
+    sub_heads, sub_D = skeleton_fk(local, binding.heads[keep], [index.get(parents[b], -1) for b in keep])
+    if bones is None:
+        heads, D = sub_heads, sub_D
+    else:
+        heads = binding.heads.expand(B, N, 3).clone()
+        D = torch.eye(3, dtype=rest.dtype).expand(B, N, 3, 3).clone()
+        heads[:, keep], D[:, keep] = sub_heads, sub_D
     if location is not None:
         heads = heads + _location_shift(binding, D, torch.as_tensor(location, dtype=rest.dtype))
     return heads, D
@@ -519,6 +571,20 @@ def _location_shift(binding: CharacterBinding, D: Tensor, location: Tensor) -> T
     return out
 
 
+def rig_points_to_body(binding: CharacterBinding, points) -> Tensor:
+    """Points (..., 3) in the rig's space and units (e.g. IK targets placed on the character) ->
+    where the body must reach them, in model-space metres: the inverse of the character's
+    `scale` about the origin, as the root translation uses."""
+    p = torch.as_tensor(points, dtype=binding.rest.dtype)
+    return binding.unit_scale * p @ binding.to_model.T / binding.scale
+
+
+def body_points_to_rig(binding: CharacterBinding, points) -> Tensor:
+    """Model-space metres on the body (..., 3) -> the rig's space and units (rig_points_to_body's inverse)."""
+    p = torch.as_tensor(points, dtype=binding.rest.dtype)
+    return binding.scale * p @ binding.to_model / binding.unit_scale
+
+
 def rig_world_rotations(binding: CharacterBinding, D: Tensor) -> Tensor:
     """(B, N, 3, 3) posed bone orientations in rig axes (C^T D R0): a BVH joint's world rotation, a
     Blender pose bone's armature-space `matrix` rotation."""
@@ -526,26 +592,83 @@ def rig_world_rotations(binding: CharacterBinding, D: Tensor) -> Tensor:
     return C.T @ D @ binding.rest.to(D.dtype)
 
 
-def _twist_swing_share(local: Tensor, axis: Tensor, fraction: float, whole: bool) -> Tensor:
-    """A fraction of a local rotation (B, 3, 3): all of it slerped (whole), or its swing with a
-    fraction of its twist about `axis` (the bone's rest direction)."""
-    if fraction >= 1.0:
-        return local
+def _shares(local: Tensor, axis: Tensor, fraction: Tensor, whole: Tensor) -> Tensor:
+    """Fractions of local rotations (B, M, 3, 3), per column m: all of it slerped (whole[m]), or its
+    swing with fraction[m] of its twist about axis[m] (the bone's rest direction, unit)."""
     q = matrix_to_quaternion(local)
-    if whole:
-        return axis_angle_to_matrix(fraction * quaternion_to_axis_angle(q))
-    axis = torch.nn.functional.normalize(axis.to(q.dtype), dim=-1)
+    f = fraction.to(q.dtype).unsqueeze(-1)
     p = (q[..., 1:] * axis).sum(-1, keepdim=True)
     twist = torch.nn.functional.normalize(torch.cat([q[..., :1], p * axis.expand_as(q[..., 1:])], -1), dim=-1)
-    twist_m = quaternion_to_matrix(twist)
-    swing = local @ twist_m.transpose(-1, -2)
-    return swing @ axis_angle_to_matrix(fraction * quaternion_to_axis_angle(twist))
+    twist = torch.where(p.abs() + q[..., :1].abs() < 1e-12, torch.zeros_like(twist) + _IDENTITY_Q.to(q.dtype), twist)
+    swing = local @ quaternion_to_matrix(twist).transpose(-1, -2)
+    split = swing @ axis_angle_to_matrix(f * quaternion_to_axis_angle(twist))
+    spread = axis_angle_to_matrix(f * quaternion_to_axis_angle(q))
+    return torch.where(whole.view(1, -1, 1, 1), spread, split)
+
+
+_IDENTITY_Q = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+
+
+@dataclass
+class _Plan:
+    """Index tensors for the batched transfer, built once per binding: the mapped bones (M,), their
+    body joint, the joint's body parent (J = identity), their share of the joint's rotation, the
+    bone axis for twist shares, and each mapped bone's nearest mapped ancestor (M = none) with the
+    unmapped bones between them (top down)."""
+
+    mapped: Tensor
+    joint: Tensor
+    parent_joint: Tensor
+    share: Tensor
+    whole: Tensor
+    axis: Tensor
+    anchor: Tensor
+    between: list[list[int]]
+    tips: Tensor  # (J,) the last bone of each joint's chain, -1 unmapped
+    needed: list[int]  # bones whose world rotation character_to_body needs (tips and their ancestors)
+
+
+def _plan(binding: CharacterBinding) -> _Plan:
+    if getattr(binding, "_plan_cache", None) is not None:
+        return binding._plan_cache
+    parents = binding.skeleton.parents.tolist()
+    J = len(binding.body_names)
+    mapped = [b for b, j in enumerate(binding.bone_joint) if j >= 0]
+    slot = {b: m for m, b in enumerate(mapped)}
+    joint, parent_joint, share, whole, axis, anchor, between = [], [], [], [], [], [], []
+    for b in mapped:
+        j = binding.bone_joint[b]
+        chain = binding.joint_bones[j]
+        joint.append(j)
+        parent_joint.append(binding.body_parents[j] if binding.body_parents[j] >= 0 else J)
+        share.append((chain.index(b) + 1) / len(chain))
+        a = _body_bone_axis(binding, j)
+        whole.append(binding.body_names[j] in _SPREAD_WHOLE or a is None)
+        axis.append(torch.zeros(3, dtype=binding.rest.dtype) if a is None else torch.nn.functional.normalize(a, dim=0))
+        path, up = [], parents[b]
+        while up >= 0 and up not in slot:
+            path.append(up)
+            up = parents[up]
+        anchor.append(slot[up] if up >= 0 else len(mapped))
+        between.append(path[::-1])
+    tips = [chain[-1] if chain else -1 for chain in binding.joint_bones]
+    needed: set[int] = set()
+    for b in [t for t in tips if t >= 0] + [binding.root_bone]:
+        while b >= 0 and b not in needed:
+            needed.add(b)
+            b = parents[b]
+    plan = _Plan(torch.tensor(mapped), torch.tensor(joint), torch.tensor(parent_joint),
+                 torch.tensor(share, dtype=binding.rest.dtype), torch.tensor(whole, dtype=torch.bool),
+                 torch.stack(axis) if axis else torch.zeros(0, 3, dtype=binding.rest.dtype), torch.tensor(anchor),
+                 between, torch.tensor(tips), sorted(needed))
+    binding._plan_cache = plan
+    return plan
 
 
 def body_to_character(binding: CharacterBinding, poses, transl=None, current=None) -> CharacterPose:
     """Body local axis-angles (B, J, 3) (or rotation matrices (B, J, 3, 3)) and transl (B, 3) ->
     character pose (quaternions (B, N, 4), root location (B, 3)). Unmapped bones keep `current`
-    quaternions ((B, N, 4) or (N, 4)), else their rest."""
+    quaternions ((B, N, 4) or (N, 4)), else their rest. Batched over frames and mapped bones."""
     dtype = binding.rest.dtype
     poses = torch.as_tensor(poses, dtype=dtype)
     local = poses if poses.shape[-2:] == (3, 3) else axis_angle_to_matrix(poses)
@@ -554,49 +677,51 @@ def body_to_character(binding: CharacterBinding, poses, transl=None, current=Non
         raise CharacterError(f"poses have {J} joints, the bound body {len(binding.body_names)}")
     transl = torch.zeros(B, 3, dtype=dtype) if transl is None else torch.as_tensor(transl, dtype=dtype).reshape(B, 3)
     joints, G = skeleton_fk(local, binding.body_rest, binding.body_parents, transl)
-    N = binding.skeleton.num_bones
-    rest = binding.rest
-    eye = torch.eye(3, dtype=dtype).expand(B, 3, 3)
-    if current is not None:
-        cur = rest @ quaternion_to_matrix(_batch_quaternions(current, B, N, dtype)) @ rest.transpose(-1, -2)
-    parents = binding.skeleton.parents.tolist()
-    D: list[Tensor] = [eye] * N
-    for b in range(N):
-        Dp = D[parents[b]] if parents[b] >= 0 else eye
-        j = binding.bone_joint[b]
-        if j < 0:
-            D[b] = Dp @ cur[:, b] if current is not None else Dp
-            continue
-        chain = binding.joint_bones[j]
-        pj = binding.body_parents[j]
-        Gp = G[:, pj] if pj >= 0 else eye
-        share = (chain.index(b) + 1) / len(chain)
-        name = binding.body_names[j]
-        axis = _body_bone_axis(binding, j)
-        part = _twist_swing_share(Gp.transpose(-1, -2) @ G[:, j], axis, share, name in _SPREAD_WHOLE or axis is None)
-        D[b] = Gp @ part @ binding.align[j]
-    D_t = torch.stack(D, 1)
-    parent_D = torch.stack([D[p] if p >= 0 else eye for p in parents], 1)
-    pose_local = rest.transpose(-1, -2) @ parent_D.transpose(-1, -2) @ D_t @ rest
-    quaternions = matrix_to_quaternion(pose_local)
+    N, rest, plan = binding.skeleton.num_bones, binding.rest, _plan(binding)
+    eye = torch.eye(3, dtype=dtype).expand(B, 1, 3, 3)
+    G = torch.cat([G, eye], 1)  # index J: the identity, the root joint's parent
+    Gp = G[:, plan.parent_joint]
+    part = _shares(Gp.transpose(-1, -2) @ G[:, plan.joint], plan.axis, plan.share, plan.whole)
+    D = Gp @ part @ binding.align[plan.joint]  # (B, M, 3, 3) world deltas of the mapped bones
+    D_anchor = torch.cat([D, eye], 1)[:, plan.anchor]
+    quaternions = (torch.tensor([1.0, 0, 0, 0], dtype=dtype).expand(B, N, 4) if current is None
+                   else _batch_quaternions(current, B, N, dtype)).clone()
+    cur = None if current is None else rest @ quaternion_to_matrix(quaternions) @ rest.transpose(-1, -2)
+    D_parent = D_anchor.clone()
+    if cur is not None:  # unmapped bones between a mapped bone and its mapped ancestor keep their rotation
+        for m, path in enumerate(plan.between):
+            for b in path:
+                D_parent[:, m] = D_parent[:, m] @ cur[:, b]
+    R = rest[plan.mapped]
+    quaternions[:, plan.mapped] = matrix_to_quaternion(R.transpose(-1, -2) @ D_parent.transpose(-1, -2) @ D @ R)
     # Root location: the pelvis bone's head at scale x the body's pelvis joint.
-    pelvis = binding.body_names.index("pelvis")
-    heads, _ = skeleton_fk(_world_local(D_t, parents), binding.heads, parents)
     r = binding.root_bone
-    delta = binding.scale * joints[:, pelvis] - heads[:, r]
-    p = parents[r]
-    Dp = D[p] if p >= 0 else eye
+    head, Dp = _unmapped_path_head(binding, r, cur, B)
+    pelvis = binding.body_names.index("pelvis")
+    delta = binding.scale * joints[:, pelvis] - head
     location = (rest[r].T @ Dp.transpose(-1, -2) @ delta.unsqueeze(-1)).squeeze(-1) / binding.unit_scale
     return CharacterPose(quaternions, location)
 
 
-def _world_local(D: Tensor, parents: list[int]) -> Tensor:
-    """World-aligned local rotations (B, N, 3, 3) from world deltas: D_p^T D_b (D_b at a root)."""
-    out = D.clone()
-    for b, p in enumerate(parents):
-        if p >= 0:
-            out[:, b] = D[:, p].transpose(-1, -2) @ D[:, b]
-    return out
+def _unmapped_path_head(binding: CharacterBinding, bone: int, cur: Tensor | None, B: int) -> tuple[Tensor, Tensor]:
+    """The posed head (B, 3) of a bone whose ancestors are all unmapped (the root bone), before its
+    own location, and its parent's world delta (B, 3, 3): the ancestors keep `cur` (or rest)."""
+    parents = binding.skeleton.parents.tolist()
+    path = []
+    b = parents[bone]
+    while b >= 0:
+        path.append(b)
+        b = parents[b]
+    dtype = binding.rest.dtype
+    D = torch.eye(3, dtype=dtype).expand(B, 3, 3)
+    if not path:
+        return binding.heads[bone].expand(B, 3), D
+    head = binding.heads[path[-1]].expand(B, 3)
+    for b, child in zip(path[::-1], path[::-1][1:] + [bone]):
+        if cur is not None:
+            D = D @ cur[:, b]
+        head = head + D @ (binding.heads[child] - binding.heads[b])
+    return head, D
 
 
 def _body_bone_axis(binding: CharacterBinding, j: int) -> Tensor | None:
@@ -609,18 +734,21 @@ def _body_bone_axis(binding: CharacterBinding, j: int) -> Tensor | None:
 def character_to_body(binding: CharacterBinding, quaternions, location=None) -> tuple[Tensor, Tensor]:
     """Character pose (quaternions (B, N, 4), root location (B, 3)) -> body local axis-angles
     (B, J, 3) and transl (B, 3). Body joints without bones follow their parent."""
-    heads, D = character_fk(binding, quaternions, location)
+    plan = _plan(binding)
+    heads, D = character_fk(binding, quaternions, location, bones=plan.needed)
     B = D.shape[0]
     eye = torch.eye(3, dtype=D.dtype).expand(B, 3, 3)
     G: list[Tensor] = []
-    for j, chain in enumerate(binding.joint_bones):
+    for j, tip in enumerate(plan.tips.tolist()):
         p = binding.body_parents[j]
-        if chain:
-            G.append(D[:, chain[-1]] @ binding.align[j].transpose(-1, -2))
+        if tip >= 0:
+            G.append(D[:, tip] @ binding.align[j].transpose(-1, -2))
         else:
             G.append(G[p] if p >= 0 else eye)
-    local = torch.stack([G[j] if p < 0 else G[p].transpose(-1, -2) @ G[j]
-                         for j, p in enumerate(binding.body_parents)], 1)
+    G_t = torch.stack(G, 1)
+    parents = torch.tensor(binding.body_parents)
+    G_p = torch.cat([G_t, eye.unsqueeze(1)], 1)[:, torch.where(parents >= 0, parents, len(G))]
+    local = G_p.transpose(-1, -2) @ G_t
     pelvis = binding.body_names.index("pelvis")
     transl = heads[:, binding.root_bone] / binding.scale - binding.body_rest[pelvis]
     return matrix_to_axis_angle(local), transl
@@ -644,6 +772,114 @@ def limb_direction_errors(binding: CharacterBinding, body_joints: Tensor, heads:
         cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1, 1)
         out[name] = torch.rad2deg(torch.acos(cos))
     return out
+
+
+def source_agreement(binding: CharacterBinding, setup: TransferSetup, source_world: Tensor, source_positions: Tensor,
+                     heads: Tensor, D: Tensor) -> dict[str, dict[str, float]]:
+    """How a character follows a mocap source, per frame and joint: `limb` the angle (degrees)
+    between the source's limb (source joint -> the child's source joint) and the character's
+    (first bone heads), for LIMB_JOINTS mapped in both; `end` the angle between the hands' and
+    feet's world rotations from rest, the source's carried through both rest alignments
+    (D_src A_src^T A_char: what a perfect transfer gives). Returns {"limb": {joint: mean deg},
+    "end": {joint: mean deg}}. source_world (T, Js, 3, 3) and source_positions (T, Js, 3) in file
+    axes (forward_kinematics); heads (T, N, 3) and D (T, N, 3, 3) from character_fk."""
+    names = binding.body_names
+    src_names = setup.target_names
+    C = setup.axes.to(D.dtype)
+    out: dict[str, dict[str, float]] = {"limb": {}, "end": {}}
+    for name in LIMB_JOINTS:
+        child = TARGET_DIRECTION_CHILD.get(name)
+        if child not in names or name not in src_names or child not in src_names:
+            continue
+        j, c = names.index(name), names.index(child)
+        sj, sc = setup.sources[src_names.index(name)], setup.sources[src_names.index(child)]
+        if not (binding.joint_bones[j] and binding.joint_bones[c] and sj and sc):
+            continue
+        a = (source_positions[:, sc[0]] - source_positions[:, sj[0]]).to(D.dtype) @ C.T
+        b = heads[:, binding.joint_bones[c][0]] - heads[:, binding.joint_bones[j][0]]
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1, 1)
+        out["limb"][name] = float(torch.rad2deg(torch.acos(cos)).mean())
+    for name in END_JOINTS:
+        if name not in names or name not in src_names:
+            continue
+        j, s = names.index(name), src_names.index(name)
+        if not binding.joint_bones[j] or not setup.sources[s]:
+            continue
+        D_src = C @ source_world[:, setup.sources[s][-1]].to(D.dtype) @ C.T @ setup.rest_global[setup.sources[s][-1]].T
+        expected = D_src @ setup.align[s].T.to(D.dtype) @ binding.align[j]
+        turn = matrix_to_quaternion(expected.transpose(-1, -2) @ D[:, binding.joint_bones[j][-1]])
+        out["end"][name] = float(torch.rad2deg(2 * torch.acos(turn[..., 0].abs().clamp(max=1))).mean())
+    return out
+
+
+def character_motion(skeleton: CharacterSkeleton, bone_map, model, poses, transl, betas=None):
+    """A solved body motion (poses (T, J, 3) or (T, 3 J) axis-angle, transl (T, 3), the body's betas)
+    on a character bound to that body shape (its scale from the leg lengths): returns
+    (binding, CharacterPose, heads (T, N, 3), D (T, N, 3, 3)) as character_fk gives them."""
+    like = {"dtype": model.dtype, "device": model.device}
+    with torch.no_grad():
+        shape = None if betas is None else torch.as_tensor(betas).to(**like).reshape(1, -1)
+        body_rest = model.rest_joints(shape)[0].detach().cpu().double()
+    binding = bind_character(skeleton, bone_map, body_rest, model.parents.cpu(), list(model.joint_names))
+    poses = torch.as_tensor(poses).detach().cpu().double()
+    pose = body_to_character(binding, poses.reshape(poses.shape[0], -1, 3), torch.as_tensor(transl).cpu().double())
+    heads, D = character_fk(binding, pose.quaternions, pose.location)
+    return binding, pose, heads, D
+
+
+def clip_agreement(binding: CharacterBinding, motion: BVHMotion, preset, frames, heads: Tensor,
+                   D: Tensor) -> dict[str, dict[str, float]]:
+    """`source_agreement` against a BVH clip read with a skeleton preset, at its frames `frames`
+    (the rows of the character pose heads (T, N, 3) and D (T, N, 3, 3))."""
+    preset = load_preset(preset)
+    rest, rest_rotations = source_rest(motion, preset)
+    setup = build_transfer(preset, motion.names, rest, binding.body_rest, binding.body_parents, binding.body_names,
+                           source_rest_global=rest_rotations)
+    world, positions = forward_kinematics(motion, frames=np.asarray(frames))
+    return source_agreement(binding, setup, world, positions, heads, D)
+
+
+def bvh_channels(binding: CharacterBinding, motion: BVHMotion, pose: CharacterPose) -> np.ndarray:
+    """(T, C) channel values of a BVH character (`motion`: the file its skeleton came from) in a pose."""
+    heads, D = character_fk(binding, pose.quaternions, pose.location)
+    rig_positions = heads @ binding.to_model.to(heads.dtype) / binding.unit_scale  # C^T p per row
+    return motion_channels(motion, rig_world_rotations(binding, D), rig_positions)
+
+
+def armature_bvh(binding: CharacterBinding) -> tuple[BVHMotion, list[int]]:
+    """A BVH hierarchy for a character that has none (a Blender armature): the bones of the tree
+    holding the root bone as joints, OFFSETs from the rest heads in model axes (Y up, facing +Z,
+    as BVH files are) and rig units, the rest as the zero-rotation pose, End Sites at leaf bones'
+    tails. Returns the (frameless) motion and the bone index of each joint."""
+    parents = binding.skeleton.parents.tolist()
+    top = binding.root_bone
+    while parents[top] >= 0:
+        top = parents[top]
+    keep = _subtree(parents, top)
+    index = {b: i for i, b in enumerate(keep)}
+    heads = (binding.heads / binding.unit_scale).numpy()
+    tails = (_model_tails(binding) / binding.unit_scale).numpy()
+    offsets = np.stack([heads[b] - (heads[parents[b]] if parents[b] >= 0 else 0.0) for b in keep])
+    kept_parents = [index[parents[b]] if parents[b] >= 0 else -1 for b in keep]
+    children = {p for p in kept_parents if p >= 0}
+    ends = {i: tuple(tails[b] - heads[b]) for i, b in enumerate(keep) if i not in children}
+    channels = [("Xposition", "Yposition", "Zposition", "Zrotation", "Xrotation", "Yrotation")] + [
+        ("Zrotation", "Xrotation", "Yrotation")] * (len(keep) - 1)
+    text = format_bvh([binding.skeleton.names[b] for b in keep], kept_parents, offsets, channels,
+                      np.zeros((0, sum(map(len, channels)))), 1 / 30, ends)
+    return parse_bvh(text, binding.skeleton.source), keep
+
+
+def _model_tails(binding: CharacterBinding) -> Tensor:
+    tails = torch.as_tensor(binding.skeleton.tails, dtype=binding.heads.dtype)
+    return binding.unit_scale * tails @ binding.to_model.T
+
+
+def armature_bvh_channels(binding: CharacterBinding, motion: BVHMotion, keep: list[int],
+                          pose: CharacterPose) -> np.ndarray:
+    """(T, C) channel values of `armature_bvh`'s hierarchy in a character pose."""
+    heads, D = character_fk(binding, pose.quaternions, pose.location)
+    return motion_channels(motion, D[:, keep], heads[:, keep] / binding.unit_scale)
 
 
 # ----------------------------------------------------------------------------------------------

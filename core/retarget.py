@@ -32,7 +32,7 @@ from .ik import IKResult, IKSolver, IKState, IKWeights, Stage
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
 from .lm import LMOptions
 from .mocap.bvh import BVHMotion, forward_kinematics
-from .mocap.skeletons import SkeletonPreset, load_preset
+from .mocap.skeletons import SkeletonPreset, detect_preset, load_preset
 from .mocap.transfer import build_transfer, source_rest, transfer_rotations, transfer_translation
 from .vposer import VPoser
 
@@ -58,8 +58,9 @@ class ClipTargets:
 
 def bvh_targets(motion: BVHMotion, preset: SkeletonPreset | str | dict, model: BodyModel,
                 frames: np.ndarray | None = None) -> ClipTargets:
-    """Targets from a BVH clip (its rest as the preset says, see source_rest), see skeleton_targets."""
-    preset = load_preset(preset)
+    """Targets from a BVH clip (its rest as the preset says, see source_rest), see skeleton_targets.
+    preset "auto": the built-in preset found from the joint names (core.mocap.skeletons.detect_preset)."""
+    preset = _preset_for(preset, motion.names, motion.source)
     frames = np.arange(motion.num_frames) if frames is None else np.asarray(frames)
     rotations, positions = forward_kinematics(motion, frames=frames)
     rest, rest_rotations = source_rest(motion, preset)
@@ -76,7 +77,7 @@ def skeleton_targets(preset: SkeletonPreset | str | dict, names: list[str], rest
     of every frame as the start. Source data in its own units and axes (the preset's): joint names,
     rest positions (Js, 3) and world rotations at rest (Js, 3, 3) (None: identity, as BVH's
     zero-rotation pose), and per frame world rotations (T, Js, 3, 3) and positions (T, Js, 3)."""
-    preset = load_preset(preset)
+    preset = _preset_for(preset, names, source)
     body_names = list(model.joint_names)
     with torch.no_grad():
         body_rest = model.rest_joints()[0].double().cpu()
@@ -100,6 +101,16 @@ def skeleton_targets(preset: SkeletonPreset | str | dict, names: list[str], rest
     targets = setup.scale * positions[:, sources] @ setup.axes.T
     init = IKState(local.to(**like), transl.to(**like))
     return ClipTargets(KeypointSet.from_joints(model, landmarks), targets.to(**like), fps, init, frames)
+
+
+def _preset_for(preset: SkeletonPreset | str | dict, names, source: str) -> SkeletonPreset:
+    """A preset as given, or for "auto" the one detected from the skeleton's joint names."""
+    if isinstance(preset, str) and preset == "auto":
+        try:
+            return detect_preset(names, source)
+        except ValueError as error:
+            raise RetargetError(str(error)) from None
+    return load_preset(preset)
 
 
 MIN_MARKERS = 6  # visible markers a frame needs to be solved

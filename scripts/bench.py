@@ -59,6 +59,7 @@ class Context:
     workdir: Path  # scratch space for files a section builds (removed afterwards)
     prior: Path | None = None  # VPoser weights for the ik section (default: the shipped open prior)
     clip: Path | None = None  # BVH clip for the retarget section (default: the shipped walk)
+    mocap: Path | None = None  # the mocap training folder for the character section
 
 
 @dataclass
@@ -428,6 +429,102 @@ def bench_retarget(ctx: Context) -> list[Table]:
     return [table]
 
 
+# --------------------------------------------------------------------------- section: character
+# (clip, its skeleton preset) -> (character file, its bind frame): CMU clips onto a DAZ-release
+# skeleton (its frame 0 is the T-pose) and DAZ-release clips onto a CMU skeleton (zero-rotation rest).
+CHARACTER_PAIRS = (
+    (("cmu_asfamc_bvh/02_07.bvh", "cmu"), ("cmu_daz_bvh/13_10.bvh", 0)),
+    (("cmu_asfamc_bvh/05_06.bvh", "cmu"), ("cmu_daz_bvh/13_10.bvh", 0)),
+    (("cmu_asfamc_bvh/16_40.bvh", "cmu"), ("cmu_daz_bvh/13_10.bvh", 0)),
+    (("cmu_asfamc_bvh/49_18.bvh", "cmu"), ("cmu_daz_bvh/13_10.bvh", 0)),
+    (("cmu_daz_bvh/13_10.bvh", "cmu_daz"), ("cmu_asfamc_bvh/02_01.bvh", None)),
+    (("cmu_daz_bvh/papagina_martial_05.bvh", "cmu_daz"), ("cmu_asfamc_bvh/02_01.bvh", None)),
+    (("cmu_daz_bvh/papagina_indian_08.bvh", "cmu_daz"), ("cmu_asfamc_bvh/02_01.bvh", None)),
+)
+
+
+@section("character", "retarget mocap clips onto another mocap skeleton taken as a character (limb directions, "
+         "hand/foot rotations against the source)")
+def bench_character(ctx: Context) -> list[Table]:
+    from core.body_model import BodyModel
+    from core.character import CharacterSkeleton, character_motion, clip_agreement
+    from core.mocap.bvh import read_bvh
+    from core.mocap.convert import subsample_indices
+    from core.mocap.skeletons import get_preset
+    from core.retarget import bvh_targets, retarget
+    from core.rotations import matrix_to_axis_angle
+
+    folder = ctx.mocap
+    if folder is None or not (folder / "cmu_daz_bvh").is_dir():
+        raise SystemExit(f"error: the character section needs --mocap (a folder with cmu_asfamc_bvh/ and "
+                         f"cmu_daz_bvh/), got {folder}")
+    model = BodyModel.open_default("adult").to(ctx.device)
+    table = Table("Clips onto a character (30 fps, up to 600 frames each; the character follows the solved body)",
+                  ["clip -> character", "frames", "limb direction (deg, mean)", "worst limb (deg, mean)",
+                   "hands/feet rotation (deg, mean)", "worst hand/foot (deg)", "limb, transfer only (deg)",
+                   "hands/feet, transfer only (deg)", "foot slide, source (mm/frame)",
+                   "foot slide, character (mm/frame)", "seconds"])
+    for (clip, preset), (character, rest_frame) in CHARACTER_PAIRS:
+        motion = read_bvh(folder / clip)
+        frames = subsample_indices(motion.num_frames, motion.fps, 30)
+        first = 1 if get_preset(preset).rest_frame == 0 else 0  # the DAZ files' T-pose frame is not motion
+        frames = frames[frames >= first][:600]
+        start = time.perf_counter()
+        targets = bvh_targets(motion, preset, model, frames)
+        result = retarget(model, targets)
+        skeleton = CharacterSkeleton.from_bvh(folder / character, rest_frame=rest_frame)
+        binding, _, heads, D = character_motion(skeleton, "auto", model, result.poses, result.transl, result.betas)
+        agreement = clip_agreement(binding, motion, preset, frames, heads, D)
+        seconds = time.perf_counter() - start
+        # the rotation transfer alone (the IK's start), on the mean body
+        start_poses = matrix_to_axis_angle(targets.init.rotations.double())
+        binding, _, heads, D = character_motion(skeleton, "auto", model, start_poses, targets.init.transl)
+        transfer = clip_agreement(binding, motion, preset, frames, heads, D)
+        limb, end = agreement["limb"], agreement["end"]
+        slide_source, slide_character = _foot_slide(motion, preset, frames, binding, heads)
+        table.rows.append([f"{clip} -> {Path(character).parent.name}", len(frames), float(np.mean(list(limb.values()))),
+                           max(limb.values()), float(np.mean(list(end.values()))), max(end.values()),
+                           float(np.mean(list(transfer["limb"].values()))),
+                           float(np.mean(list(transfer["end"].values()))), slide_source, slide_character, seconds])
+    table.notes.append("Limb: angle between the source's bone (hip -> knee, knee -> ankle, shoulder -> elbow, "
+                       "elbow -> wrist) and the character's, per frame, averaged; hands/feet: angle between the "
+                       "character's hand and foot rotations from rest and the source's carried through both rest "
+                       "alignments. Both include the IK's changes to the rotation transfer (the body's joints are "
+                       "calibrated landmarks, not the source's joints); the character follows the body exactly. "
+                       "'Transfer only': the same character driven by the rotation transfer that starts the IK.")
+    table.notes.append("Foot slide: mean horizontal travel per frame of the ankles over the frames where the source's "
+                       "ankle is planted (within 3 cm of its lowest and moving < 5 mm/frame), the character's divided "
+                       "by its scale (body size).")
+    table.notes.append(f"Body: open adult, float32 on {ctx.device}; the clip's shape fitted; seconds = retarget + "
+                       "binding + transfer.")
+    return [table]
+
+
+def _foot_slide(motion, preset_name, frames, binding, heads) -> tuple[float, float]:
+    """Mean horizontal ankle travel (mm/frame) of the source and of the character (at body size) over
+    the source's planted-ankle frames."""
+    from core.mocap.bvh import forward_kinematics
+    from core.mocap.skeletons import get_preset
+    from core.mocap.transfer import axes_matrix
+
+    preset = get_preset(preset_name)
+    _, positions = forward_kinematics(motion, frames=frames)
+    positions = preset.unit_scale * positions @ axes_matrix(preset.axes).T
+    source, character = [], []
+    for side in ("left", "right"):
+        src = positions[:, motion.index(preset.sources(f"{side}_ankle")[0])]
+        dst = heads[:, binding.joint_bones[binding.body_names.index(f"{side}_ankle")][0]] / binding.scale
+        step_src = (src[1:] - src[:-1])[:, [0, 2]].norm(dim=-1)
+        step_dst = (dst[1:] - dst[:-1])[:, [0, 2]].norm(dim=-1)
+        planted = (src[1:, 1] < src[:, 1].min() + 0.03) & ((src[1:] - src[:-1]).norm(dim=-1) < 0.005)
+        source.append(step_src[planted])
+        character.append(step_dst[planted])
+    source, character = torch.cat(source), torch.cat(character)
+    if not len(source):
+        return float("nan"), float("nan")
+    return 1000 * float(source.mean()), 1000 * float(character.mean())
+
+
 # --------------------------------------------------------------------------- section: blender
 @section("blender", "Blender (bpy module): key writing, a Live Posing update, a 1,000-frame retarget end to end")
 def bench_blender(ctx: Context) -> list[Table]:
@@ -579,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
                         "open prior, else a randomly initialised one)")
     parser.add_argument("--clip", type=Path, help="BVH clip (CMU skeleton) for the retarget section "
                         "(default: the shipped walk)")
+    parser.add_argument("--mocap", type=Path, default=ROOT.parent / "shared" / "data" / "mocap" / "train",
+                        help="mocap folder with cmu_asfamc_bvh/ and cmu_daz_bvh/ for the character section")
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -598,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         ctx = Context(repeat=args.repeat, warmup=args.warmup,
                       batches=[int(b) for b in args.batches.split(",")], device=torch.device(args.device),
-                      workdir=Path(scratch), prior=args.prior, clip=args.clip)
+                      workdir=Path(scratch), prior=args.prior, clip=args.clip, mocap=args.mocap)
         for name in names:
             tables = SECTIONS[name].run(ctx)
             results["sections"][name] = [asdict(table) for table in tables]

@@ -3,6 +3,7 @@
     python scripts/retarget.py CLIP.bvh --skeleton cmu --out clip_poses.npz
     python scripts/retarget.py TRIAL.c3d --markers core/data/markers_plugin_gait_open.json --out trial.npz
     python scripts/retarget.py CLIP.bvh --blend clip.blend        # also a Blender scene and a preview PNG
+    python scripts/retarget.py CLIP.bvh --character HERO.bvh --out clip_on_hero.bvh   # onto a character's skeleton
 
 A BVH clip is read at --fps (default: its own rate), its joints mapped to the body by the skeleton
 preset (cmu, cmu_daz, mixamo, smpl_like, or a JSON file), and each frame solved from the rotation transfer
@@ -14,6 +15,18 @@ Prints one JSON object: frames, seconds (solve time), frames_per_s, mpjpe_mm (fi
 the source's), per_joint_mm, and what was written. With --blend, Blender (the bpy module) builds
 the body, keys the result on it as an action next to the imported source clip, saves the .blend,
 and writes beside it a rendered preview PNG (Workbench) and a plot of the fit (OUT_fit.png).
+
+With --character, the solved body drives a character given as a BVH file (its hierarchy and
+OFFSETs; its own motion is ignored, except the bind pose of --character-rest-frame): the motion is
+written in the character's skeleton as BVH (--out OUT.bvh) at the clip's frame rate (or --fps), the
+bone map detected from its joint names (--character-map auto) or named (a preset or a JSON file).
+With bpy installed, --character also takes an armature in FILE.blend (the first armature, or
+FILE.blend:ARMATURE), FILE.fbx or FILE.glb: the BVH then holds that armature's bone tree (Y up,
+its units, its rest as the zero pose).
+The report adds character_map (body joint -> bones), character_scale (character metres per body
+metre), limb_direction_deg (mean angle between the source's limbs and the character's; the solved
+body's for C3D), limb_direction_body_deg (the character's against the solved body's) and
+end_rotation_deg (hands and feet against the source's, BVH sources).
 """
 
 from __future__ import annotations
@@ -32,7 +45,22 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.body_model import BodyModel  # noqa: E402
-from core.mocap.bvh import BVHError, read_bvh  # noqa: E402
+from blender_scene import blender_output_to_stderr  # noqa: E402
+from character_file import is_armature_file, load_character  # noqa: E402
+from core.character import (  # noqa: E402
+    BoneMapError,
+    CharacterSkeleton,
+    armature_bvh,
+    armature_bvh_channels,
+    bvh_channels,
+    character_motion,
+    clip_agreement,
+    limb_direction_errors,
+)
+from core.mocap.bvh import BVHError, read_bvh, write_bvh  # noqa: E402
+from core.mocap.skeletons import detect_preset  # noqa: E402
+from core.mocap.transfer import skeleton_fk  # noqa: E402
+from core.rotations import axis_angle_to_matrix  # noqa: E402
 from core.mocap.c3d import C3DError, read_c3d, to_model_space  # noqa: E402
 from core.mocap.convert import subsample_indices  # noqa: E402
 from core.pose_files import PoseSequence, save_pose_file  # noqa: E402
@@ -62,11 +90,55 @@ def load_targets(args: argparse.Namespace, model: BodyModel) -> ClipTargets:
     raise SystemExit(f"error: {path}: expected a .bvh or .c3d file")
 
 
+def write_character(args: argparse.Namespace, model: BodyModel, result, targets: ClipTargets, out: Path) -> dict:
+    """Drive the --character BVH with the solved body and write it to `out`; the report's additions."""
+    path = Path(args.character)
+    if path.suffix.lower() == ".bvh":
+        character = read_bvh(path)
+        skeleton = CharacterSkeleton.from_bvh(character, rest_frame=args.character_rest_frame)
+    elif is_armature_file(args.character):
+        with blender_output_to_stderr():
+            skeleton = load_character(args.character)
+    else:
+        raise ValueError(f"{path}: --character takes a .bvh, a .blend (FILE.blend:ARMATURE), an .fbx or a .glb")
+    binding, pose, heads, D = character_motion(skeleton, args.character_map, model, result.poses, result.transl,
+                                               result.betas)
+    if path.suffix.lower() == ".bvh":
+        frames = bvh_channels(binding, character, pose)
+    else:  # an armature: a BVH of its bone tree, Y up, in its units
+        character, keep = armature_bvh(binding)
+        frames = armature_bvh_channels(binding, character, keep, pose)
+    write_bvh(out, character, frames, 1.0 / result.fps)
+    report = {"character": str(args.character), "character_map": binding.character_map(),
+              "character_scale": round(binding.scale, 4)}
+    report.update(_limb_agreement(args, binding, targets, result, heads, D))
+    return report
+
+
+def _limb_agreement(args, binding, targets, result, heads, D) -> dict:
+    """limb_direction_deg (and end_rotation_deg) of the character against a BVH source's skeleton,
+    or against the solved body for markers; limb_direction_body_deg against the solved body."""
+    poses = result.poses.cpu().double().reshape(result.poses.shape[0], -1, 3)
+    joints, _ = skeleton_fk(axis_angle_to_matrix(poses), binding.body_rest, binding.body_parents,
+                            result.transl.cpu().double())
+    to_body = float(torch.stack(list(limb_direction_errors(binding, joints, heads).values())).mean())
+    if Path(args.input).suffix.lower() != ".bvh":
+        return {"limb_direction_deg": to_body, "limb_reference": "body"}
+    motion = read_bvh(args.input)
+    preset = detect_preset(motion.names, motion.source) if args.skeleton == "auto" else args.skeleton
+    agreement = clip_agreement(binding, motion, preset, targets.source_frames, heads, D)
+    return {"limb_direction_deg": float(np.mean(list(agreement["limb"].values()))),
+            "limb_direction_per_joint_deg": {k: round(v, 3) for k, v in agreement["limb"].items()},
+            "end_rotation_deg": {k: round(v, 3) for k, v in agreement["end"].items()}, "limb_reference": "source",
+            "limb_direction_body_deg": to_body}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", metavar="INPUT", help="a .bvh or .c3d clip")
     parser.add_argument("--out", type=Path, help="AMASS-style .npz to write (default: INPUT_poses.npz in the current folder)")
-    parser.add_argument("--skeleton", default="cmu", help="BVH skeleton preset: cmu, cmu_daz, mixamo, smpl_like or a .json")
+    parser.add_argument("--skeleton", default="cmu",
+                        help="BVH skeleton preset: cmu, cmu_daz, mixamo, smpl_like, auto (by joint names) or a .json")
     parser.add_argument("--markers", type=Path, help="C3D marker layout .json (default: the shipped Plug-in Gait)")
     parser.add_argument("--up", default="z", choices=("z", "y"), help="C3D lab up axis (default z)")
     parser.add_argument("--units", choices=("mm", "cm", "m"), help="override the C3D file's POINT:UNITS")
@@ -78,12 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--blend", type=Path, help="also save a Blender scene with the body keyed (needs bpy)")
+    parser.add_argument("--character", help="a character's skeleton: .bvh, or with bpy FILE.blend[:ARMATURE], .fbx, "
+                        ".glb; the motion is written in it (--out .bvh)")
+    parser.add_argument("--character-map", default="auto",
+                        help="bone map of the character: auto (by bone names), a preset name or a .json")
+    parser.add_argument("--character-rest-frame", type=int,
+                        help="frame of the character file holding its bind pose (default: its OFFSET pose)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but this PyTorch sees no CUDA device")
-    out = args.out or Path(Path(args.input).stem + "_poses.npz")
+    out = args.out or Path(Path(args.input).stem + ("_character.bvh" if args.character else "_poses.npz"))
+    if args.character and out.suffix.lower() != ".bvh":
+        raise SystemExit(f"error: --character writes BVH; --out must end in .bvh, got {out}")
 
     model = BodyModel.from_file(args.body) if args.body else BodyModel.open_default("adult")
     model = model.to(args.device)
@@ -100,9 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, BVHError, C3DError, RetargetError, KeyError, ValueError) as error:
         raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
 
-    sequence = PoseSequence(result.poses.cpu().double().numpy(), result.transl.cpu().double().numpy(),
-                            result.betas.cpu().double().numpy(), framerate=result.fps)
-    save_pose_file(out, sequence, source_frames=np.asarray(targets.source_frames))
+    if args.character:
+        try:
+            character_report = write_character(args, model, result, targets, out)
+        except (OSError, BVHError, BoneMapError, KeyError, ValueError) as error:
+            raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
+    else:
+        sequence = PoseSequence(result.poses.cpu().double().numpy(), result.transl.cpu().double().numpy(),
+                                result.betas.cpu().double().numpy(), framerate=result.fps)
+        save_pose_file(out, sequence, source_frames=np.asarray(targets.source_frames))
     frames = result.poses.shape[0]
     report = {
         "input": str(args.input),
@@ -116,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "out": str(out),
     }
+    if args.character:
+        report.update(character_report)
     if args.blend:
         from blender_scene import save_scene  # a bpy job; imported only when asked for
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..rotations import euler_to_matrix
+from ..rotations import euler_to_matrix, matrix_to_euler
 
 __all__ = [
     "BVHError",
@@ -42,6 +42,8 @@ __all__ = [
     "rest_positions",
     "end_site_positions",
     "format_bvh",
+    "motion_channels",
+    "write_bvh",
 ]
 
 _POSITION_CHANNELS = ("Xposition", "Yposition", "Zposition")
@@ -483,3 +485,42 @@ def format_bvh(
     out += ["MOTION", f"Frames: {len(frames)}", f"Frame Time: {frame_time:.7f}"]
     out += [" ".join(f"{v:.6f}" for v in row) for row in frames]
     return "\n".join(out) + "\n"
+
+
+def motion_channels(motion: BVHMotion, world_rotations, world_positions) -> np.ndarray:
+    """(T, C) channel values that pose `motion`'s hierarchy with the given joint world rotations
+    (T, J, 3, 3) and positions (T, J, 3) (file units and axes): the inverse of forward_kinematics.
+    Rotation channels get each joint's local rotation as Euler angles in its channel order;
+    position channels its position in the parent's frame (the root's: its world position). A joint
+    with fewer than three rotation channels keeps only those angles."""
+    G = torch.as_tensor(np.asarray(world_rotations), dtype=torch.float64)
+    P = torch.as_tensor(np.asarray(world_positions), dtype=torch.float64)
+    T, J = G.shape[:2]
+    if J != motion.num_joints or P.shape != (T, J, 3):
+        raise ValueError(f"{motion.source}: expected rotations (T, {motion.num_joints}, 3, 3) and positions "
+                         f"(T, {motion.num_joints}, 3), got {tuple(G.shape)} and {tuple(P.shape)}")
+    parents = motion.parents.tolist()
+    out = np.zeros((T, sum(len(c) for c in motion.channels)))
+    for j, channels in enumerate(motion.channels):
+        if not channels:
+            continue
+        p = parents[j]
+        local = G[:, j] if p < 0 else G[:, p].transpose(-1, -2) @ G[:, j]
+        offset = P[:, j] if p < 0 else (G[:, p].transpose(-1, -2) @ (P[:, j] - P[:, p]).unsqueeze(-1)).squeeze(-1)
+        degrees = np.rad2deg(matrix_to_euler(local, motion.rotation_orders[j]).numpy())
+        col, rot = int(motion.channel_start[j]), 0
+        for c in channels:
+            if c in _POSITION_CHANNELS:
+                out[:, col] = offset[:, "XYZ".index(c[0])].numpy()
+            else:
+                out[:, col] = degrees[:, rot]
+                rot += 1
+            col += 1
+    return out
+
+
+def write_bvh(path: str | Path, motion: BVHMotion, frames: np.ndarray, frame_time: float) -> None:
+    """Write `motion`'s hierarchy (names, OFFSETs, channels, End Sites) with new channel values (T, C)."""
+    text = format_bvh(motion.names, motion.parents, motion.offsets, motion.channels, frames, frame_time,
+                      {j: tuple(v) for j, v in motion.end_sites.items()})
+    Path(path).write_text(text, encoding="utf-8")

@@ -60,6 +60,7 @@ __all__ = [
     "PRESET_ALIASES",
     "REQUIRED_JOINTS",
     "missing_required",
+    "check_required",
     "detect_preset",
 ]
 
@@ -172,18 +173,7 @@ class SkeletonPreset:
         alternative ("lThighBend|lThigh"), matched with or without a "prefix:" on either side
         ("mixamorig1:Hips" for "mixamorig:Hips"); bones the skeleton lacks leave their chains, and a
         joint with none left is unmapped (see `missing_required`)."""
-        names = list(bone_names)
-        lookup: dict[str, str] = {n: n for n in names}
-        for n in names:
-            lookup.setdefault(_bare(n), n)
-
-        def one(spec: str) -> str | None:
-            for alt in spec.split("|"):
-                found = lookup.get(alt) or lookup.get(_bare(alt))
-                if found is not None:
-                    return found
-            return None
-
+        one = _matcher(bone_names)
         joints: dict[str, str | tuple[str, ...]] = {}
         for smpl in self.joints:
             chain = tuple(dict.fromkeys(b for b in map(one, self.sources(smpl)) if b is not None))
@@ -192,6 +182,11 @@ class SkeletonPreset:
         directions = {k: one(v) for k, v in self.directions.items() if k in joints and one(v) is not None}
         landmarks = None if self.landmarks is None else tuple(k for k in self.landmarks if k in joints)
         return replace(self, joints=joints, directions=directions, landmarks=landmarks)
+
+    def absent_bones(self, bone_names) -> list[str]:
+        """The names (with their alternatives) this preset gives that match no bone of a skeleton."""
+        one = _matcher(bone_names)
+        return [name for name in self.source_names() if one(name) is None]
 
     def with_prefix(self, prefix: str, old_prefix: str = "") -> "SkeletonPreset":
         """The same preset with source names re-prefixed (e.g. Mixamo's "mixamorig1:")."""
@@ -237,6 +232,23 @@ class SkeletonPreset:
             landmarks=tuple(data["landmarks"]) if data.get("landmarks") is not None else None,
             rest_frame=data.get("rest_frame"),
         )
+
+
+def _matcher(bone_names):
+    """name spec -> the skeleton's bone it names (first alternative present, "prefix:" ignored) or None."""
+    names = list(bone_names)
+    lookup: dict[str, str] = {n: n for n in names}
+    for n in names:
+        lookup.setdefault(_bare(n), n)
+
+    def one(spec: str) -> str | None:
+        for alt in spec.split("|"):
+            found = lookup.get(alt) or lookup.get(_bare(alt))
+            if found is not None:
+                return found
+        return None
+
+    return one
 
 
 def _bare(name: str) -> str:
@@ -551,7 +563,8 @@ def missing_required(preset: SkeletonPreset) -> list[str]:
 
 
 def detect_preset(bone_names, source: str = "armature", candidates=None) -> SkeletonPreset:
-    """The built-in preset that maps the most required joints of a rig, resolved to its bone names.
+    """The built-in preset that maps the most required joints of a rig, resolved to its bone names
+    (then the most body joints, then the most joints, fingers included).
 
     Ties go to the earlier preset in PRESETS (the mocap presets first: a cgspeed DAZ clip is
     `cmu_daz`, not `daz_genesis`; a generated Rigify rig's FK controls before its DEF bones).
@@ -561,8 +574,8 @@ def detect_preset(bone_names, source: str = "armature", candidates=None) -> Skel
     best, best_key = None, None
     for preset in (candidates or PRESETS.values()):
         resolved = preset.resolve(names)
-        mapped = sum(1 for k in resolved.joints if resolved.sources(k))
-        key = (len(REQUIRED_JOINTS) - len(missing_required(resolved)), mapped)
+        body = sum(1 for k in SMPL_BODY_JOINT_NAMES if resolved.sources(k))
+        key = (len(REQUIRED_JOINTS) - len(missing_required(resolved)), body, len(resolved.joints))
         if best_key is None or key > best_key:
             best, best_key = resolved, key
     if best is None or best_key[0] < MIN_HUMANOID:
@@ -570,11 +583,16 @@ def detect_preset(bone_names, source: str = "armature", candidates=None) -> Skel
         raise BoneMapError(f"{source}: not a humanoid armature (no built-in bone map finds more than "
                            f"{best_key[0] if best_key else 0} of the {len(REQUIRED_JOINTS)} required joints "
                            f"among its bones {shown}); give a bone map JSON")
-    missing = missing_required(best)
+    return check_required(best, source)
+
+
+def check_required(preset: SkeletonPreset, source: str = "armature") -> SkeletonPreset:
+    """The (resolved) preset, or BoneMapError naming the REQUIRED_JOINTS it leaves unmapped."""
+    missing = missing_required(preset)
     if missing:
-        raise BoneMapError(f"{source}: bone map {best.name!r} finds no bone for the required joint(s) "
-                           f"{', '.join(missing)}; add them in a bone map JSON")
-    return best
+        raise BoneMapError(f"{source}: bone map {preset.name!r} finds no bone for the required joint(s) "
+                           f"{', '.join(missing)}; map them in a bone map JSON")
+    return preset
 
 
 def get_preset(name: str) -> SkeletonPreset:

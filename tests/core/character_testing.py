@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from core.character import BLENDER_TO_MODEL, CharacterSkeleton
+from core.mocap.bvh import format_bvh
 from core.mocap.skeletons import TARGET_DIRECTION_CHILD, SkeletonPreset, get_preset
-from core.rotations import axis_angle_to_matrix
-
-import torch
+from core.rotations import axis_angle_to_matrix, euler_to_matrix
 
 
 def _rotation(axis, degrees) -> np.ndarray:
@@ -131,3 +131,38 @@ def build_character(preset: str | SkeletonPreset, body_rest, body_names, body_pa
             if bone("hip"):
                 bend(bone("hip"), 6, [1 if side == "left" else -1, 0, 0])  # legs apart
     return BuiltCharacter(names, parents, heads, tails, posed_rest, t_rest, joint_bone)
+
+
+def daz_bvh_text(rest: torch.Tensor, names: list[str]) -> str:
+    """cmu_daz-named skeleton on the body's own rest joints (centimetres), OFFSETs with the arms
+    hanging down, frame 0 the T-pose that matches the body's rest, frame 1 a bent pose."""
+    p = {n: rest[names.index(n)].numpy() * 100 for n in names[:22]}
+    p.update({f"{s}_middle1": rest[names.index(f"{s}_middle1")].numpy() * 100 for s in ("left", "right")})
+    bones = [("hip", None, "pelvis"), ("abdomen", "hip", "spine2"), ("chest", "abdomen", "spine3"),
+             ("neck", "chest", "neck"), ("head", "neck", "head")]
+    for c, s in (("l", "left"), ("r", "right")):
+        bones += [(f"{c}Collar", "chest", f"{s}_collar"), (f"{c}Shldr", f"{c}Collar", f"{s}_shoulder"),
+                  (f"{c}ForeArm", f"{c}Shldr", f"{s}_elbow"), (f"{c}Hand", f"{c}ForeArm", f"{s}_wrist")]
+    for c, s in (("l", "left"), ("r", "right")):
+        bones += [(f"{c}Buttock", "hip", f"{s}_hip"), (f"{c}Thigh", f"{c}Buttock", f"{s}_hip"),
+                  (f"{c}Shin", f"{c}Thigh", f"{s}_knee"), (f"{c}Foot", f"{c}Shin", f"{s}_ankle")]
+    bnames = [b for b, _, _ in bones]
+    parents = [bnames.index(q) if q else -1 for _, q, _ in bones]
+    down = {"l": euler_to_matrix(torch.tensor([math.radians(-90), 0, 0], dtype=torch.float64), "ZXY").numpy(),
+            "r": euler_to_matrix(torch.tensor([math.radians(90), 0, 0], dtype=torch.float64), "ZXY").numpy()}
+    offsets = []
+    for b, q, joint in bones:
+        offset = p[joint] - (p[bones[bnames.index(q)][2]] if q else 0 * p[joint])
+        if q and q[1:] in ("Shldr", "ForeArm", "Hand") and q[0] in "lr":  # below the shoulder: hanging down
+            offset = down[q[0]] @ offset
+        offsets.append(offset)
+    offsets[0] = np.zeros(3)
+    ends = {bnames.index(f"{c}Hand"): down[c] @ (p[f"{s}_middle1"] - p[f"{s}_wrist"]) for c, s in (("l", "left"), ("r", "right"))}
+    ends.update({bnames.index(f"{c}Foot"): p[f"{s}_foot"] - p[f"{s}_ankle"] for c, s in (("l", "left"), ("r", "right"))})
+    ends[bnames.index("head")] = np.array([0, 15.0, 0])
+    channels = [("Xposition", "Yposition", "Zposition", "Zrotation", "Yrotation", "Xrotation")] + [
+        ("Zrotation", "Xrotation", "Yrotation")] * (len(bnames) - 1)
+    t_pose = {"lShldr": (90, 0, 0), "rShldr": (-90, 0, 0)}
+    bent = {**t_pose, "lForeArm": (0, 0, 70), "abdomen": (10, 20, 0), "rThigh": (0, -40, 5)}
+    rows = [[0, 93, 0] + [v for n in bnames for v in frame.get(n, (0, 0, 0))] for frame in (t_pose, bent)]
+    return format_bvh(bnames, parents, offsets, channels, np.array(rows), 1 / 120, ends)

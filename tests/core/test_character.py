@@ -9,20 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from character_testing import build_character
+from character_testing import build_character, daz_bvh_text
 from core.body_model import BodyModel
 from core.character import (
     BoneMapError,
     CharacterSkeleton,
     bind_character,
+    body_points_to_rig,
     body_to_character,
     character_fk,
     character_to_body,
-    fit_body,
     limb_direction_errors,
+    rig_points_to_body,
     rig_world_rotations,
 )
-from core.mocap.bvh import format_bvh, parse_bvh, forward_kinematics
+from core.mocap.bvh import forward_kinematics, parse_bvh
 from core.mocap.skeletons import TARGET_DIRECTION_CHILD, detect_preset, get_preset
 from core.mocap.transfer import skeleton_fk
 from core.rotations import axis_angle_to_matrix, euler_to_matrix, matrix_to_euler, quaternion_to_matrix
@@ -106,6 +107,14 @@ def test_a_pose_rig_with_rolls_other_axes_and_scale_follows_the_body(body, sampl
     assert binding.bone_map.name == preset
     assert binding.unit_scale == pytest.approx(0.01)
     assert binding.scale == pytest.approx(1.0, abs=1e-6)
+    # rig space (Z-up, turned, centimetres) <-> the body's space: the trunk's bones start at its joints
+    skeleton = binding.skeleton
+    trunk = ["pelvis", "spine1", "spine2", "spine3", "neck", "head"]
+    rig_heads = skeleton.heads[[skeleton.index(built.joint_bone[j]) for j in trunk]]
+    torch.testing.assert_close(rig_points_to_body(binding, rig_heads), rest[[names.index(j) for j in trunk]],
+                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(body_points_to_rig(binding, rest[[names.index(j) for j in trunk]]).numpy(), rig_heads,
+                               atol=1e-4)
     poses, transl = samples
     _check_follows(binding, names, parents, rest, poses, transl, built.joint_bone, built.t_rest)
 
@@ -137,45 +146,19 @@ def test_unmapped_bones_keep_their_current_rotation(body, samples):
     for b in (jaw, twist):
         torch.testing.assert_close(quaternion_to_matrix(pose.quaternions[:, b]),
                                    quaternion_to_matrix(current[b]).expand(4, 3, 3))
+    # the turned floor-level root above the pelvis bone changes nothing the body shows
+    heads, D = character_fk(binding, pose.quaternions, pose.location)
+    joints, G = skeleton_fk(axis_angle_to_matrix(poses[:4]), rest, parents, transl[:4])
+    errors = limb_direction_errors(binding, joints, heads)
+    assert len(errors) == 10 and max(float(e.max()) for e in errors.values()) < 1e-4
+    torch.testing.assert_close(heads[:, binding.root_bone], binding.scale * joints[:, 0], atol=1e-6, rtol=0)
+    wrist = binding.joint_bones[names.index("left_wrist")][0]
+    expected = G[:, names.index("left_wrist")] @ torch.as_tensor(built.t_rest[wrist])
+    assert float(_angle_deg(D[:, wrist] @ binding.rest[wrist], expected).max()) < 2.0
 
 
 # ------------------------------------------------------------------------------------------------
 # A DAZ-style BVH (cgspeed's release layout): arms hang down in the OFFSET pose, frame 0 raises them
-
-
-def daz_bvh_text(rest: torch.Tensor, names: list[str]) -> str:
-    """cmu_daz-named skeleton on the body's own rest joints (centimetres), OFFSETs with the arms
-    hanging down, frame 0 the T-pose that matches the body's rest, frame 1 a bent pose."""
-    p = {n: rest[names.index(n)].numpy() * 100 for n in names[:22]}
-    p.update({f"{s}_middle1": rest[names.index(f"{s}_middle1")].numpy() * 100 for s in ("left", "right")})
-    bones = [("hip", None, "pelvis"), ("abdomen", "hip", "spine2"), ("chest", "abdomen", "spine3"),
-             ("neck", "chest", "neck"), ("head", "neck", "head")]
-    for c, s in (("l", "left"), ("r", "right")):
-        bones += [(f"{c}Collar", "chest", f"{s}_collar"), (f"{c}Shldr", f"{c}Collar", f"{s}_shoulder"),
-                  (f"{c}ForeArm", f"{c}Shldr", f"{s}_elbow"), (f"{c}Hand", f"{c}ForeArm", f"{s}_wrist")]
-    for c, s in (("l", "left"), ("r", "right")):
-        bones += [(f"{c}Buttock", "hip", f"{s}_hip"), (f"{c}Thigh", f"{c}Buttock", f"{s}_hip"),
-                  (f"{c}Shin", f"{c}Thigh", f"{s}_knee"), (f"{c}Foot", f"{c}Shin", f"{s}_ankle")]
-    bnames = [b for b, _, _ in bones]
-    parents = [bnames.index(q) if q else -1 for _, q, _ in bones]
-    down = {"l": euler_to_matrix(torch.tensor([math.radians(-90), 0, 0], dtype=torch.float64), "ZXY").numpy(),
-            "r": euler_to_matrix(torch.tensor([math.radians(90), 0, 0], dtype=torch.float64), "ZXY").numpy()}
-    offsets = []
-    for b, q, joint in bones:
-        offset = p[joint] - (p[bones[bnames.index(q)][2]] if q else 0 * p[joint])
-        if q and q[1:] in ("Shldr", "ForeArm", "Hand") and q[0] in "lr":  # below the shoulder: hanging down
-            offset = down[q[0]] @ offset
-        offsets.append(offset)
-    offsets[0] = np.zeros(3)
-    ends = {bnames.index(f"{c}Hand"): down[c] @ (p[f"{s}_middle1"] - p[f"{s}_wrist"]) for c, s in (("l", "left"), ("r", "right"))}
-    ends.update({bnames.index(f"{c}Foot"): p[f"{s}_foot"] - p[f"{s}_ankle"] for c, s in (("l", "left"), ("r", "right"))})
-    ends[bnames.index("head")] = np.array([0, 15.0, 0])
-    channels = [("Xposition", "Yposition", "Zposition", "Zrotation", "Yrotation", "Xrotation")] + [
-        ("Zrotation", "Xrotation", "Yrotation")] * (len(bnames) - 1)
-    t_pose = {"lShldr": (90, 0, 0), "rShldr": (-90, 0, 0)}
-    bent = {**t_pose, "lForeArm": (0, 0, 70), "abdomen": (10, 20, 0), "rThigh": (0, -40, 5)}
-    rows = [[0, 93, 0] + [v for n in bnames for v in frame.get(n, (0, 0, 0))] for frame in (t_pose, bent)]
-    return format_bvh(bnames, parents, offsets, channels, np.array(rows), 1 / 120, ends)
 
 
 def test_daz_bvh_character_with_a_bind_frame(body, samples):
@@ -315,3 +298,21 @@ def test_matrix_to_euler_inverts_euler_to_matrix():
     for order in ("XYZ", "XZY", "YXZ", "YZX", "ZXY", "ZYX"):
         back = matrix_to_euler(euler_to_matrix(angles, order), order)
         torch.testing.assert_close(back, angles, atol=1e-9, rtol=0)
+
+
+def test_mocap_clips_detect_their_preset(body):
+    """One detection for both uses: the CMU walk and a DAZ-release clip retarget with skeleton "auto"."""
+    from pathlib import Path
+
+    from core.mocap.bvh import read_bvh
+    from core.retarget import bvh_targets
+
+    model, rest, names, _ = body
+    walk = read_bvh(Path(__file__).resolve().parents[2] / "examples" / "cmu_02_01_walk.bvh")
+    assert detect_preset(walk.names, "walk").name == "cmu"
+    daz = parse_bvh(daz_bvh_text(rest, names), "daz.bvh")
+    assert detect_preset(daz.names, "daz").name == "cmu_daz"
+    auto = bvh_targets(walk, "auto", model, np.arange(0, 40, 8))
+    named = bvh_targets(walk, "cmu", model, np.arange(0, 40, 8))
+    assert auto.keypoints.names == named.keypoints.names
+    torch.testing.assert_close(auto.positions, named.positions)

@@ -1,0 +1,92 @@
+"""scripts/retarget.py --character: the shipped CMU walk written in a DAZ-style character's skeleton."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from character_testing import daz_bvh_text
+from core.body_model import BodyModel
+from core.mocap.bvh import forward_kinematics, read_bvh
+
+REPO = Path(__file__).resolve().parents[2]
+CLIP = REPO / "examples" / "cmu_02_01_walk.bvh"
+# (source joint, its child) -> (character joint, its child): the limbs both skeletons have
+LIMBS = {("LeftUpLeg", "LeftLeg"): ("lThigh", "lShin"), ("LeftLeg", "LeftFoot"): ("lShin", "lFoot"),
+         ("RightUpLeg", "RightLeg"): ("rThigh", "rShin"), ("RightLeg", "RightFoot"): ("rShin", "rFoot"),
+         ("LeftArm", "LeftForeArm"): ("lShldr", "lForeArm"), ("RightArm", "RightForeArm"): ("rShldr", "rForeArm"),
+         ("LeftForeArm", "LeftFingerBase"): ("lForeArm", "lHand"),
+         ("RightForeArm", "RightFingerBase"): ("rForeArm", "rHand")}
+
+
+def write_character(path: Path) -> None:
+    model = BodyModel.open_default("adult", dtype=torch.float64)
+    with torch.no_grad():
+        rest = model.rest_joints()[0]
+    path.write_text(daz_bvh_text(rest, list(model.joint_names)))
+
+
+@pytest.fixture(scope="module")
+def walk_on_character(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("character")
+    character, out = folder / "daz.bvh", folder / "walk_on_daz.bvh"
+    write_character(character)
+    result = subprocess.run([sys.executable, "scripts/retarget.py", str(CLIP), "--fps", "30", "--character",
+                             str(character), "--character-rest-frame", "0", "--out", str(out)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return character, out, json.loads(result.stdout)
+
+
+def test_character_bvh_keeps_the_character_hierarchy(walk_on_character):
+    character, out, report = walk_on_character
+    source, written = read_bvh(character), read_bvh(out)
+    assert written.names == source.names and written.channels == source.channels
+    np.testing.assert_array_equal(written.parents, source.parents)
+    np.testing.assert_allclose(written.offsets, source.offsets, atol=1e-6)
+    assert set(written.end_sites) == set(source.end_sites)
+    assert written.num_frames == report["frames"] == 86 and written.fps == pytest.approx(30, rel=1e-5)
+    assert report["character_map"]["left_knee"] == ["lShin"] and report["character_map"]["pelvis"] == ["hip"]
+    assert report["character_scale"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_character_limbs_follow_the_source(walk_on_character):
+    """Limb directions of the written file, read back, against the clip's at the same frames."""
+    _, out, report = walk_on_character
+    clip, written = read_bvh(CLIP), read_bvh(out)
+    frames = np.arange(0, clip.num_frames, 4)[: written.num_frames]
+    _, src = forward_kinematics(clip, frames=frames)
+    _, dst = forward_kinematics(written)
+    angles = []
+    for (a, b), (c, d) in LIMBS.items():
+        u = src[:, clip.index(b)] - src[:, clip.index(a)]
+        v = dst[:, written.index(d)] - dst[:, written.index(c)]
+        angles.append(torch.rad2deg(torch.acos(torch.nn.functional.cosine_similarity(u, v, dim=-1).clamp(-1, 1))))
+    angles = torch.stack(angles)
+    assert float(angles.mean()) < 5.0 and float(angles.max()) < 25.0
+    assert report["limb_direction_deg"] < 5.0 and report["limb_direction_body_deg"] < 0.01
+    # the root travels as the clip's does, scaled to the character: the walk goes the same way
+    travel_src = (src[-1, 0] - src[0, 0])[[0, 2]] * 0.05644
+    travel_dst = (dst[-1, 0] - dst[0, 0])[[0, 2]] * 0.01
+    assert float(torch.nn.functional.cosine_similarity(travel_src, travel_dst, dim=0)) > 0.99
+    assert float(travel_dst.norm() / travel_src.norm()) == pytest.approx(report["character_scale"], rel=0.1)
+
+
+def test_character_errors_are_clear(tmp_path):
+    character = tmp_path / "rig.bvh"
+    write_character(character)
+    bad_map = tmp_path / "map.json"
+    bad_map.write_text(json.dumps({"joints": {"pelvis": "hip", "head": "skull"}}))
+    result = subprocess.run([sys.executable, "scripts/retarget.py", str(CLIP), "--fps", "10", "--character",
+                             str(character), "--character-map", str(bad_map), "--out", str(tmp_path / "o.bvh")],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0 and "skull" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "scripts/retarget.py", str(CLIP), "--character", str(character),
+                             "--out", str(tmp_path / "o.npz")], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0 and ".bvh" in result.stderr
