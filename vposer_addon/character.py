@@ -217,7 +217,7 @@ class CharacterPoser:
 
     def basis(self, posed: np.ndarray) -> np.ndarray:
         """(T, B, 4, 4) armature-space matrices of the bones (in self.bones' order) -> their
-        matrix_basis (T, B, 4, 4), rotation orthonormalised. Only the rotations of bones not in
+        matrix_basis (T, B, 4, 4), rotation normalised. Only the rotations of bones not in
         `located` count: their locations stay as they are."""
         anchors = np.maximum(self.anchors, 0)
         parent = np.where((self.anchors >= 0)[:, None, None], posed[:, anchors] @ self.offsets, self.offsets)
@@ -225,8 +225,9 @@ class CharacterPoser:
         blended = np.flatnonzero(self.anchors == -2)
         if blended.size:
             basis[:, blended] = self._evaluated_basis(posed, basis, blended)
-        u, _, vt = np.linalg.svd(basis[..., :3, :3])
-        basis[..., :3, :3] = u @ vt
+        # Parent matrices may carry a bone's scale: keep the rotation by normalising the columns (exact
+        # for uniform scale, which is what rigs use; an SVD would cost most of a clip's conversion).
+        basis[..., :3, :3] /= np.linalg.norm(basis[..., :3, :3], axis=-2, keepdims=True)
         return basis
 
     def _evaluated_basis(self, posed: np.ndarray, basis: np.ndarray, blended: np.ndarray) -> np.ndarray:
@@ -376,11 +377,22 @@ def _rotation_values(pose_bone: bpy.types.PoseBone, quaternions: np.ndarray, rot
 
 
 def set_channels(obj: bpy.types.Object, channels: Channels, row: int = 0) -> None:
-    """Set the pose bones' channels to one row (frame) of `channels`."""
+    """Set the pose bones' channels to one row (frame) of `channels`: each property of all bones is
+    read and written back in one foreach call (Live Posing does this on every update)."""
     pose_bones = obj.pose.bones
+    position = {bone.name: i for i, bone in enumerate(pose_bones)}
+    by_prop: dict[str, list[tuple[int, int, float]]] = {}
     for (bone, path, index), value in zip(channels.keys, channels.values[row]):
-        prop = path.rpartition(".")[2]
-        getattr(pose_bones[bone], prop)[index] = value
+        by_prop.setdefault(path.rpartition(".")[2], []).append((position[bone], index, value))
+    for prop, entries in by_prop.items():
+        size = 4 if prop in ("rotation_quaternion", "rotation_axis_angle") else 3
+        values = np.empty(len(pose_bones) * size, dtype=np.float32)
+        pose_bones.foreach_get(prop, values)
+        values = values.reshape(-1, size)
+        for bone, index, value in entries:
+            values[bone, index] = value
+        pose_bones.foreach_set(prop, values.ravel())
+    obj.update_tag()  # foreach_set tags nothing: without this the pose would not be evaluated again
 
 
 def write_new_action(obj: bpy.types.Object, channels: Channels, frames: np.ndarray, name: str) -> bpy.types.Action:

@@ -218,9 +218,17 @@ def body_to_character(context: bpy.types.Context, character: bpy.types.Object, b
 
 
 def current_quaternions(character: bpy.types.Object, names: list[str]) -> np.ndarray:
-    """(N, 4) every pose bone's current rotation as a quaternion (w, x, y, z), whatever its mode."""
+    """(N, 4) the named pose bones' current rotations as quaternions (w, x, y, z), whatever their
+    mode: every bone's matrix_basis in one read, converted at once."""
+    import torch
+
+    from ..core.rotations import matrix_to_quaternion
+
     pose_bones = character.pose.bones
-    return np.array([pose_bones[name].matrix_basis.to_quaternion() for name in names])
+    position = {bone.name: i for i, bone in enumerate(pose_bones)}
+    basis = bridge.matrix_array(pose_bones, "matrix_basis")[[position[name] for name in names], :3, :3]
+    basis /= np.linalg.norm(basis, axis=-2, keepdims=True)  # a bone's scale is no rotation
+    return matrix_to_quaternion(torch.from_numpy(basis)).numpy()
 
 
 def pull_pose(context: bpy.types.Context, character: bpy.types.Object, body: bpy.types.Object) -> None:
