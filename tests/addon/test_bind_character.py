@@ -536,3 +536,62 @@ def test_a_refused_job_leaves_the_character_and_its_body_as_they_were(mixamo):
         bpy.ops.vposer.solve_pose()
     np.testing.assert_array_equal(np.array([bone.matrix_basis for bone in body.pose.bones]), body_before)
     np.testing.assert_array_equal(np.array([bone.matrix_basis for bone in mixamo.pose.bones]), character_before)
+
+
+class _Layout:
+    """Stands in for a panel's UILayout (Blender draws nothing headless): records what is drawn and
+    checks that every property and operator it names exists."""
+
+    def __init__(self, drawn: list) -> None:
+        self.drawn = drawn
+
+    def _sub(self, *_args, **_kwargs) -> _Layout:
+        return _Layout(self.drawn)
+
+    row = column = box = _sub
+
+    def label(self, text: str = "", **_kwargs) -> None:
+        self.drawn.append(("label", text))
+
+    def prop(self, data, name: str, **_kwargs) -> None:
+        assert name in data.bl_rna.properties, name
+        self.drawn.append(("prop", name))
+
+    def operator(self, idname: str, **_kwargs):
+        group, name = idname.split(".")
+        assert hasattr(getattr(bpy.ops, group), name), idname
+        self.drawn.append(("operator", idname))
+        return _Properties()
+
+    def template_list(self, list_type, _list_id, data, collection, active_data, active, **_kwargs) -> None:
+        assert hasattr(bpy.types, list_type) and collection in data.bl_rna.properties
+        assert active in active_data.bl_rna.properties
+        self.drawn.append(("list", collection))
+
+
+class _Properties:
+    """An operator button's properties: the panel sets them, nothing reads them here."""
+
+    def __setattr__(self, name: str, value) -> None:
+        pass
+
+
+def test_character_panel_draws_the_binding_and_the_body_display(mixamo):
+    """The panel offers Bind Character for an unbound armature, then the map list and the body's
+    display; Ghost shows the body's mesh as a wireframe."""
+    panel_class = bpy.types.VPOSER_PT_character
+    bpy.context.view_layer.objects.active = mixamo
+    drawn: list = []
+    panel_class.draw(type("Panel", (), {"layout": _Layout(drawn)})(), bpy.context)
+    assert ("operator", "vposer.bind_character") in drawn and ("list", "bones") not in drawn
+    assert _bind(mixamo) == {"FINISHED"}
+    drawn.clear()
+    panel_class.draw(type("Panel", (), {"layout": _Layout(drawn)})(), bpy.context)
+    assert ("list", "bones") in drawn and ("prop", "body_display") in drawn
+    assert ("operator", "vposer.unbind_character") in drawn
+
+    body = _body_of(mixamo)
+    mixamo.vposer_character.body_display = "GHOST"
+    assert not body.vposer_body.mesh.hide_get() and body.vposer_body.mesh.display_type == "WIRE"
+    mixamo.vposer_character.body_display = "HIDDEN"
+    assert body.vposer_body.mesh.hide_get()
