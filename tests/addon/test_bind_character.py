@@ -595,3 +595,46 @@ def test_character_panel_draws_the_binding_and_the_body_display(mixamo):
     assert not body.vposer_body.mesh.hide_get() and body.vposer_body.mesh.display_type == "WIRE"
     mixamo.vposer_character.body_display = "HIDDEN"
     assert body.vposer_body.mesh.hide_get()
+
+
+def test_marker_retarget_keys_a_new_action_on_the_character(mixamo, adult):
+    """C3D-style marker empties on known poses of the bound (fitted) body: Retarget with the character
+    active keys a new action on the character whose limbs follow the solved body on every frame."""
+    import torch
+
+    from core.body_model import DATA_DIR
+    from core.keypoints import KeypointSet
+    from core.rotations import axis_angle_to_matrix
+    from core.vposer import load_default_vposer
+
+    assert _bind(mixamo) == {"FINISHED"}
+    body = _body_of(mixamo)
+    frames = 4
+    full = torch.eye(3, dtype=torch.float64).repeat(frames, adult.num_joints, 1, 1)
+    full[:, 1:22] = axis_angle_to_matrix(load_default_vposer().sample(frames, seed=3, temperature=0.6)
+                                         .double().view(frames, 21, 3))
+    transl = torch.tensor([[0.0, 0.0, 0.1 * t] for t in range(frames)], dtype=torch.float64)
+    betas = torch.as_tensor(body.vposer_body.betas_array(), dtype=torch.float64)[None].expand(frames, -1)
+    layout = KeypointSet.from_json(adult, DATA_DIR / "markers_plugin_gait_open.json")
+    with torch.no_grad():
+        points = layout.evaluate(full, betas, transl).numpy()
+    to_world = np.array(body.matrix_world)
+    world = points @ to_world[:3, :3].T + to_world[:3, 3]
+    collection = bpy.data.collections.new("trial")
+    bpy.context.scene.collection.children.link(collection)
+    for k, label in enumerate(layout.names):
+        empty = bpy.data.objects.new(label, None)
+        collection.objects.link(empty)
+        empty["vposer_marker"] = label
+        for t in range(frames):
+            empty.location = world[t, k]
+            empty.keyframe_insert("location", frame=t + 1)
+    bpy.context.view_layer.objects.active = mixamo
+    assert bpy.ops.vposer.retarget(source="MARKERS", marker_collection="trial", fit_shape=False) == {"FINISHED"}
+    action = mixamo.animation_data.action
+    assert action is not None and "Hero" in action.name
+    assert [point.co[0] for point in _quaternion_curves(action, "mixamorig:LeftArm")[0].keyframe_points] == [1, 2, 3, 4]
+    for frame in (1, 4):
+        bpy.context.scene.frame_set(frame)
+        angles = _limb_angles(body, mixamo, bone_names("mixamo"))
+        assert max(angles.values()) < 2.0, (frame, angles)
