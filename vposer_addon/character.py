@@ -471,10 +471,11 @@ def drives_character(cls: type[bpy.types.Operator]) -> type[bpy.types.Operator]:
     character: the one place where jobs reach characters. Wraps execute, and for modal jobs invoke
     (which notes the state) and modal (which follows once the job finishes)."""
 
-    def note(context: bpy.types.Context) -> tuple[bpy.types.Object, BodyState] | None:
-        from .targets import driven_body
-
+    def note(context: bpy.types.Context) -> tuple[bpy.types.Object, BodyState, tuple] | None:
+        """The body's state before the job, after giving it the character's pose (and that pose as
+        the body had it, to put back if the job is refused); None without a bound character."""
         from .character_transfer import pull_pose
+        from .targets import driven_body
 
         body = driven_body(context)
         character = bound_character(body) if body is not None else None
@@ -535,9 +536,11 @@ def follow_body(context: bpy.types.Context, body: bpy.types.Object, before: Body
     character = bound_character(body)
     after = body_state(body)
     names = body.vposer_body.joint_names()
+    shape = ""
     if not np.array_equal(after.betas, before.betas):
         body.vposer_body.betas = before.betas
-    message = ""
+        shape = f"; {body.name} keeps the shape fitted to {character.name}"
+    keyed = ""
     fresh = True  # the first transfer calibrates the poser, the others reuse it
     if after.action is not None and after.action != before.action:
         frames = _keyed_frames(after)
@@ -548,17 +551,17 @@ def follow_body(context: bpy.types.Context, body: bpy.types.Object, before: Body
             if action_name == after.action.name:
                 action_name = f"{after.action.name} on {character.name}"
             action = write_new_action(character, clip, frames, action_name)
-            message = f"{character.name} keyed as action '{action.name}' ({frames.size} frames)"
+            keyed = f"{character.name} keyed as action '{action.name}' ({frames.size} frames)"
     elif after.action is not None:
         added, removed = changed_frames(before, after)
         if added.size or removed.size:
             clip = body_to_character(context, character, body, *bridge.read_action(body, names, added), fresh)
             fresh = False
             replace_keys(character, clip, added, removed)
-            message = f"{character.name} keyed on {added.size} frames"
-    if not np.array_equal(after.pose, before.pose) or message:
+            keyed = f"{character.name} keyed on {added.size} frames"
+    if keyed or not np.array_equal(after.pose, before.pose):
         follow_pose(context, body, fresh)
-    return message
+    return (keyed or f"{character.name} posed") + shape if keyed or shape else ""
 
 
 def follow_pose(context: bpy.types.Context, body: bpy.types.Object, fresh: bool = False) -> None:
@@ -604,7 +607,10 @@ def attach() -> None:
 
 
 def detach() -> None:
+    from .character_transfer import forget_bindings
+
     posers.clear()
+    forget_bindings()
     del bpy.types.Object.vposer_character
 
 

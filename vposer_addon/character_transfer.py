@@ -95,7 +95,7 @@ def bind(context: bpy.types.Context, character: bpy.types.Object, body: bpy.type
         body.vposer_body.betas = betas
     _use_fk_switches(character)
     show_body(body, settings.body_display)
-    _bindings.clear()
+    forget_bindings()
     posers.clear()
     pull_pose(context, character, body)
     fitted = "shape and scale fitted" if binding.betas is not None else "scale fitted"
@@ -182,6 +182,11 @@ def binding_of(character: bpy.types.Object, body: bpy.types.Object) -> Character
                                  model.parents.numpy(), list(model.joint_names), scale=settings.scale)
         cached = _bindings[character.session_uid] = (key, binding)
     return cached[1]
+
+
+def forget_bindings() -> None:
+    """Drop the cached bindings (the add-on is unregistered, or a bind changed them)."""
+    _bindings.clear()
 
 
 def poser_of(context: bpy.types.Context, character: bpy.types.Object, binding: CharacterBinding,

@@ -343,7 +343,9 @@ def test_retarget_writes_a_new_action_on_a_rigify_rig(rigify_rig):
     for obj in bpy.context.scene.objects:
         obj.select_set(obj in (rigify_rig, source))
     bpy.context.view_layer.objects.active = rigify_rig
+    fitted = np.array(_body_of(rigify_rig).vposer_body.betas)
     assert bpy.ops.vposer.retarget(source="ARMATURE", preset="CMU", use_scene_range=True) == {"FINISHED"}
+    np.testing.assert_array_equal(np.array(_body_of(rigify_rig).vposer_body.betas), fitted)  # Fit Shape: solve only
     action = rigify_rig.animation_data.action
     assert action is not None and action != old and old.use_fake_user
     assert "rig" in action.name
