@@ -77,7 +77,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .mocap.bvh import BVHMotion, format_bvh, forward_kinematics, motion_channels, parse_bvh, read_bvh, rest_positions
+from .mocap.bvh import (
+    BVHMotion,
+    depth_first_order,
+    format_bvh,
+    forward_kinematics,
+    motion_channels,
+    parse_bvh,
+    read_bvh,
+    rest_positions,
+)
 from .mocap.skeletons import (
     TARGET_DIRECTION_CHILD,
     BoneMapError,
@@ -359,6 +368,8 @@ def _rig_to_model(skeleton: CharacterSkeleton, preset: SkeletonPreset, dtype) ->
     upper = _upper_joint(torch.as_tensor(heads), first, ("neck", "spine3", "spine2", "spine1", "head"))
     up = heads[first[upper]] - heads[first["pelvis"]]
     left = heads[first["left_hip"]] - heads[first["right_hip"]]
+    if not _across(torch.as_tensor(up), torch.as_tensor(left)):  # sides coincide in this rest: BVH's own Y up
+        return torch.eye(3, dtype=dtype)
     exact = _frame(torch.as_tensor(up, dtype=dtype), torch.as_tensor(left, dtype=dtype))  # columns: left, up, fwd
     snapped = axes_matrix(infer_axes(up, left), dtype)
     C = exact.T  # rows: model x (left), y (up), z (forward) in rig terms
@@ -506,9 +517,21 @@ def _root_alignment(heads, body_rest, first, jindex) -> Tensor:
     upper = _upper_joint(heads, first)
     up_rig = heads[first[upper]] - heads[first["pelvis"]]
     up_body = body_rest[jindex[upper]] - body_rest[jindex["pelvis"]]
-    left_rig = heads[first["left_hip"]] - heads[first["right_hip"]]
-    left_body = body_rest[jindex["left_hip"]] - body_rest[jindex["right_hip"]]
-    return _frame(up_body, left_body) @ _frame(up_rig, left_rig).T
+    for left, right in (("left_hip", "right_hip"), ("left_shoulder", "right_shoulder"), ("left_knee", "right_knee")):
+        if left not in first or right not in first:
+            continue
+        left_rig = heads[first[left]] - heads[first[right]]
+        left_body = body_rest[jindex[left]] - body_rest[jindex[right]]
+        if _across(up_rig, left_rig) and _across(up_body, left_body):
+            return _frame(up_body, left_body) @ _frame(up_rig, left_rig).T
+    # a rest whose sides coincide (OFFSETs written along each bone's own axis): trust the axes
+    return torch.eye(3, dtype=heads.dtype)
+
+
+def _across(up: Tensor, left: Tensor) -> bool:
+    """Whether `left` has a part across `up` (at least 10 % of the longer)."""
+    cross = torch.linalg.cross(torch.nn.functional.normalize(up, dim=0), left).norm()
+    return float(cross) > 0.1 * max(float(left.norm()), 1e-12) and float(left.norm()) > 1e-3 * float(up.norm())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -840,8 +863,14 @@ def clip_agreement(binding: CharacterBinding, motion: BVHMotion, preset, frames,
 
 
 def bvh_channels(binding: CharacterBinding, motion: BVHMotion, pose: CharacterPose) -> np.ndarray:
-    """(T, C) channel values of a BVH character (`motion`: the file its skeleton came from) in a pose."""
+    """(T, C) channel values of a BVH character (`motion`: the file its skeleton came from) in a pose.
+    When the root bone (the pelvis') is not the file's root and has no position channels, its
+    location moves the file's root instead (the same rigid shift of the figure)."""
     heads, D = character_fk(binding, pose.quaternions, pose.location)
+    r = binding.root_bone
+    if motion.parents[r] >= 0 and not any(c.endswith("position") for c in motion.channels[r]):
+        still, _ = character_fk(binding, pose.quaternions)
+        heads = still + (heads[:, r] - still[:, r]).unsqueeze(1)
     rig_positions = heads @ binding.to_model.to(heads.dtype) / binding.unit_scale  # C^T p per row
     return motion_channels(motion, rig_world_rotations(binding, D), rig_positions)
 
@@ -850,12 +879,14 @@ def armature_bvh(binding: CharacterBinding) -> tuple[BVHMotion, list[int]]:
     """A BVH hierarchy for a character that has none (a Blender armature): the bones of the tree
     holding the root bone as joints, OFFSETs from the rest heads in model axes (Y up, facing +Z,
     as BVH files are) and rig units, the rest as the zero-rotation pose, End Sites at leaf bones'
-    tails. Returns the (frameless) motion and the bone index of each joint."""
+    tails; position channels on the top joint and on the root bone (its location). Returns the
+    (frameless) motion and the bone index of each joint."""
     parents = binding.skeleton.parents.tolist()
     top = binding.root_bone
     while parents[top] >= 0:
         top = parents[top]
-    keep = _subtree(parents, top)
+    inside = set(_subtree(parents, top))
+    keep = [b for b in depth_first_order(parents) if b in inside]  # the order the file will list them in
     index = {b: i for i, b in enumerate(keep)}
     heads = (binding.heads / binding.unit_scale).numpy()
     tails = (_model_tails(binding) / binding.unit_scale).numpy()
@@ -863,8 +894,9 @@ def armature_bvh(binding: CharacterBinding) -> tuple[BVHMotion, list[int]]:
     kept_parents = [index[parents[b]] if parents[b] >= 0 else -1 for b in keep]
     children = {p for p in kept_parents if p >= 0}
     ends = {i: tuple(tails[b] - heads[b]) for i, b in enumerate(keep) if i not in children}
-    channels = [("Xposition", "Yposition", "Zposition", "Zrotation", "Xrotation", "Yrotation")] + [
-        ("Zrotation", "Xrotation", "Yrotation")] * (len(keep) - 1)
+    moving = ("Xposition", "Yposition", "Zposition", "Zrotation", "Xrotation", "Yrotation")
+    channels = [moving if i == 0 or b == binding.root_bone else ("Zrotation", "Xrotation", "Yrotation")
+                for i, b in enumerate(keep)]  # the root bone carries the location
     text = format_bvh([binding.skeleton.names[b] for b in keep], kept_parents, offsets, channels,
                       np.zeros((0, sum(map(len, channels)))), 1 / 30, ends)
     return parse_bvh(text, binding.skeleton.source), keep

@@ -42,6 +42,7 @@ __all__ = [
     "rest_positions",
     "end_site_positions",
     "format_bvh",
+    "depth_first_order",
     "motion_channels",
     "write_bvh",
 ]
@@ -444,6 +445,22 @@ def end_site_positions(motion: BVHMotion, global_rot: Tensor, global_pos: Tensor
 # Writing (small files: tests, exporting a converted clip)
 
 
+def depth_first_order(parents) -> list[int]:
+    """Joint indices in the order a BVH file lists them: depth first from the root, children in
+    index order."""
+    parents = [int(p) for p in parents]
+    children: dict[int, list[int]] = {}
+    for j, p in enumerate(parents):
+        children.setdefault(p, []).append(j)
+    order: list[int] = []
+    stack = list(reversed(children.get(-1, [])))
+    while stack:
+        j = stack.pop()
+        order.append(j)
+        stack.extend(reversed(children.get(j, [])))
+    return order
+
+
 def format_bvh(
     names: list[str],
     parents,
@@ -453,7 +470,10 @@ def format_bvh(
     frame_time: float,
     end_sites: dict[int, tuple[float, float, float]] | None = None,
 ) -> str:
-    """BVH text for a joint tree (parents before children) and a (T, C) array of channel values."""
+    """BVH text for a joint tree (parents before children) and a (T, C) array of channel values, its
+    columns joint by joint in the order given. The file lists the joints depth first (children in
+    the order given), as BVH requires, so a reader sees them in `depth_first_order(parents)`; the
+    columns are written in that order too."""
     parents = [int(p) for p in parents]
     offsets = np.asarray(offsets, dtype=np.float64)
     frames = np.atleast_2d(np.asarray(frames, dtype=np.float64))
@@ -482,6 +502,9 @@ def format_bvh(
     if len(roots) != 1:
         raise ValueError("a BVH skeleton needs exactly one root")
     emit(roots[0], 0)
+    starts = np.cumsum([0] + [len(c) for c in channels])
+    columns = [c for j in depth_first_order(parents) for c in range(starts[j], starts[j + 1])]
+    frames = frames[:, columns] if frames.size else frames
     out += ["MOTION", f"Frames: {len(frames)}", f"Frame Time: {frame_time:.7f}"]
     out += [" ".join(f"{v:.6f}" for v in row) for row in frames]
     return "\n".join(out) + "\n"

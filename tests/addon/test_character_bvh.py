@@ -97,6 +97,20 @@ def test_a_blend_armature_as_the_character(tmp_path):
     heads = rest_positions(written, root_at_origin=False)
     assert heads[written.index("head"), 1] - heads[written.index("foot_l"), 1] == pytest.approx(
         100 * float(rest[15, 1] - rest[7, 1]), abs=1.0)
+    # the file's own motion, read back, follows the clip's limbs
+    clip = read_bvh(REPO / "examples" / "cmu_02_01_walk.bvh")
+    _, src = forward_kinematics(clip, frames=np.arange(0, clip.num_frames, 12)[: written.num_frames])
+    _, dst = forward_kinematics(written)
+    limbs = {(f"{S}{a}", f"{S}{b}"): (f"{c}_{s}", f"{d}_{s}") for S, s in (("Left", "l"), ("Right", "r"))
+             for (a, b), (c, d) in {("UpLeg", "Leg"): ("thigh", "calf"), ("Leg", "Foot"): ("calf", "foot"),
+                                    ("Arm", "ForeArm"): ("upperarm", "lowerarm"),
+                                    ("ForeArm", "FingerBase"): ("lowerarm", "hand")}.items()}
+    angles = []
+    for (a, b), (c, d) in limbs.items():
+        u = src[:, clip.index(b)] - src[:, clip.index(a)]
+        v = dst[:, written.index(d)] - dst[:, written.index(c)]
+        angles.append(torch.rad2deg(torch.acos(torch.nn.functional.cosine_similarity(u, v, dim=-1).clamp(-1, 1))))
+    assert float(torch.stack(angles).mean()) < 4.0 and float(torch.stack(angles).max()) < 20.0
     bpy.ops.wm.read_factory_settings(use_empty=True)
     assert bpy.ops.import_anim.bvh(filepath=str(out), global_scale=0.01) == {"FINISHED"}
     assert [b.name for b in bpy.context.active_object.data.bones] == written.names

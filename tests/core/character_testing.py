@@ -166,3 +166,20 @@ def daz_bvh_text(rest: torch.Tensor, names: list[str]) -> str:
     bent = {**t_pose, "lForeArm": (0, 0, 70), "abdomen": (10, 20, 0), "rThigh": (0, -40, 5)}
     rows = [[0, 93, 0] + [v for n in bnames for v in frame.get(n, (0, 0, 0))] for frame in (t_pose, bent)]
     return format_bvh(bnames, parents, offsets, channels, np.array(rows), 1 / 120, ends)
+
+
+def own_axis_bvh_text(built: BuiltCharacter) -> str:
+    """A BVH of a built rig (model space metres, T-pose if built so) written as some exporters do:
+    each OFFSET in its parent bone's own frame (centimetres), so the zero-rotation pose is a
+    crumpled figure, and frame 0 holding the rotations that give the bind pose back."""
+    from core.rotations import matrix_to_euler
+
+    heads, rest, parents = built.heads * 100, built.rest, list(built.parents)
+    offsets, rows = [], [[*heads[0]]]
+    for j, p in enumerate(parents):
+        offsets.append(np.zeros(3) if p < 0 else rest[p].T @ (heads[j] - heads[p]))
+        local = rest[j] if p < 0 else rest[p].T @ rest[j]
+        rows[0] += list(np.rad2deg(matrix_to_euler(torch.as_tensor(local), "ZXY").numpy()))
+    channels = [("Xposition", "Yposition", "Zposition", "Zrotation", "Xrotation", "Yrotation")] + [
+        ("Zrotation", "Xrotation", "Yrotation")] * (len(parents) - 1)
+    return format_bvh(built.names, parents, offsets, channels, np.array(rows), 1 / 30)

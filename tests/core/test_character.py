@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from character_testing import build_character, daz_bvh_text
+from character_testing import build_character, daz_bvh_text, own_axis_bvh_text
 from core.body_model import BodyModel
 from core.character import (
     BoneMapError,
@@ -316,3 +316,54 @@ def test_mocap_clips_detect_their_preset(body):
     named = bvh_targets(walk, "cmu", model, np.arange(0, 40, 8))
     assert auto.keypoints.names == named.keypoints.names
     torch.testing.assert_close(auto.positions, named.positions)
+
+
+def test_bvh_with_offsets_along_each_bone_follows_with_or_without_its_bind_frame(body, samples):
+    """Character Creator-style BVH: OFFSETs in each parent bone's rolled frame. With its bind frame
+    everything follows; from the crumpled zero pose the limb directions still do."""
+    _, rest, names, parents = body
+    built = build_character("character_creator", rest, names, parents, seed=8, a_pose=False)
+    motion = parse_bvh(own_axis_bvh_text(built), "cc.bvh")
+    poses, transl = samples
+    bound = bind_character(CharacterSkeleton.from_bvh(motion, rest_frame=0), "auto", rest, parents, names)
+    assert bound.bone_map.name == "character_creator"
+    t_rest = built.rest[[built.names.index(n) for n in motion.names]]  # the file lists the bones depth first
+    _check_follows(bound, names, parents, rest, poses, transl, built.joint_bone, t_rest)
+    # written back: the pelvis bone (under an unmoving root, rotation channels only) still travels
+    from core.character import bvh_channels
+    from core.mocap.bvh import format_bvh
+
+    pose = body_to_character(bound, poses[:5], transl[:5])
+    text = format_bvh(motion.names, motion.parents, motion.offsets, motion.channels,
+                      bvh_channels(bound, motion, pose), 1 / 30)
+    _, positions = forward_kinematics(parse_bvh(text, "back.bvh"))
+    heads, _ = character_fk(bound, pose.quaternions, pose.location)
+    assert motion.names[0] == "rig_root" and "Xposition" not in motion.channels[bound.root_bone]
+    torch.testing.assert_close(positions[:, 1:] * bound.unit_scale, heads[:, 1:], atol=1e-6, rtol=0)  # the root moved
+    crumpled = bind_character(CharacterSkeleton.from_bvh(motion), "character_creator", rest, parents, names)
+    pose = body_to_character(crumpled, poses, transl)
+    heads, _ = character_fk(crumpled, pose.quaternions, pose.location)
+    joints, _ = skeleton_fk(axis_angle_to_matrix(poses), rest, parents, transl)
+    errors = limb_direction_errors(crumpled, joints, heads)
+    assert len(errors) >= 8 and max(float(e.max()) for e in errors.values()) < 1.0
+
+
+def test_armature_bvh_reads_back_the_character_pose(body, samples):
+    """An armature written as BVH (bones in an order that is not the file's depth-first one): the
+    project's reader puts every joint where the character's kinematics put its bone head."""
+    from core.character import armature_bvh, armature_bvh_channels
+    from core.mocap.bvh import format_bvh
+
+    _, rest, names, parents = body
+    built = build_character("unreal", rest, names, parents, seed=6)
+    binding = bind_character(built.skeleton(np.eye(3), 0.01), "auto", rest, parents, names)
+    motion, keep = armature_bvh(binding)
+    assert motion.names != [binding.skeleton.names[b] for b in sorted(keep)]  # the orders differ
+    poses, transl = samples
+    pose = body_to_character(binding, poses[:6], transl[:6])
+    frames = armature_bvh_channels(binding, motion, keep, pose)
+    text = format_bvh(motion.names, motion.parents, motion.offsets, motion.channels, frames, 1 / 30,
+                      dict(motion.end_sites))
+    _, positions = forward_kinematics(parse_bvh(text, "rig.bvh"))
+    heads, _ = character_fk(binding, pose.quaternions, pose.location)
+    torch.testing.assert_close(positions * 0.01, heads[:, keep], atol=1e-6, rtol=0)

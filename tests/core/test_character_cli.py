@@ -90,3 +90,30 @@ def test_character_errors_are_clear(tmp_path):
     result = subprocess.run([sys.executable, "scripts/retarget.py", str(CLIP), "--character", str(character),
                              "--out", str(tmp_path / "o.npz")], capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0 and ".bvh" in result.stderr
+
+
+def test_c3d_trial_onto_a_character(tmp_path):
+    """Markers solved through the prior, written in the character's skeleton; the limbs are
+    compared with the solved body's (a marker trial has no skeleton of its own)."""
+    from test_c3d import write_c3d
+
+    from core.keypoints import KeypointSet
+    from core.mocap.c3d import lab_to_model_rotation
+
+    body = BodyModel.open_default("adult")
+    markers = KeypointSet.from_json(body, REPO / "core" / "data" / "markers_plugin_gait_open.json")
+    rotations = torch.eye(3).expand(2, body.num_joints, 3, 3).clone()
+    with torch.no_grad():
+        model_space = markers.evaluate(rotations, None, torch.tensor([[0.0, 0.9, 0.0]]).expand(2, 3)).numpy()
+    trial = write_c3d(tmp_path / "trial.c3d", list(markers.names), 1000 * model_space @ lab_to_model_rotation("z"),
+                      rate=100.0)
+    character, out = tmp_path / "daz.bvh", tmp_path / "trial_on_daz.bvh"
+    write_character(character)
+    result = subprocess.run([sys.executable, "scripts/retarget.py", str(trial), "--character", str(character),
+                             "--character-rest-frame", "0", "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["limb_reference"] == "body" and report["limb_direction_deg"] < 0.01
+    written = read_bvh(out)
+    assert written.num_frames == 2 and written.fps == pytest.approx(100, rel=1e-5)
+    assert written.names == read_bvh(character).names
