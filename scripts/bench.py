@@ -589,7 +589,77 @@ def bench_blender(ctx: Context) -> list[Table]:
         table.rows.extend(_bench_marker_retarget(ctx, bpy))
         table.notes.append("Open adult body, float32 on the CPU; Live Posing runs "
                            "core.ik.LIVE_ITERATIONS LM iterations per update, warm-started.")
-    return [table]
+        characters = _bench_characters(bpy, ctx, clip)
+    return [table, characters]
+
+
+def _bench_characters(bpy, ctx: Context, clip: Path) -> Table:  # noqa: ANN001 - the bpy module
+    """Bind Character, a Live Posing update and a 1,000-frame Retarget on characters from Blender's
+    bundled Rigify: its human metarig (a plain hierarchy) and the rig it generates (FK controls
+    under constraint-driven mechanism bones)."""
+    import addon_utils
+
+    from core.mocap.skeletons import get_preset
+
+    table = Table("Blender: a bound character", ["character", "operation", "median time (ms)", "runs"])
+    addon_utils.enable("rigify", default_set=True)
+    blend = ctx.workdir / "rigify.blend"
+    bpy.ops.wm.read_homefile(use_empty=True)
+    bpy.ops.object.armature_human_metarig_add()
+    bpy.ops.pose.rigify_generate()
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend), copy=True)
+    for label, name in (("Rigify metarig", "metarig"), ("generated Rigify rig", "rig")):
+        def scene():  # the character alone, selected and active
+            bpy.ops.wm.open_mainfile(filepath=str(blend))
+            character = bpy.data.objects[name]
+            bpy.ops.object.select_all(action="DESELECT")
+            character.select_set(True)
+            bpy.context.view_layer.objects.active = character
+            return character
+
+        bind_ms = []
+        for _ in range(ctx.repeat):
+            character = scene()
+            start = time.perf_counter()
+            bpy.ops.vposer.bind_character("EXEC_DEFAULT")
+            bind_ms.append((time.perf_counter() - start) * 1e3)
+        table.rows.append([label, f"Bind Character ({len(character.data.bones)} bones; detect, fit, place)",
+                           statistics.median(bind_ms), ctx.repeat])
+
+        bpy.ops.vposer.add_targets("EXEC_DEFAULT", preset="EFFECTORS")
+        wrist = next(obj for obj in bpy.data.objects if obj.vposer_target.joint == "right_wrist")
+        bpy.context.view_layer.objects.active = character
+        bpy.ops.vposer.solve_pose("EXEC_DEFAULT")
+        bpy.context.scene.vposer_live = True
+        times = []
+        for step in range(21):
+            wrist.location.x += 0.01 if step % 2 else -0.008
+            start = time.perf_counter()
+            bpy.context.view_layer.update()
+            times.append((time.perf_counter() - start) * 1e3)
+        bpy.context.scene.vposer_live = False
+        table.rows.append([label, "Live Posing update (solve, write the body and the character, depsgraph)",
+                           statistics.median(times[1:]), len(times) - 1])
+
+        retarget_ms = []
+        for _ in range(ctx.repeat):
+            character = scene()
+            bpy.ops.vposer.bind_character("EXEC_DEFAULT")
+            bpy.ops.import_anim.bvh(filepath=str(clip), global_scale=get_preset("cmu").unit_scale,
+                                    rotate_mode="QUATERNION", frame_start=1)
+            source = bpy.context.view_layer.objects.active
+            bpy.context.scene.frame_start, bpy.context.scene.frame_end = 1, 1000
+            source.select_set(True)
+            character.select_set(True)
+            bpy.context.view_layer.objects.active = character
+            start = time.perf_counter()
+            bpy.ops.vposer.retarget("EXEC_DEFAULT", source="ARMATURE", preset="CMU", use_scene_range=True)
+            retarget_ms.append((time.perf_counter() - start) * 1e3)
+        table.rows.append([label, f"Retarget {clip.name}, frames 1-1000, as a new action on the character",
+                           statistics.median(retarget_ms), ctx.repeat])
+    table.notes.append("Generated with Blender's bundled Rigify in the bpy module; Bind Character includes "
+                       "fitting the body's shape and scale to the character's rest joints.")
+    return table
 
 
 def _bench_marker_retarget(ctx: Context, bpy) -> list[list]:

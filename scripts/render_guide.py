@@ -11,6 +11,9 @@ blender_scene.py). Each picture starts from an empty scene:
 - guide_inbetweens.png: two sampled poses and the In-betweens that fill the frames between them.
 - guide_retarget.png: the shipped CMU walk imported with Blender's BVH importer and retargeted
   onto a body with Retarget; side views over one stride.
+- guide_character.png: the human metarig of Blender's bundled Rigify (an A-pose rest; a mannequin of
+  cylinders on its bones), bound with Bind Character, and the same walk retargeted onto it; its
+  rest pose, then side views over one stride.
 
 Renders use Workbench. Seeds are fixed, so every run gives the same pictures. Prints the files written.
 """
@@ -167,13 +170,9 @@ def guide_inbetweens(bpy, out: Path) -> Path:
 def guide_retarget(bpy, out: Path) -> Path:
     """The shipped CMU walk through Blender's BVH importer, retargeted onto a body with Retarget;
     six side views."""
-    from core.mocap.skeletons import get_preset
-
     scene = _new_scene(bpy)
     scene.render.fps = RETARGET_FPS
-    _run(bpy, "import_anim.bvh", filepath=str(CLIP), global_scale=get_preset("cmu").unit_scale, rotate_mode="QUATERNION",
-         frame_start=1, use_fps_scale=True, update_scene_duration=True)
-    source = bpy.context.view_layer.objects.active
+    source = _import_walk(bpy)
     bpy.ops.object.select_all(action="DESELECT")
     rig = _add_body(bpy)
     source.select_set(True)  # the other selected armature is the source; the body stays active
@@ -184,18 +183,80 @@ def guide_retarget(bpy, out: Path) -> Path:
     return save_strip(tiles, out / "guide_retarget.png")
 
 
-JOBS = (guide_pose, guide_samples, guide_inbetweens, guide_retarget)
+def _import_walk(bpy):
+    """The shipped CMU walk through Blender's BVH importer; returns its armature (the active object)."""
+    from core.mocap.skeletons import get_preset
+
+    _run(bpy, "import_anim.bvh", filepath=str(CLIP), global_scale=get_preset("cmu").unit_scale,
+         rotate_mode="QUATERNION", frame_start=1, use_fps_scale=True, update_scene_duration=True)
+    return bpy.context.view_layer.objects.active
+
+
+def guide_character(bpy, out: Path) -> Path:
+    """Rigify's human metarig with a mannequin on its bones, Bind Character, then Retarget of the
+    shipped walk; the rest pose (front) and five side views."""
+    import addon_utils
+
+    scene = _new_scene(bpy)
+    scene.render.fps = RETARGET_FPS
+    addon_utils.enable("rigify", default_set=True)
+    bpy.ops.object.armature_human_metarig_add()
+    rig = bpy.context.view_layer.objects.active
+    mannequin = _mannequin(bpy, scene, rig)
+    tiles = render_shots(bpy, scene, mannequin, [(1, "front")], STRIP_HEIGHT)
+    bpy.ops.object.select_all(action="DESELECT")
+    rig.select_set(True)
+    bpy.context.view_layer.objects.active = rig
+    _run(bpy, "vposer.bind_character")
+    rig.vposer_character.body.vposer_body.mesh.hide_render = True
+    source = _import_walk(bpy)
+    rig.select_set(True)
+    bpy.context.view_layer.objects.active = rig
+    _run(bpy, "vposer.retarget", source="ARMATURE", preset="CMU")
+    source.hide_render = True
+    frames = 1 + WALK_STEP * np.arange(5)
+    tiles += render_shots(bpy, scene, mannequin, [(frame, "side") for frame in frames], STRIP_HEIGHT)
+    return save_strip(tiles, out / "guide_character.png")
+
+
+MANNEQUIN_BONES = ("spine", "thigh", "shin", "foot", "toe", "upper_arm", "forearm", "hand", "shoulder")
+
+
+def _mannequin(bpy, scene, rig) -> list:
+    """A cylinder on each main bone (trunk, limbs), parented to it: a character mesh to render."""
+    from mathutils import Matrix
+
+    pieces = []
+    bpy.context.view_layer.update()
+    for bone in rig.data.bones:
+        if not bone.name.startswith(MANNEQUIN_BONES):
+            continue
+        bpy.ops.mesh.primitive_cylinder_add(vertices=12, radius=0.045 if "spine" in bone.name else 0.03, depth=1.0)
+        piece = bpy.context.view_layer.objects.active
+        piece.parent, piece.parent_type, piece.parent_bone = rig, "BONE", bone.name
+        bpy.context.view_layer.update()
+        along = Matrix.Translation((0.0, bone.length / 2, 0.0)) @ Matrix.Rotation(-np.pi / 2, 4, "X")
+        stretch = Matrix.Diagonal((1.0, 1.0, bone.length, 1.0))
+        piece.matrix_world = rig.matrix_world @ bone.matrix_local @ along @ stretch
+        pieces.append(piece)
+    return pieces
+
+
+JOBS = (guide_pose, guide_samples, guide_inbetweens, guide_retarget, guide_character)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images", help="folder for the PNGs")
+    parser.add_argument("--only", nargs="+", choices=[job.__name__ for job in JOBS], help="render only these pictures")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
     with blender_output_to_stderr():
         bpy = start_blender()
         for job in JOBS:
+            if args.only and job.__name__ not in args.only:
+                continue
             written.append(job(bpy, args.out))
     for path in written:
         print(path)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import bpy
 
-from . import operators, panels, preferences, properties, targets
+from . import character, character_panel, operators, panels, preferences, properties, targets
 
 _CLASSES: tuple[type, ...] = (
-    *preferences.CLASSES, *properties.CLASSES, *targets.CLASSES, *operators.CLASSES, *panels.CLASSES
+    *preferences.CLASSES, *properties.CLASSES, *targets.CLASSES, *character.CLASSES, *operators.CLASSES,
+    *panels.CLASSES,
+    *character_panel.CLASSES,
 )
 
 
@@ -16,10 +18,12 @@ def register() -> None:
         bpy.utils.register_class(cls)
     properties.attach()
     targets.attach()
+    character.attach()
     preferences.register_extra_site_packages()
 
 
 def unregister() -> None:
+    character.detach()
     targets.detach()
     properties.detach()
     for cls in reversed(_CLASSES):

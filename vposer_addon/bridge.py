@@ -228,6 +228,25 @@ def shift_location(
     return axes, moved, added
 
 
+def pose_keys(rig: bpy.types.Object, joint_names: list[str]) -> dict[tuple[str, int], np.ndarray]:
+    """The keys of the joints' pose channels in the rig's action: (data path, index) -> (N, 2)
+    (frame, value) pairs, to tell what a job changed."""
+    curves = _active_curves(rig)
+    keys = {}
+    for _, path, index in _pose_channels(joint_names):
+        curve = curves.get((path, index))
+        if curve is not None:
+            co = np.empty(2 * len(curve.keyframe_points), dtype=np.float32)
+            curve.keyframe_points.foreach_get("co", co)
+            keys[path, index] = co.reshape(-1, 2)
+    return keys
+
+
+def add_curve_keys(curve: bpy.types.FCurve, frames: np.ndarray, values: np.ndarray) -> None:
+    """Linear keys on a curve at the frames it does not key yet (keys already there stay)."""
+    _add_keys(curve, np.asarray(frames, dtype=np.float64), np.asarray(values, dtype=np.float64))
+
+
 def new_action(obj: bpy.types.Object, name: str) -> tuple[bpy.types.Action, bpy.types.ActionChannelbag]:
     """A new slotted action (one layer, one keyframe strip, a slot for `obj`) assigned to `obj`, and
     the channelbag its curves go in; the object's previous action is only unassigned."""
@@ -258,6 +277,14 @@ def write_curve(
         modes = np.where(np.asarray(hold, dtype=bool), _CONSTANT, _LINEAR).astype(np.int32)
         curve.keyframe_points.foreach_set("interpolation", modes)
     return curve
+
+
+def matrix_array(collection: bpy.types.bpy_prop_collection, prop: str) -> np.ndarray:
+    """(N, 4, 4) float64: a matrix property of every item (e.g. bones' matrix_local), read in one
+    foreach_get (Blender stores matrices column-major)."""
+    buffer = np.empty(len(collection) * 16, dtype=np.float32)
+    collection.foreach_get(prop, buffer)
+    return buffer.reshape(-1, 4, 4).transpose(0, 2, 1).astype(np.float64)
 
 
 def scene_frame_rate(scene: bpy.types.Scene) -> float:

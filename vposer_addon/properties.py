@@ -122,10 +122,13 @@ class VPoserBody(bpy.types.PropertyGroup):
 
 
 def active_body(context: bpy.types.Context) -> bpy.types.Object | None:
-    """The body armature of the active object (the armature itself or its mesh), if any."""
+    """The body armature of the active object (the armature itself or its mesh, or the character
+    it is bound to: jobs on a character run on its body), if any."""
     obj = context.active_object
-    if obj is not None and not obj.vposer_body.is_body and obj.parent is not None:
+    if obj is not None and not obj.vposer_body.is_body and obj.vposer_character.body is None and obj.parent is not None:
         obj = obj.parent
+    if obj is not None and obj.vposer_character.body is not None:
+        obj = obj.vposer_character.body
     return obj if obj is not None and obj.vposer_body.is_body else None
 
 

@@ -278,13 +278,21 @@ def _live_step(scene: bpy.types.Scene, rig: bpy.types.Object) -> None:
     targets = mapped_targets(scene, rig)
     key = _targets_key(rig, targets)
     if _unchanged(_unfinished.pop(rig.session_uid, None), key):  # the targets stopped: finish
-        solve(bpy.context, rig, targets)
+        _solve_and_follow(rig, targets)
         return
-    solve(bpy.context, rig, targets, live=True)
+    _solve_and_follow(rig, targets, live=True)
     _unfinished[rig.session_uid] = key
     _last_step = time.monotonic()
     if not bpy.app.timers.is_registered(_finish_timer):
         bpy.app.timers.register(_finish_timer, first_interval=FINISH_DELAY)
+
+
+def _solve_and_follow(rig: bpy.types.Object, targets: list[bpy.types.Object], live: bool = False) -> None:
+    """A live step (or the solve that finishes it); a character bound to the body follows."""
+    from .character import follow_pose
+
+    solve(bpy.context, rig, targets, live=live)
+    follow_pose(bpy.context, rig)
 
 
 def _guarded(scene: bpy.types.Scene, work: Callable[[], object]) -> None:
@@ -317,7 +325,7 @@ def finish_live_solves() -> int:
         if not _unchanged(key, _targets_key(rig, targets)):
             continue  # moved again: the next live step takes it on
         del _unfinished[uid]
-        _guarded(scene, lambda rig=rig, targets=targets: solve(bpy.context, rig, targets))
+        _guarded(scene, lambda rig=rig, targets=targets: _solve_and_follow(rig, targets))
         solved += 1
     return solved
 

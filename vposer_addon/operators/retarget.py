@@ -385,7 +385,8 @@ class RetargetJob:
 
 def source_armatures(context: bpy.types.Context, rig: bpy.types.Object) -> list[bpy.types.Object]:
     """The selected armatures other than the body: the candidates for an armature source."""
-    return [obj for obj in context.selected_objects if obj.type == "ARMATURE" and obj != rig]
+    return [obj for obj in context.selected_objects if obj.type == "ARMATURE" and obj != rig
+            and obj.vposer_character.body != rig]  # a character bound to the body is no source
 
 
 def preset_unit_scale(preset: str) -> float | None:
@@ -412,12 +413,12 @@ def sample_armature(context: bpy.types.Context, armature: bpy.types.Object,
     bones = armature.data.bones
     names = [bone.name for bone in bones]
     world = np.array(armature.matrix_world)
-    rest = world @ _matrices(bones, "matrix_local")
+    rest = world @ bridge.matrix_array(bones, "matrix_local")
     if _curves_alone_move(armature) and _bone_channels_alone_move(armature):
         posed = world @ _pose_matrices(armature, frames)
     else:
-        posed = _evaluated_by_blender(
-            context, frames, lambda: np.array(armature.matrix_world) @ _matrices(armature.pose.bones, "matrix"))
+        posed = _evaluated_by_blender(context, frames, lambda: np.array(armature.matrix_world)
+                                      @ bridge.matrix_array(armature.pose.bones, "matrix"))
     return names, rest, posed
 
 
@@ -474,7 +475,7 @@ def _pose_matrices(armature: bpy.types.Object, frames: np.ndarray) -> np.ndarray
     """(T, B, 4, 4) pose matrices (armature space) from the bones' channels, as Blender chains them:
     pose = parent's pose @ parent's rest^-1 @ rest @ basis, basis = location @ rotation @ scale."""
     bones = armature.data.bones
-    rest = _matrices(bones, "matrix_local")
+    rest = bridge.matrix_array(bones, "matrix_local")
     index = {bone.name: i for i, bone in enumerate(bones)}
     pose = np.empty((len(frames), len(bones), 4, 4))
     for bone in _parents_first(bones):
@@ -522,13 +523,6 @@ def _parents_first(bones: bpy.types.ArmatureBones) -> list[bpy.types.Bone]:
     for bone in ordered:  # grows while it is walked
         ordered.extend(bone.children)
     return ordered
-
-
-def _matrices(collection: bpy.types.bpy_prop_collection, prop: str) -> np.ndarray:
-    """(N, 4, 4) a matrix property of every item, read in one call (Blender stores them column-major)."""
-    buffer = np.empty(len(collection) * 16, dtype=np.float32)
-    collection.foreach_get(prop, buffer)
-    return buffer.reshape(-1, 4, 4).transpose(0, 2, 1).astype(np.float64)
 
 
 def _evaluated_by_blender(context: bpy.types.Context, frames: np.ndarray,
