@@ -27,14 +27,16 @@ The field's protocols (DPoser, Pose-NDF, NRDF), on --protocol-poses held-out pos
 core/prior_protocols.py), each seeded from --seed and listed under "protocols" in the JSON:
   completion_leg_mm, completion_arm_mm  the left leg's rotations (hip, knee, ankle, foot) or the
                      right arm's (collar, shoulder, elbow, wrist) are hidden; the prior's latent is
-                     fitted through the IK to the other joints' positions from --starts seeded latent
+                     fitted through the IK (latent weight --latent-weight, default 0.01: the prior
+                     pulls the hidden part) to the other joints' positions from --starts seeded latent
                      draws; MPJPE of the joints the hidden part moves (leg: knee, ankle, foot; arm:
                      shoulder, elbow, wrist), mean over the starts; *_best_of_10_mm: the best start
                      per pose (best of --starts; the key keeps the name)
   denoise_40_mm, denoise_100_mm  the 22 joints plus 40 / 100 mm Gaussian noise per coordinate as the
                      IK's targets (orientation, translation and pose with the prior, cold start, the
-                     IK's default weights unless --latent-weight; one frame at a time, no temporal term); MPJPE of the fit
-                     to the clean joints. denoise_*_input_mm: the noisy joints' own error (~1.6 sigma)
+                     IK's weights with latent weight --latent-weight, default 0.01; one frame at a time,
+                     no temporal term); MPJPE of the fit to the clean joints. denoise_*_input_mm: the
+                     noisy joints' own error (~1.6 sigma)
   apd_mm             average pairwise distance (MPJPE, root-relative) of --samples prior samples:
                      diversity; data_apd_mm: the same for --samples seeded held-out poses
 """
@@ -61,6 +63,7 @@ from core.mocap.skeletons import load_preset  # noqa: E402
 from core.pose_files import load_pose_file  # noqa: E402
 from core.prior_protocols import (  # noqa: E402
     LEFT_LEG,
+    PROTOCOL_WEIGHTS,
     RIGHT_ARM,
     average_pairwise_distance,
     body_joints,
@@ -178,7 +181,7 @@ def evaluate(
 
 
 def evaluate_protocols(model: VPoser, body: BodyModel, poses: np.ndarray, count: int = 500, starts: int = 10,
-                       seed: int = 0, noise_mm: tuple[float, ...] = (40.0, 100.0), weights: IKWeights = IKWeights(),
+                       seed: int = 0, noise_mm: tuple[float, ...] = (40.0, 100.0), weights: IKWeights = PROTOCOL_WEIGHTS,
                        log=None) -> dict:
     """Completion and denoising (module doc) on `count` evenly spaced (N, 63) poses, fitted with the
     IK's `weights`."""
@@ -229,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol-poses", type=int, default=500,
                         help="held-out poses (evenly spaced) for the completion and denoising protocols; 0 skips them")
     parser.add_argument("--starts", type=int, default=10, help="seeded latent starts per completion")
-    parser.add_argument("--latent-weight", type=float, default=IKWeights().latent,
-                        help="the IK's latent weight for the completion and denoising fits (default: the IK's own)")
+    parser.add_argument("--latent-weight", type=float, default=PROTOCOL_WEIGHTS.latent,
+                        help="the IK's latent weight for the completion and denoising fits (default 0.01, "
+                             f"core.prior_protocols.PROTOCOL_WEIGHTS; {IKWeights().latent:g} fits as the product solves)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     if args.samples < 2 or args.starts < 1 or args.protocol_poses < 0 or not args.latent_weight >= 0:
