@@ -14,6 +14,10 @@ Every clip is read at --fps (30 by default, as the prior's training data).
       and posed on the open body; only pelvis, head, wrists and ankles of that body given as targets
       (cold start from the T-pose), error over all 22 body joints against the converted pose, with
       the prior and with raw joint rotations; on --sparse-frames frames spread over all clips
+  full_geodesic_deg, sparse_geodesic_deg  mean geodesic angle (degrees) between the solved and the
+      converted local rotations of the 21 body joints (not the root), over the same frames as
+      full_mpjpe_mm / sparse_mpjpe_mm: joint positions can be right with the limbs wrongly twisted;
+      sparse_noprior_geodesic_deg likewise without the prior
   interactive_ms, interactive_error_mm  median time of a warm-started single-frame solve with those
       6 effectors (the previous frame's solution as the start, capped at core.ik.LIVE_ITERATIONS LM
       iterations and without retries, as a Live Posing step runs), and the effectors' mean distance
@@ -45,19 +49,35 @@ from core.mocap.bvh import read_bvh  # noqa: E402
 from core.mocap.convert import convert_file, find_mocap_files, load_target, subsample_indices  # noqa: E402
 from core.mocap.skeletons import load_preset  # noqa: E402
 from core.retarget import bvh_targets, retarget  # noqa: E402
+from core.prior_protocols import geodesic_error  # noqa: E402
 from core.rotations import axis_angle_to_matrix  # noqa: E402
 from core.train import display_path  # noqa: E402
 from core.vposer import default_vposer_path, load_vposer  # noqa: E402
 
 
-def evaluate_full(model: BodyModel, files: list[Path], fps: float, log) -> dict:
-    """Whole-clip retargets: frame-weighted error and solve throughput."""
-    errors, frames, seconds, per_joint = 0.0, 0, 0.0, {}
-    for path in files:
+BODY_ROTATIONS = slice(1, NUM_BODY_JOINTS)  # the 21 body joints' local rotations (not the root)
+
+
+def body_geodesic_deg(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per frame (T,): mean geodesic angle in degrees between the 21 body joints' local rotations
+    of two (T, J, 3, 3) poses."""
+    return torch.rad2deg(geodesic_error(predicted[:, BODY_ROTATIONS], truth[:, BODY_ROTATIONS])).mean(-1)
+
+
+def evaluate_full(model: BodyModel, files: list[Path], fps: float, log, truth: list[torch.Tensor] | None = None) -> dict:
+    """Whole-clip retargets: frame-weighted error and solve throughput; with `truth` (per file, the
+    converted local rotations (T, J, 3, 3) of the same frames) also the rotation error."""
+    errors, frames, seconds, per_joint, angles = 0.0, 0, 0.0, {}, 0.0
+    for k, path in enumerate(files):
         motion = read_bvh(path)
         targets = bvh_targets(motion, "cmu", model, subsample_indices(motion.num_frames, motion.fps, fps))
         result = retarget(model, targets)
         count = result.poses.shape[0]
+        if truth is not None:
+            if truth[k].shape[0] != count:
+                raise SystemExit(f"error: {path.name}: {count} retargeted frames but {truth[k].shape[0]} converted ones")
+            solved = axis_angle_to_matrix(result.poses.view(count, -1, 3).to(truth[k].dtype))
+            angles += float(body_geodesic_deg(solved, truth[k]).sum())
         errors += result.mpjpe_mm * count
         frames += count
         seconds += result.seconds
@@ -65,8 +85,11 @@ def evaluate_full(model: BodyModel, files: list[Path], fps: float, log) -> dict:
             per_joint[name] = per_joint.get(name, 0.0) + value * count
         if log:
             log(f"  {path.name}: {count} frames, {result.mpjpe_mm:.1f} mm, {count / result.seconds:.0f} frames/s")
-    return {"full_mpjpe_mm": errors / frames, "full_frames_per_s": frames / seconds, "full_frames": frames,
-            "full_per_joint_mm": {name: value / frames for name, value in per_joint.items()}}
+    result = {"full_mpjpe_mm": errors / frames, "full_frames_per_s": frames / seconds, "full_frames": frames,
+              "full_per_joint_mm": {name: value / frames for name, value in per_joint.items()}}
+    if truth is not None:
+        result["full_geodesic_deg"] = angles / frames
+    return result
 
 
 def converted_poses(model: BodyModel, files: list[Path], fps: float) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
@@ -83,8 +106,9 @@ def converted_poses(model: BodyModel, files: list[Path], fps: float) -> tuple[to
     return torch.cat(rotations), torch.cat(translations), counts
 
 
-def evaluate_sparse(model: BodyModel, prior, files: list[Path], fps: float, count: int, log) -> dict:
-    rotations, translations, counts = converted_poses(model, files, fps)
+def evaluate_sparse(model: BodyModel, prior, files: list[Path], fps: float, count: int, log,
+                    converted: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None) -> dict:
+    rotations, translations, counts = converted or converted_poses(model, files, fps)
     with torch.no_grad():
         truth = model.forward_rotations(rotations, None, None, translations, return_vertices=False).joints
     truth = truth[:, :NUM_BODY_JOINTS]
@@ -97,6 +121,8 @@ def evaluate_sparse(model: BodyModel, prior, files: list[Path], fps: float, coun
         with torch.no_grad():
             joints = model.forward_rotations(solved.rotations, None, None, solved.transl, return_vertices=False).joints
         result[key] = 1000 * float((joints[:, :NUM_BODY_JOINTS] - truth[rows]).norm(dim=-1).mean())
+        angle_key = key.replace("_mpjpe_mm", "_geodesic_deg")
+        result[angle_key] = float(body_geodesic_deg(solved.rotations, rotations[rows]).mean())
         if log:
             log(f"  {key}: {result[key]:.1f} mm over {len(rows)} frames")
     result.update(interactive_latency(model, prior, effectors, truth[:, ids], counts))
@@ -145,16 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     prior = load_vposer(weights).to(args.device).eval()
     if say:
         say(f"{len(files)} clips at {args.fps:g} fps")
-    metrics = {**evaluate_full(model, files, args.fps, say),
-               **evaluate_sparse(model, prior, files, args.fps, args.sparse_frames, say)}
+    converted = converted_poses(model, files, args.fps)
+    per_file = list(converted[0].split(converted[2]))
+    metrics = {**evaluate_full(model, files, args.fps, say, truth=per_file),
+               **evaluate_sparse(model, prior, files, args.fps, args.sparse_frames, say, converted=converted)}
     metrics.update(files=len(files), fps=args.fps, weights=display_path(weights), device=args.device,
                    threads=torch.get_num_threads(), seconds=round(time.perf_counter() - start, 1))
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:
-        print(f"full: {metrics['full_mpjpe_mm']:.1f} mm at {metrics['full_frames_per_s']:.0f} frames/s; "
-              f"sparse: {metrics['sparse_mpjpe_mm']:.1f} mm with the prior, {metrics['sparse_noprior_mpjpe_mm']:.1f} mm "
-              f"without; interactive {metrics['interactive_ms']:.1f} ms ({metrics['seconds']:.0f} s)")
+        print(f"full: {metrics['full_mpjpe_mm']:.1f} mm, {metrics['full_geodesic_deg']:.1f} deg at "
+              f"{metrics['full_frames_per_s']:.0f} frames/s; sparse: {metrics['sparse_mpjpe_mm']:.1f} mm, "
+              f"{metrics['sparse_geodesic_deg']:.1f} deg with the prior, {metrics['sparse_noprior_mpjpe_mm']:.1f} mm, "
+              f"{metrics['sparse_noprior_geodesic_deg']:.1f} deg without; interactive {metrics['interactive_ms']:.1f} ms ({metrics['seconds']:.0f} s)")
     return 0
 
 

@@ -22,6 +22,23 @@ Both sample metrics have a floor set by the data themselves: with --reference TR
 also reports them for --samples real training poses used in place of prior samples
 (reference_sample_to_data_mm, reference_data_to_sample_mm), i.e. what a prior that reproduced its
 training data exactly would score against held-out motion.
+
+The field's protocols (DPoser, Pose-NDF, NRDF), on --protocol-poses held-out poses (evenly spaced;
+core/prior_protocols.py), each seeded from --seed and listed under "protocols" in the JSON:
+  completion_leg_mm, completion_arm_mm  the left leg's rotations (hip, knee, ankle, foot) or the
+                     right arm's (collar, shoulder, elbow, wrist) are hidden; the prior's latent is
+                     fitted through the IK (latent weight --latent-weight, default 0.01: the prior
+                     pulls the hidden part) to the other joints' positions from --starts seeded latent
+                     draws; MPJPE of the joints the hidden part moves (leg: knee, ankle, foot; arm:
+                     shoulder, elbow, wrist), mean over the starts; *_best_of_10_mm: the best start
+                     per pose (best of --starts; the key keeps the name)
+  denoise_40_mm, denoise_100_mm  the 22 joints plus 40 / 100 mm Gaussian noise per coordinate as the
+                     IK's targets (orientation, translation and pose with the prior, cold start, the
+                     IK's weights with latent weight --latent-weight, default 0.01; one frame at a time,
+                     no temporal term); MPJPE of the fit to the clean joints. denoise_*_input_mm: the
+                     noisy joints' own error (~1.6 sigma)
+  apd_mm             average pairwise distance (MPJPE, root-relative) of --samples prior samples:
+                     diversity; data_apd_mm: the same for --samples seeded held-out poses
 """
 
 from __future__ import annotations
@@ -40,9 +57,19 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.body_model import BodyModel  # noqa: E402
+from core.ik import IKWeights  # noqa: E402
 from core.mocap.convert import DEFAULT_MIN_CHANGE, convert_file, find_mocap_files, load_target  # noqa: E402
 from core.mocap.skeletons import load_preset  # noqa: E402
 from core.pose_files import load_pose_file  # noqa: E402
+from core.prior_protocols import (  # noqa: E402
+    LEFT_LEG,
+    PROTOCOL_WEIGHTS,
+    RIGHT_ARM,
+    average_pairwise_distance,
+    body_joints,
+    complete,
+    denoise,
+)
 from core.rotations import axis_angle_to_matrix  # noqa: E402
 from core.train import display_path, full_rotations  # noqa: E402
 from core.vposer import VPoser, default_vposer_path, load_vposer  # noqa: E402
@@ -146,6 +173,45 @@ def evaluate(
                                 for part in ref.split(chunk)])
         result["reference_sample_to_data_mm"] = 1000 * float(_nearest_mpjpe(ref_joints, data_joints).mean())
         result["reference_data_to_sample_mm"] = 1000 * float(_nearest_mpjpe(subset, ref_joints).mean())
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples]
+    result["apd_mm"] = 1000 * average_pairwise_distance(sample_joints)
+    result["data_apd_mm"] = 1000 * average_pairwise_distance(data_joints[pick])
+    result["data_poses_for_apd"] = len(pick)
+    return result
+
+
+def evaluate_protocols(model: VPoser, body: BodyModel, poses: np.ndarray, count: int = 500, starts: int = 10,
+                       seed: int = 0, noise_mm: tuple[float, ...] = (40.0, 100.0), weights: IKWeights = PROTOCOL_WEIGHTS,
+                       log=None) -> dict:
+    """Completion and denoising (module doc) on `count` evenly spaced (N, 63) poses, fitted with the
+    IK's `weights`."""
+    model = model.eval()
+    n = len(poses)
+    rows = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(np.int64))
+    with torch.no_grad():
+        truth = body_joints(body, axis_angle_to_matrix(torch.as_tensor(poses[rows]).view(-1, 21, 3)))
+    result: dict = {}
+    info: dict = {"poses": len(rows), "completion_starts": starts, "completion_seeds": [seed + k for k in range(starts)]}
+    for name, hidden in (("leg", LEFT_LEG), ("arm", RIGHT_ARM)):
+        fit = complete(body, model, truth, hidden, starts=starts, seed=seed, weights=weights)
+        result[f"completion_{name}_mm"] = 1000 * float(fit.mean.mean())
+        result[f"completion_{name}_best_of_10_mm"] = 1000 * float(fit.best.mean())
+        info[f"completion_{name}_hidden"] = list(hidden)
+        info[f"completion_{name}_scored"] = list(fit.scored)
+        if log:
+            log(f"  completion {name}: {result[f'completion_{name}_mm']:.1f} mm "
+                f"(best of {starts}: {result[f'completion_{name}_best_of_10_mm']:.1f} mm)")
+    for sigma in noise_mm:
+        fitted, noisy = denoise(body, model, truth, sigma / 1000, seed=seed, weights=weights)
+        result[f"denoise_{sigma:g}_mm"] = 1000 * float(fitted.mean())
+        result[f"denoise_{sigma:g}_input_mm"] = 1000 * float(noisy.mean())
+        if log:
+            log(f"  denoise {sigma:g} mm: {result[f'denoise_{sigma:g}_mm']:.1f} mm "
+                f"(noisy input {result[f'denoise_{sigma:g}_input_mm']:.1f} mm)")
+    info["denoise_seed"] = seed
+    info["apd_seed"] = seed
+    info["ik_latent_weight"] = weights.latent
+    result["protocols"] = info
     return result
 
 
@@ -163,8 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", nargs="+", default=None, metavar="PATH",
                         help="real poses (e.g. the training folder) to compute the same sample metrics for "
                              "--samples poses drawn from them instead of from the prior: a floor for comparison")
+    parser.add_argument("--protocol-poses", type=int, default=500,
+                        help="held-out poses (evenly spaced) for the completion and denoising protocols; 0 skips them")
+    parser.add_argument("--starts", type=int, default=10, help="seeded latent starts per completion")
+    parser.add_argument("--latent-weight", type=float, default=PROTOCOL_WEIGHTS.latent,
+                        help="the IK's latent weight for the completion and denoising fits (default 0.01, "
+                             f"core.prior_protocols.PROTOCOL_WEIGHTS; {IKWeights().latent:g} fits as the product solves)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.samples < 2 or args.starts < 1 or args.protocol_poses < 0 or not args.latent_weight >= 0:
+        parser.error("--samples must be 2 or more, --starts 1 or more, --protocol-poses and --latent-weight 0 or more")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -183,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         reference = load_body_poses(find_files(args.reference), args.body)
     metrics = evaluate(model, body, poses, samples=args.samples, seed=args.seed, max_data=args.max_data,
                        reference=reference)
+    if args.protocol_poses:
+        metrics.update(evaluate_protocols(model, body, poses, count=args.protocol_poses, starts=args.starts,
+                                          seed=args.seed, weights=IKWeights(latent=args.latent_weight), log=say))
     metrics.update(
         weights=display_path(weights),
         body="open default (adult)" if args.body is None else display_path(args.body),
@@ -201,8 +278,15 @@ def main(argv: list[str] | None = None) -> int:
             f"MPJPE on average\n"
             f"  real poses ({metrics['data_poses_for_coverage']}): nearest sample "
             f"{metrics['data_to_sample_mm']:.1f} mm MPJPE on average\n"
+            f"  diversity: {metrics['apd_mm']:.1f} mm average pairwise distance of the samples, "
+            f"{metrics['data_apd_mm']:.1f} mm of real held-out poses\n"
             f"  ({metrics['seconds']:.0f} s)"
         )
+        if args.protocol_poses:
+            print(f"  completion (mean / best of {args.starts} starts): left leg {metrics['completion_leg_mm']:.1f} / "
+                  f"{metrics['completion_leg_best_of_10_mm']:.1f} mm, right arm {metrics['completion_arm_mm']:.1f} / "
+                  f"{metrics['completion_arm_best_of_10_mm']:.1f} mm; denoising 40 mm -> {metrics['denoise_40_mm']:.1f} mm, "
+                  f"100 mm -> {metrics['denoise_100_mm']:.1f} mm")
         if reference is not None:
             print(f"  reference: {args.samples} real poses from {' '.join(args.reference)} in place of samples: "
                   f"{metrics['reference_sample_to_data_mm']:.1f} mm and {metrics['reference_data_to_sample_mm']:.1f} mm")

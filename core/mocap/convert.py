@@ -17,7 +17,7 @@ from ..body_model import BodyModel
 from ..rotations import matrix_to_axis_angle
 from .bvh import read_bvh
 from .skeletons import SMPL_BODY_JOINT_NAMES, SkeletonPreset, default_target_names
-from .transfer import fix_twist_flips, retarget_bvh, skeleton_fk
+from .transfer import TransferSetup, build_transfer, fix_twist_flips, retarget_bvh, skeleton_fk, source_rest
 
 DEFAULT_MIN_CHANGE = 0.01  # metres
 
@@ -35,10 +35,14 @@ def load_target(body: str | None):
 
 
 def subsample_indices(num_frames: int, source_fps: float, fps: float) -> np.ndarray:
-    """Nearest source frame for each output frame at `fps` (every 4th for 120 -> 30)."""
-    if fps >= source_fps - 1e-6:
-        return np.arange(num_frames)
+    """Nearest source frame for each output frame at `fps` (every 4th for 120 -> 30). A BVH frame
+    time is rounded (0.0333333 s reads as 30.00003 fps), so rates within 1e-4 of each other or of a
+    whole multiple count as exact: else the last frame of a clip would be lost to the rounding."""
     ratio = source_fps / fps
+    if abs(ratio - round(ratio)) < 1e-4 * ratio:
+        ratio = float(round(ratio))
+    if ratio <= 1.0:
+        return np.arange(num_frames)
     count = int(np.floor((num_frames - 1) / ratio + 1e-9)) + 1
     return np.minimum(np.round(np.arange(count) * ratio).astype(np.int64), num_frames - 1)
 
@@ -58,14 +62,33 @@ def keep_changed(joints: torch.Tensor, min_change: float) -> np.ndarray:
     return np.asarray(kept, dtype=np.int64)
 
 
-def convert_file(path: Path, target, preset: SkeletonPreset, fps: float, min_change: float, fix_flips: bool = True) -> dict:
-    """One BVH -> dict(poses (T, 3J) float64, trans (T, 3), source_frames, counts)."""
+def rest_setup(rest_clip: Path, motion, target, preset: SkeletonPreset) -> TransferSetup:
+    """The transfer set-up of `motion` with its rest taken from another clip of the same skeleton
+    (that clip's preset `rest_frame`): for releases whose rest frame was cut from every clip, such
+    as the 30 fps DAZ-friendly folder. ValueError naming both files when the skeletons differ."""
+    rest, parents, names = target
+    source = read_bvh(rest_clip)
+    if source.names != motion.names:
+        raise ValueError(f"{motion.source}: its rest is to come from {rest_clip}, but the two files have different "
+                         f"joints ({len(motion.names)} and {len(source.names)}; they must be the same skeleton)")
+    src_rest, src_rest_global = source_rest(source, preset)
+    return build_transfer(preset, motion.names, src_rest, rest, parents, names, source_rest_global=src_rest_global)
+
+
+def convert_file(path: Path, target, preset: SkeletonPreset, fps: float, min_change: float, fix_flips: bool = True,
+                 rest_clip: Path | None = None) -> dict:
+    """One BVH -> dict(poses (T, 3J) float64, trans (T, 3), source_frames, counts).
+    rest_clip: take the preset's rest frame from this clip instead (`rest_setup`); every frame of
+    `path` is then motion."""
     rest, parents, names = target
     motion = read_bvh(path)
     frames = subsample_indices(motion.num_frames, motion.fps, fps)
-    if preset.rest_frame is not None:  # a synthetic rest pose, not motion
+    setup = None
+    if rest_clip is not None:
+        setup = rest_setup(rest_clip, motion, target, preset)
+    elif preset.rest_frame is not None:  # a synthetic rest pose, not motion
         frames = frames[frames != preset.rest_frame]
-    result = retarget_bvh(motion, preset, rest, parents, names, frames=frames)
+    result = retarget_bvh(motion, preset, rest, parents, names, frames=frames, setup=setup)
     local, flips = fix_twist_flips(result.local, names, parents, rest) if fix_flips else (result.local, 0)
     # Body-relative joints (root rotation and translation removed) for the near-duplicate test.
     body = [names.index(n) for n in SMPL_BODY_JOINT_NAMES if n in names]

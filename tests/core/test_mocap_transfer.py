@@ -495,9 +495,9 @@ def test_daz_conversion_drops_the_rest_frame(tmp_path):
     path.write_text(daz_like_text([T_POSE] + [T_POSE | {"lShldr": (90 + k, 0, 0)} for k in range(1, 13)]))
     rest, parents = target_skeleton()
     clip = convert_file(path, (rest, parents, SMPL_BODY_JOINT_NAMES), get_preset("cmu_daz"), 30.0, 0.0)
-    assert clip["source_frames"].tolist() == [4, 8]
+    assert clip["source_frames"].tolist() == [4, 8, 12]  # frames 0-12: every 4th but the rest
     left_shoulder = clip["poses"][:, 16 * 3:17 * 3]
-    np.testing.assert_allclose(left_shoulder, REST_BEND.apply(np.deg2rad([[0, 0, 4], [0, 0, 8]])), atol=1e-6)
+    np.testing.assert_allclose(left_shoulder, REST_BEND.apply(np.deg2rad([[0, 0, 4], [0, 0, 8], [0, 0, 12]])), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------
