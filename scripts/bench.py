@@ -489,6 +489,8 @@ def bench_blender(ctx: Context) -> list[Table]:
             retarget_ms.append((time.perf_counter() - start) * 1e3)
         table.rows.append([f"Retarget {clip.name}, frames 1-1000 (sample, solve, write the action, set the shape)",
                            statistics.median(retarget_ms), ctx.repeat])
+        table.notes.append(f"Blender {bpy.app.version_string} (bpy module) on Python {platform.python_version()}, "
+                           f"numpy {np.__version__}.")
         table.notes.append("Open adult body, float32 on the CPU; Live Posing runs "
                            "core.ik.LIVE_ITERATIONS LM iterations per update, warm-started.")
     return [table]
