@@ -83,8 +83,8 @@ PLATFORMS: dict[str, Platform] = {
 class BlenderPython:
     """The Python a range of Blender releases embeds, and the distributions those Blenders ship with it.
 
-    `ships` is what the bpy module of `bpy` (the PyPI release of that range the tests run on)
-    declares as its requirements: Blender's own Python carries those, and a bundled copy would shadow
+    `ships` is what the bpy module `bpy` (the PyPI release of that range the tests run on) declares
+    as its requirements: Blender's own Python carries those, and a bundled copy would shadow
     Blender's. tests/addon/test_install.py checks it against the installed bpy.
     """
 

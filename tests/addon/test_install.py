@@ -283,6 +283,30 @@ def test_blender_python_table_matches_the_installed_bpy():
     assert set(python.ships) == declared
 
 
+def test_each_python_zip_declares_the_blender_releases_its_manifest_and_python_both_allow():
+    build = load_build_script()
+    python311, python313 = build.BLENDER_PYTHONS["3.11"], build.BLENDER_PYTHONS["3.13"]
+    text = (REPO_ROOT / "blender_manifest.toml").read_text()
+
+    def staged(python, **bounds):
+        lines = "".join(f'{key} = "{value}"\n' for key, value in bounds.items())
+        kept = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("blender_version_"))
+        return tomllib.loads(build.staged_manifest(lines + kept, ["linux-x64"], [], python))
+
+    manifest = staged(python311, blender_version_min="4.2.0")
+    assert (manifest["blender_version_min"], manifest["blender_version_max"]) == ("4.2.0", "5.1.0")
+    manifest = staged(python313, blender_version_min="4.2.0")
+    assert manifest["blender_version_min"] == "5.1.0" and "blender_version_max" not in manifest
+    # The narrower of the two ranges wins at each end; versions compare as numbers (5.10 after 5.2).
+    manifest = staged(python313, blender_version_min="5.2.0", blender_version_max="5.10.0")
+    assert (manifest["blender_version_min"], manifest["blender_version_max"]) == ("5.2.0", "5.10.0")
+    manifest = staged(python311, blender_version_min="4.5.0", blender_version_max="5.0.2")
+    assert (manifest["blender_version_min"], manifest["blender_version_max"]) == ("4.5.0", "5.0.2")
+    # A manifest no Blender of that Python satisfies is refused, naming both ranges.
+    with pytest.raises(build.BuildError, match=r"allows Blender 5\.2\.0 to any later, none of which embeds Python 3\.11"):
+        staged(python311, blender_version_min="5.2.0")
+
+
 def test_bad_torch_version_is_refused_before_building(tmp_path):
     result = run_build(tmp_path, "--with-torch", "--torch-version", "1.13.0")
     assert result.returncode == 1
