@@ -111,8 +111,10 @@ def _runs_here(tag: str) -> bool:
     interpreter, _, rest = tag.partition("-")
     abi = rest.partition("-")[0]
     this = (sys.version_info.major, sys.version_info.minor)
-    if not interpreter.startswith("cp"):
+    if interpreter.startswith("py"):
         return True  # py3, py2.py3: pure Python
+    if not interpreter.startswith("cp"):
+        return False  # another implementation (PyPy: pp310)
     version = interpreter[2:]
     major, minor = int(version[0]), int(version[1:] or 0)
     return (major, minor) == this or (abi == "abi3" and (major, minor) <= this)

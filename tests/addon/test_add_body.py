@@ -175,6 +175,7 @@ def test_extra_site_packages_for_another_python_is_left_out_and_says_why(addon, 
     other = f"cp3{sys.version_info.minor + (-2 if relation == 'older' else 2)}"
     _installed(tmp_path, "torch", "2.13.0", f"{other}-{other}-manylinux_2_28_x86_64")
     _installed(tmp_path, "yaml", "6.0.2", f"{other}-{other}-manylinux_2_17_x86_64")
+    _installed(tmp_path, "numba", "0.61.0", "pp310-pypy310_pp73-manylinux_2_17_x86_64")
     _installed(tmp_path, "sympy", "1.14.0", "py3-none-any")
     _installed(tmp_path, "markupsafe", "3.0.2", f"{here}-{here}-manylinux_2_17_x86_64")
     folder = str(tmp_path)
@@ -184,6 +185,7 @@ def test_extra_site_packages_for_another_python_is_left_out_and_says_why(addon, 
         problem = addon.vposer_addon.preferences.extra_site_packages_problem(folder)
         assert problem.startswith(f"Extra Site-Packages is not used: {folder} holds packages for another Python")
         assert f"torch-2.13.0 ({other})" in problem and f"yaml-6.0.2 ({other})" in problem
+        assert "numba-0.61.0 (pp310)" in problem
         assert "sympy" not in problem and "markupsafe" not in problem
         assert f"install them again with Python 3.{sys.version_info.minor}" in problem
     finally:
