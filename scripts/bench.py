@@ -587,6 +587,8 @@ def bench_blender(ctx: Context) -> list[Table]:
         table.rows.append([f"Retarget {clip.name}, frames 1-1000 (sample, solve, write the action, set the shape)",
                            statistics.median(retarget_ms), ctx.repeat])
         table.rows.extend(_bench_marker_retarget(ctx, bpy))
+        table.notes.append(f"Blender {bpy.app.version_string} (bpy module) on Python {platform.python_version()}, "
+                           f"numpy {np.__version__}.")
         table.notes.append("Open adult body, float32 on the CPU; Live Posing runs "
                            "core.ik.LIVE_ITERATIONS LM iterations per update, warm-started.")
         characters = _bench_characters(bpy, ctx, clip)

@@ -33,7 +33,7 @@ def start_blender():
         import matplotlib  # noqa: F401 - the preview images
     except ImportError as error:
         raise SystemExit(f"error: a Blender scene needs {error.name}: pip install -e '.[scene]' "
-                         "(Blender as a module, Python 3.11, and matplotlib)") from None
+                         "(Blender as a module: bpy 5.0.1 on Python 3.11 or 5.2.3 on Python 3.13; and matplotlib)") from None
     parent = Path(tempfile.mkdtemp(prefix="vposer-package-"))
     (parent / EXTENSION_ID).symlink_to(REPO, target_is_directory=True)  # the package name Blender would give it
     sys.path.insert(0, str(parent))

@@ -2,19 +2,25 @@
 """Build the installable extension zip(s) with Blender's own extension tool.
 
     python scripts/build_extension.py [--out dist] [--platform linux-x64 ...]
-                                      [--with-torch [--torch-version 2.13.0]]
+                                      [--with-torch [--python 3.11 3.13] [--torch-version 2.13.0]]
 
 The tool is the one `blender --command extension build` runs; it ships inside the bpy module, so
-no Blender binary is needed, only `pip install bpy==5.0.1` (Python 3.11, as Blender 4.2-5.0 embed;
-`pip install -e ".[dev]"` installs it). It validates the manifest, builds, and validates each zip.
+no Blender binary is needed, only bpy (`pip install bpy==5.0.1` on Python 3.11 or `bpy==5.2.3` on
+Python 3.13; `pip install -e ".[dev]"` installs the right one). It validates the manifest, builds,
+and validates each zip.
 
-Without --platform the result is one zip for every platform, without PyTorch (users bring their
-own: see docs/install.md). --platform builds one zip per platform, named <id>-<version>-<platform>.zip.
+Without --platform the result is one zip for every platform and every Blender from the manifest's
+blender_version_min on, without PyTorch (users bring their own: see docs/install.md). --platform
+builds one zip per platform, named <id>-<version>-<platform>.zip.
 --with-torch also bundles, per platform, the CPU build of PyTorch and every runtime dependency of
 the project (pyproject.toml) with its own dependencies, except those Blender's Python already ships
 (numpy...): `pip download --only-binary=:all: --no-deps` fetches each wheel for that platform and
-Python version, and a staging copy of the manifest lists them (the repository's manifest is never
-modified). Which files go in is decided by the manifest's [build] paths_exclude_pattern; each zip is
+Blender's Python, and a staging copy of the manifest lists them (the repository's manifest is never
+modified). Compiled wheels load in one Python version only, so there is one zip per platform and
+Blender Python (BLENDER_PYTHONS: 3.11 for Blender 4.2-5.0, 3.13 for 5.1 and later), named
+<id>-<version>-<platform>-python<X.Y>.zip, whose manifest narrows blender_version_min/_max to the
+Blender releases of that Python: Blender's installer then refuses the wrong one with its own
+message. Which files go in is decided by the manifest's [build] paths_exclude_pattern; each zip is
 then listed to make sure no development folder (tests, scripts, docs, ...) slipped in.
 
 The paths of the zips are printed last, one per line.
@@ -73,6 +79,34 @@ PLATFORMS: dict[str, Platform] = {
 }
 
 
+@dataclass(frozen=True)
+class BlenderPython:
+    """The Python a range of Blender releases embeds, and the distributions those Blenders ship with it.
+
+    `ships` is what the bpy module `bpy` (the PyPI release of that range the tests run on) declares
+    as its requirements: Blender's own Python carries those, and a bundled copy would shadow
+    Blender's. tests/addon/test_install.py checks it against the installed bpy.
+    """
+
+    version: str
+    blender_min: str
+    blender_max: str | None  # exclusive, as the manifest's blender_version_max
+    bpy: str
+    ships: frozenset[str]
+
+    def markers(self) -> dict[str, str]:
+        """Environment-marker values of Blender's (CPython) interpreter of this version."""
+        return {"python_version": self.version, "python_full_version": f"{self.version}.0",
+                "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+
+
+BLENDER_PYTHONS: dict[str, BlenderPython] = {
+    "3.11": BlenderPython("3.11", "4.2.0", "5.1.0", "5.0.1", frozenset({"cython", "numpy", "requests", "zstandard"})),
+    "3.13": BlenderPython("3.13", "5.1.0", None, "5.2.3",
+                          frozenset({"cattrs", "cython", "numpy", "requests", "zstandard"})),
+}
+
+
 class BuildError(Exception):
     """Why no zip was built, worded for the person running the build."""
 
@@ -90,10 +124,12 @@ def blender_extension_tool() -> ExtensionTool:
     try:
         import bpy  # noqa: F401  (puts Blender's bundled add-ons, bl_pkg among them, on sys.path)
     except ImportError as error:
+        versions = " or ".join(f"`pip install bpy=={python.bpy}` on Python {python.version}"
+                               for python in BLENDER_PYTHONS.values())
         raise BuildError(
             "the build uses Blender's own extension tool, which comes with Blender as a Python module: "
-            f"install it into this Python ({sys.executable}) with `pip install bpy==5.0.1` "
-            "(needs Python 3.11), or `pip install -e \".[dev]\"` in the repository"
+            f"install it into this Python ({sys.executable}) with {versions}, "
+            "or `pip install -e \".[dev]\"` in the repository"
         ) from error
     from bl_pkg.bl_extension_cli import cli_extension_handler
 
@@ -111,18 +147,44 @@ def read_manifest(folder: Path) -> dict:
     return tomllib.loads((folder / MANIFEST).read_text(encoding="utf-8"))
 
 
-def zip_name(manifest: dict, platform: str | None) -> str:
-    """The file name Blender's `build` gives an archive (with --split-platforms when for one platform)."""
+def zip_name(manifest: dict, platform: str | None, python: BlenderPython | None = None) -> str:
+    """The file name Blender's `build` gives an archive (with --split-platforms when for one platform),
+    with the Blender Python appended for a zip of compiled wheels."""
     suffix = f"-{platform.replace('-', '_')}" if platform else ""
+    if python is not None:
+        suffix += f"-python{python.version}"
     return f"{manifest['id']}-{manifest['version']}{suffix}.zip"
 
 
+def blender_version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def blender_range(manifest: dict, python: BlenderPython) -> tuple[str, str | None]:
+    """The manifest's Blender range narrowed to the releases that embed `python` (max exclusive)."""
+    low = max(manifest["blender_version_min"], python.blender_min, key=blender_version)
+    highs = [high for high in (manifest.get("blender_version_max"), python.blender_max) if high]
+    high = min(highs, key=blender_version) if highs else None
+    if high is not None and blender_version(low) >= blender_version(high):
+        raise BuildError(
+            f"{MANIFEST} allows Blender {manifest['blender_version_min']} to "
+            f"{manifest.get('blender_version_max') or 'any later'}, none of which embeds Python {python.version} "
+            f"(Blender {python.blender_min} to {python.blender_max or 'any later'}): leave out --python {python.version}"
+        )
+    return low, high
+
+
+def toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def toml_string_list(values: list[str]) -> str:
-    return "[" + ", ".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values) + "]"
+    return "[" + ", ".join(map(toml_string, values)) + "]"
 
 
-def staged_manifest(text: str, platforms: list[str], wheels: list[str]) -> str:
-    """The manifest with top-level `platforms` (and `wheels`) set, inserted before its first table."""
+def staged_manifest(text: str, platforms: list[str], wheels: list[str], python: BlenderPython | None = None) -> str:
+    """The manifest with top-level `platforms` (and `wheels`) set, inserted before its first table; for
+    wheels of one Blender Python, `blender_version_min`/`_max` replaced by that Python's Blender range."""
     existing = tomllib.loads(text)
     for key in ("platforms", "wheels"):
         if key in existing:
@@ -132,7 +194,15 @@ def staged_manifest(text: str, platforms: list[str], wheels: list[str]) -> str:
     added = [f"platforms = {toml_string_list(platforms)}\n"]
     if wheels:
         added.append(f"wheels = {toml_string_list(wheels)}\n")
-    return "".join([*lines[:first_table], *added, "\n", *lines[first_table:]])
+    top = lines[:first_table]
+    if python is not None:
+        low, high = blender_range(existing, python)
+        replaced = ("blender_version_min", "blender_version_max")
+        top = [line for line in top if line.split("=")[0].strip() not in replaced]
+        added.append(f"blender_version_min = {toml_string(low)}\n")
+        if high is not None:
+            added.append(f"blender_version_max = {toml_string(high)}\n")
+    return "".join([*top, *added, "\n", *lines[first_table:]])
 
 
 def check_contents(zip_path: Path, wheels: list[str]) -> None:
@@ -178,19 +248,6 @@ def project_requirements(torch_version: str) -> list[str]:
     return requirements
 
 
-def blender_provided() -> set[str]:
-    """Distributions Blender's own Python ships (numpy...), which the bpy module declares as its requirements.
-
-    Bundling another copy of one would shadow Blender's and could break Blender itself.
-    """
-    from importlib.metadata import requires
-
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    return {canonicalize_name(Requirement(line).name) for line in requires("bpy") or ()}
-
-
 def wheel_requirements(wheel: Path) -> list[str]:
     """Requires-Dist lines from a wheel's METADATA."""
     with zipfile.ZipFile(wheel) as archive:
@@ -199,9 +256,9 @@ def wheel_requirements(wheel: Path) -> list[str]:
     return message.get_all("Requires-Dist") or []
 
 
-def pip_download(requirement: str, platform: str, dest: Path, index_url: str | None) -> Path:
-    """One wheel for `platform` and this Python's version (Blender's), without resolving its dependencies."""
-    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+def pip_download(requirement: str, platform: str, python: BlenderPython, dest: Path, index_url: str | None) -> Path:
+    """One wheel for `platform` and Blender's Python version, without resolving its dependencies."""
+    python_version = python.version
     command = [
         sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--no-deps",
         "--python-version", python_version, "--implementation", "cp",
@@ -221,18 +278,20 @@ def pip_download(requirement: str, platform: str, dest: Path, index_url: str | N
     return added[0]
 
 
-def download_wheels(platform: str, torch_version: str, torch_index: str, dest: Path) -> list[Path]:
-    """Torch and the project's other runtime dependencies for one platform, with all their dependencies.
+def download_wheels(platform: str, python: BlenderPython, torch_version: str, torch_index: str,
+                    dest: Path) -> list[Path]:
+    """Torch and the project's other runtime dependencies for one platform and Blender Python, with all
+    their dependencies.
 
     Dependencies are followed from each wheel's own metadata with markers evaluated for the target
-    platform (pip evaluates them for the machine it runs on, even with --platform), skipping what
-    Blender ships.
+    platform and Python (pip evaluates them for the machine and Python it runs on, even with --platform
+    and --python-version), skipping what Blender ships.
     """
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    environment = {**PLATFORMS[platform].markers, "extra": ""}
-    seen = blender_provided()
+    environment = {**PLATFORMS[platform].markers, **python.markers(), "extra": ""}
+    seen = {canonicalize_name(name) for name in python.ships}
     queue = [Requirement(line) for line in project_requirements(torch_version)]
     wheels = []
     while queue:
@@ -242,7 +301,7 @@ def download_wheels(platform: str, torch_version: str, torch_index: str, dest: P
             continue
         seen.add(name)
         spec = f"{requirement.name}{requirement.specifier}"
-        wheel = pip_download(spec, platform, dest, torch_index if name == "torch" else None)
+        wheel = pip_download(spec, platform, python, dest, torch_index if name == "torch" else None)
         wheels.append(wheel)
         queue.extend(Requirement(line) for line in wheel_requirements(wheel))
     return wheels
@@ -258,8 +317,14 @@ def build_universal(tool: ExtensionTool, out: Path) -> Path:
     return zip_path
 
 
-def build_for_platform(tool: ExtensionTool, staging: Path, platform: str, out: Path, wheels: list[Path]) -> Path:
-    """A zip for one platform from the staging copy, whose manifest names the platform and its wheels."""
+def build_for_platform(tool: ExtensionTool, staging: Path, platform: str, python: BlenderPython | None, out: Path,
+                       wheels: list[Path]) -> Path:
+    """A zip for one platform (and Blender Python, when it bundles wheels) from the staging copy, whose
+    manifest names the platform, its wheels and the Blender releases they load in.
+
+    Blender's tool names the zip after the platform only, so it builds into a folder of its own and the
+    zip is then moved to `out` under its full name.
+    """
     wheel_folder = staging / WHEELS
     shutil.rmtree(wheel_folder, ignore_errors=True)
     if wheels:
@@ -268,11 +333,17 @@ def build_for_platform(tool: ExtensionTool, staging: Path, platform: str, out: P
             shutil.copy2(wheel, wheel_folder / wheel.name)
     listed = [f"./{WHEELS}/{wheel.name}" for wheel in wheels]
     (staging / MANIFEST).write_text(
-        staged_manifest((REPO_ROOT / MANIFEST).read_text(encoding="utf-8"), [platform], listed), encoding="utf-8"
+        staged_manifest((REPO_ROOT / MANIFEST).read_text(encoding="utf-8"), [platform], listed, python),
+        encoding="utf-8",
     )
     run_tool(tool, "validate", str(staging))
-    run_tool(tool, "build", "--source-dir", str(staging), "--output-dir", str(out), "--split-platforms")
-    zip_path = out / zip_name(read_manifest(staging), platform)
+    built = staging.parent / "built"
+    shutil.rmtree(built, ignore_errors=True)
+    built.mkdir()
+    run_tool(tool, "build", "--source-dir", str(staging), "--output-dir", str(built), "--split-platforms")
+    manifest = read_manifest(staging)
+    zip_path = out / zip_name(manifest, platform, python)
+    shutil.move(built / zip_name(manifest, platform), zip_path)
     check_contents(zip_path, [wheel.name for wheel in wheels])
     run_tool(tool, "validate", str(zip_path))
     return zip_path
@@ -292,20 +363,28 @@ def stage(tool: ExtensionTool, scratch: Path) -> Path:
     return staging
 
 
-def build(tool: ExtensionTool, scratch: Path, out: Path, platforms: list[str], with_torch: bool,
+def build(tool: ExtensionTool, scratch: Path, out: Path, platforms: list[str], pythons: list[BlenderPython],
           torch_version: str, torch_index: str) -> list[Path]:
-    """Validate, build and check the zip(s) (intermediate files go to `scratch`); returns their paths."""
+    """Validate, build and check the zip(s) (intermediate files go to `scratch`); returns their paths.
+
+    With `pythons` (--with-torch), one zip per platform and Blender Python, bundling its wheels.
+    """
     out.mkdir(parents=True, exist_ok=True)
     run_tool(tool, "validate", str(REPO_ROOT))
     if not platforms:
         return [build_universal(tool, out)]
+    for python in pythons:
+        blender_range(read_manifest(REPO_ROOT), python)  # a Python the manifest rules out fails before downloads
     staging = stage(tool, scratch)
     zips = []
-    for platform in platforms:
-        downloads = scratch / f"wheels-{platform}"
-        downloads.mkdir()
-        wheels = download_wheels(platform, torch_version, torch_index, downloads) if with_torch else []
-        zips.append(build_for_platform(tool, staging, platform, out, wheels))
+    for python in pythons or [None]:
+        for platform in platforms:
+            wheels = []
+            if python is not None:
+                downloads = scratch / f"wheels-{platform}-python{python.version}"
+                downloads.mkdir()
+                wheels = download_wheels(platform, python, torch_version, torch_index, downloads)
+            zips.append(build_for_platform(tool, staging, platform, python, out, wheels))
     return zips
 
 
@@ -329,10 +408,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-torch", action="store_true",
                         help="bundle CPU PyTorch and the other runtime dependencies (about 110-190 MB per platform; "
                              "needs network access; default platform: this machine's)")
+    parser.add_argument("--python", nargs="+", choices=sorted(BLENDER_PYTHONS), dest="pythons",
+                        help="with --with-torch: the Blender Pythons to build for (default: all, "
+                             + ", ".join(f"{python.version} for Blender {python.blender_min}"
+                                         + (f" up to {python.blender_max} (exclusive)" if python.blender_max else " on")
+                                         for python in BLENDER_PYTHONS.values()) + ")")
     parser.add_argument("--torch-version", default=DEFAULT_TORCH_VERSION, help="PyTorch version to bundle")
     parser.add_argument("--torch-index-url", default=DEFAULT_TORCH_INDEX,
                         help="package index for the torch wheel (default: PyTorch's CPU builds)")
     args = parser.parse_args(argv)
+    if args.pythons and not args.with_torch:
+        parser.error("--python goes with --with-torch (a zip without wheels runs in every Blender the manifest allows)")
+    pythons = [BLENDER_PYTHONS[version] for version in (args.pythons or BLENDER_PYTHONS)] if args.with_torch else []
     try:
         if args.with_torch:
             project_requirements(args.torch_version)  # a bad version fails before anything is downloaded
@@ -340,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.setdefault("BLENDER_USER_RESOURCES", os.path.join(scratch, "blender-user"))
             tool = blender_extension_tool()
             platforms = args.platforms or default_platforms(args.with_torch)
-            zips = build(tool, Path(scratch), args.out.resolve(), platforms, args.with_torch,
+            zips = build(tool, Path(scratch), args.out.resolve(), platforms, pythons,
                          args.torch_version, args.torch_index_url)
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import bpy
 
@@ -68,6 +69,10 @@ class VPoserPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "device")
         layout.prop(self, "extra_site_packages")
         box = layout.box()
+        problem = extra_site_packages_problem(self.extra_site_packages)
+        if problem:
+            for line in problem.split(": ", 1):
+                box.label(text=line, icon="ERROR")
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         for line in (
             "The bundled PyTorch runs on the CPU. For a GPU, install a CUDA build of PyTorch",
@@ -103,13 +108,60 @@ def resolve_device(context: bpy.types.Context) -> str:
     return "cuda" if choice != "CPU" and torch.cuda.is_available() else "cpu"
 
 
-def add_extra_site_packages(folder: str) -> bool:
-    """Put a user's site-packages folder ahead of the bundled wheels so its torch wins; True if added."""
+def _runs_here(tag: str) -> bool:
+    """Whether a wheel tag (interpreter-abi-platform, e.g. cp311-cp311-win_amd64) loads in this Python."""
+    interpreter, _, rest = tag.partition("-")
+    abi = rest.partition("-")[0]
+    this = (sys.version_info.major, sys.version_info.minor)
+    if interpreter.startswith("py"):
+        return True  # py3, py2.py3: pure Python
+    if not interpreter.startswith("cp"):
+        return False  # another implementation (PyPy: pp310)
+    version = interpreter[2:]
+    major, minor = int(version[0]), int(version[1:] or 0)
+    return (major, minor) == this or (abi == "abi3" and (major, minor) <= this)
+
+
+def foreign_packages(folder: Path) -> list[str]:
+    """Distributions in a `pip install --target` folder compiled for another Python than Blender's,
+    as "name (tag)": their *.dist-info/WHEEL tags say which CPython they load in."""
+    foreign = []
+    for wheel in sorted(folder.glob("*.dist-info/WHEEL")):
+        tags = [line.partition(":")[2].strip() for line in wheel.read_text(errors="replace").splitlines()
+                if line.startswith("Tag:")]
+        if tags and not any(_runs_here(tag) for tag in tags):
+            foreign.append(f"{wheel.parent.name.removesuffix('.dist-info')} ({tags[0].partition('-')[0]})")
+    return foreign
+
+
+def extra_site_packages_problem(folder: str) -> str | None:
+    """Why the Extra Site-Packages folder cannot be used in this Blender, or None when it can (or is unset).
+
+    Blender 5.1 moved from Python 3.11 to 3.13, and preferences carry over from an older Blender: a
+    folder of PyTorch for 3.11 would shadow the bundled PyTorch and fail to import.
+    """
     if not folder:
+        return None
+    path = Path(os.path.normpath(bpy.path.abspath(folder)))
+    if not path.is_dir():
+        return f"Extra Site-Packages: {path} is not a folder"
+    foreign = foreign_packages(path)
+    if foreign:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        return (f"Extra Site-Packages is not used: {path} holds packages for another Python "
+                f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); this Blender runs Python "
+                f"{version}: install them again with Python {version} into a new folder")
+    return None
+
+
+def add_extra_site_packages(folder: str) -> bool:
+    """Put a user's site-packages folder ahead of the bundled wheels so its torch wins; True if added.
+
+    A folder that is missing or holds packages for another Python is left out (the preferences say why).
+    """
+    if not folder or extra_site_packages_problem(folder):
         return False
     path = os.path.normpath(bpy.path.abspath(folder))
-    if not os.path.isdir(path):
-        return False
     if path not in sys.path:
         sys.path.insert(0, path)
     return True

@@ -157,3 +157,51 @@ def test_extra_site_packages_goes_on_the_search_path(addon, preferences, tmp_pat
     finally:
         while folder in sys.path:
             sys.path.remove(folder)
+
+
+def _installed(folder, name: str, version: str, tag: str) -> None:
+    """What `pip install --target folder` leaves of a wheel: the package and its dist-info with the WHEEL tags."""
+    (folder / name).mkdir()
+    (folder / name / "__init__.py").write_text("")
+    dist_info = folder / f"{name}-{version}.dist-info"
+    dist_info.mkdir()
+    (dist_info / "WHEEL").write_text(f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {tag}\n")
+
+
+@pytest.mark.parametrize("relation", ["older", "newer"])
+def test_extra_site_packages_for_another_python_is_left_out_and_says_why(addon, preferences, tmp_path, relation):
+    # Blender 5.1 moved from Python 3.11 to 3.13 and keeps the preferences of the Blender before it.
+    here = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    other = f"cp3{sys.version_info.minor + (-2 if relation == 'older' else 2)}"
+    _installed(tmp_path, "torch", "2.13.0", f"{other}-{other}-manylinux_2_28_x86_64")
+    _installed(tmp_path, "yaml", "6.0.2", f"{other}-{other}-manylinux_2_17_x86_64")
+    _installed(tmp_path, "numba", "0.61.0", "pp310-pypy310_pp73-manylinux_2_17_x86_64")
+    _installed(tmp_path, "sympy", "1.14.0", "py3-none-any")
+    _installed(tmp_path, "markupsafe", "3.0.2", f"{here}-{here}-manylinux_2_17_x86_64")
+    folder = str(tmp_path)
+    try:
+        preferences.extra_site_packages = folder
+        assert folder not in sys.path
+        problem = addon.vposer_addon.preferences.extra_site_packages_problem(folder)
+        assert problem.startswith(f"Extra Site-Packages is not used: {folder} holds packages for another Python")
+        assert f"torch-2.13.0 ({other})" in problem and f"yaml-6.0.2 ({other})" in problem
+        assert "numba-0.61.0 (pp310)" in problem
+        assert "sympy" not in problem and "markupsafe" not in problem
+        assert f"install them again with Python 3.{sys.version_info.minor}" in problem
+    finally:
+        while folder in sys.path:
+            sys.path.remove(folder)
+
+
+def test_extra_site_packages_with_stable_abi_wheels_of_an_older_python_is_used(addon, preferences, tmp_path):
+    here = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    _installed(tmp_path, "torch", "2.13.0", f"{here}-{here}-manylinux_2_28_x86_64")
+    _installed(tmp_path, "cryptography", "45.0", "cp39-abi3-manylinux_2_28_x86_64")
+    folder = str(tmp_path)
+    try:
+        preferences.extra_site_packages = folder
+        assert sys.path[0] == folder
+        assert addon.vposer_addon.preferences.extra_site_packages_problem(folder) is None
+    finally:
+        while folder in sys.path:
+            sys.path.remove(folder)

@@ -10,6 +10,7 @@ test serves pip a local folder of small stand-in wheels.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build_extension.py"
@@ -28,6 +30,15 @@ EXTENSION_ID = "vposer"
 REPO_MODULE = "user_default"
 PACKAGE = f"bl_ext.{REPO_MODULE}.{EXTENSION_ID}"
 DEVELOPMENT_FOLDERS = ("tests", "scripts", "docs", "examples", "build", "dist", "wheels")
+THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def load_build_script():
+    spec = importlib.util.spec_from_file_location("build_extension", BUILD_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_build(out: Path, *options: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -149,17 +160,34 @@ def version_within(requirement: Requirement) -> str:
     return next(version for version in candidates if requirement.specifier.contains(version))
 
 
-def test_with_torch_bundles_each_platforms_dependency_closure_from_pip(tmp_path):
-    index = tmp_path / "index"
-    index.mkdir()
-    torch_requires = ["filelock", "numpy", "winonly; sys_platform == 'win32'", "optree>=0.13; extra == 'optree'"]
-    write_wheel(index, "torch", "2.13.0+cpu", "cp311-cp311-manylinux_2_28_x86_64", torch_requires)
-    write_wheel(index, "torch", "2.13.0+cpu", "cp311-cp311-win_amd64", torch_requires)
+# Blender Python -> (wheel tag of a compiled wheel, Blender range its zip declares (max exclusive)).
+PYTHON_ZIPS = {"3.11": ("cp311-cp311", "4.2.0", "5.1.0"), "3.13": ("cp313-cp313", "5.1.0", None)}
+FAKE_PLATFORMS = {"linux-x64": "manylinux_2_28_x86_64", "windows-x64": "win_amd64"}
+
+
+@pytest.fixture(scope="module")
+def torch_zips(tmp_path_factory) -> tuple[Path, dict[tuple[str, str], set[str]]]:
+    """`--with-torch` zips for two platforms and both Blender Pythons, from a local index of stand-in wheels.
+
+    Returns the output folder and, per (platform, Python), the wheels its zip must hold: the compiled
+    wheels of its own platform and Python, a dependency whose marker names Windows only on Windows, one
+    whose marker names Python 3.13 only for 3.13, and nothing that Blender ships (numpy; cattrs from 5.1 on).
+    """
+    index = tmp_path_factory.mktemp("index")
+    torch_requires = [
+        "filelock", "numpy", "winonly; sys_platform == 'win32'", "optree>=0.13; extra == 'optree'",
+        "newpython; python_version >= '3.13'", "cattrs",
+    ]
+    for tag, _, _ in PYTHON_ZIPS.values():
+        for platform_tag in FAKE_PLATFORMS.values():
+            write_wheel(index, "torch", "2.13.0+cpu", f"{tag}-{platform_tag}", torch_requires)
+        write_wheel(index, "numpy", "1.26.4", f"{tag}-manylinux_2_28_x86_64", [])
     write_wheel(index, "torch", "2.12.0+cpu", "cp311-cp311-manylinux_2_28_x86_64", [])
     write_wheel(index, "filelock", "3.0.0", "py3-none-any", ["typing_extensions>=4"])
     write_wheel(index, "typing_extensions", "4.12.0", "py3-none-any", [])
     write_wheel(index, "winonly", "1.0", "py3-none-any", [])
-    write_wheel(index, "numpy", "1.26.4", "cp311-cp311-manylinux_2_28_x86_64", [])
+    write_wheel(index, "newpython", "1.0", "py3-none-any", [])
+    write_wheel(index, "cattrs", "25.1.0", "py3-none-any", [])
     dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     # Every other runtime dependency of the project is bundled too, except numpy, which Blender ships.
     others = {
@@ -170,24 +198,113 @@ def test_with_torch_bundles_each_platforms_dependency_closure_from_pip(tmp_path)
         write_wheel(index, name, version, "py3-none-any", [])
     env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(index))
-    out = tmp_path / "dist"
+    out = tmp_path_factory.mktemp("dist")
 
-    result = run_build(out, "--platform", "linux-x64", "windows-x64", "--with-torch", env=env)
+    result = run_build(out, "--platform", *FAKE_PLATFORMS, "--with-torch", env=env)
 
     assert result.returncode == 0, result.stdout + result.stderr
     common = {"filelock-3.0.0-py3-none-any.whl", "typing_extensions-4.12.0-py3-none-any.whl"}
     common |= {f"{name}-{version}-py3-none-any.whl" for name, version in others.items()}
-    expected = {
-        "linux-x64": common | {"torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"},
-        "windows-x64": common | {"torch-2.13.0+cpu-cp311-cp311-win_amd64.whl", "winonly-1.0-py3-none-any.whl"},
-    }
-    for platform, wheels in expected.items():
-        zip_path = out / f"{EXTENSION_ID}-0.1.0-{platform.replace('-', '_')}.zip"
+    expected = {}
+    for python, (tag, _, _) in PYTHON_ZIPS.items():
+        for platform, platform_tag in FAKE_PLATFORMS.items():
+            wheels = common | {f"torch-2.13.0+cpu-{tag}-{platform_tag}.whl"}
+            if platform == "windows-x64":
+                wheels.add("winonly-1.0-py3-none-any.whl")
+            # Blender 5.1+ ships cattrs (bpy 5.2.3 requires it), Blender 4.2-5.0 does not.
+            wheels.add("newpython-1.0-py3-none-any.whl" if python == "3.13" else "cattrs-25.1.0-py3-none-any.whl")
+            expected[platform, python] = wheels
+    assert result.stdout.strip().splitlines()[-len(expected):] == [
+        str(out / zip_file_name(platform, python)) for python in PYTHON_ZIPS for platform in FAKE_PLATFORMS
+    ]
+    return out, expected
+
+
+def zip_file_name(platform: str, python: str) -> str:
+    return f"{EXTENSION_ID}-0.1.0-{platform.replace('-', '_')}-python{python}.zip"
+
+
+def test_with_torch_bundles_each_platforms_and_pythons_dependency_closure_from_pip(torch_zips):
+    out, expected = torch_zips
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        zip_file_name(platform, python) for platform, python in expected
+    )
+    for (platform, python), wheels in expected.items():
+        zip_path = out / zip_file_name(platform, python)
         names = zipfile.ZipFile(zip_path).namelist()
         assert {name.removeprefix("wheels/") for name in names if name.startswith("wheels/")} == wheels
         manifest = zip_manifest(zip_path)
         assert sorted(manifest["wheels"]) == sorted(f"./wheels/{wheel}" for wheel in wheels)
         assert manifest["platforms"] == [platform]
+        _, blender_min, blender_max = PYTHON_ZIPS[python]
+        assert manifest["blender_version_min"] == blender_min
+        assert manifest.get("blender_version_max") == blender_max
+        # Everything else in the manifest is the repository's.
+        repository = tomllib.loads((REPO_ROOT / "blender_manifest.toml").read_text())
+        changed = {"platforms", "wheels", "blender_version_min", "blender_version_max", "build"}
+        assert {k: v for k, v in manifest.items() if k not in changed} == {
+            k: v for k, v in repository.items() if k not in changed
+        }
+
+
+def test_blenders_installer_takes_the_zip_for_its_python_and_refuses_the_other(torch_zips, tmp_path):
+    out, _ = torch_zips
+    other = next(python for python in PYTHON_ZIPS if python != THIS_PYTHON)
+    zips = [out / zip_file_name("linux-x64", other), out / zip_file_name("linux-x64", THIS_PYTHON)]
+    report_path = tmp_path / "report.json"
+    result = subprocess.run(
+        [sys.executable, __file__, "--install-only", str(report_path), *map(str, zips)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=900,
+        env={**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "blender-user")},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    refused, taken = json.loads(report_path.read_text())
+    assert not refused["installed"] and not refused["wheels_unpacked"]
+    # Blender's own words name the version rule the zip breaks.
+    _, blender_min, blender_max = PYTHON_ZIPS[other]
+    assert f"{blender_max or blender_min}" in refused["output"] and "ERROR" in refused["output"], refused["output"]
+    assert taken["installed"] and taken["enabled"]
+    assert taken["wheels_unpacked"] == [f"python{THIS_PYTHON}"]
+
+
+def test_blender_python_table_matches_the_installed_bpy():
+    """The build's table of Blender Pythons against the bpy this Python runs: its version, the Python it
+    requires, the Blender range it falls in, and what it declares Blender ships."""
+    from importlib.metadata import metadata
+
+    python = load_build_script().BLENDER_PYTHONS[THIS_PYTHON]
+    bpy_metadata = metadata("bpy")
+    assert bpy_metadata["Version"] == python.bpy
+    assert bpy_metadata["Requires-Python"] == f"=={THIS_PYTHON}.*"
+    version = tuple(map(int, python.bpy.split(".")))
+    assert tuple(map(int, python.blender_min.split("."))) <= version
+    assert python.blender_max is None or version < tuple(map(int, python.blender_max.split(".")))
+    declared = {canonicalize_name(Requirement(line).name) for line in bpy_metadata.get_all("Requires-Dist")}
+    assert set(python.ships) == declared
+
+
+def test_each_python_zip_declares_the_blender_releases_its_manifest_and_python_both_allow():
+    build = load_build_script()
+    python311, python313 = build.BLENDER_PYTHONS["3.11"], build.BLENDER_PYTHONS["3.13"]
+    text = (REPO_ROOT / "blender_manifest.toml").read_text()
+
+    def staged(python, **bounds):
+        lines = "".join(f'{key} = "{value}"\n' for key, value in bounds.items())
+        kept = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("blender_version_"))
+        return tomllib.loads(build.staged_manifest(lines + kept, ["linux-x64"], [], python))
+
+    manifest = staged(python311, blender_version_min="4.2.0")
+    assert (manifest["blender_version_min"], manifest["blender_version_max"]) == ("4.2.0", "5.1.0")
+    manifest = staged(python313, blender_version_min="4.2.0")
+    assert manifest["blender_version_min"] == "5.1.0" and "blender_version_max" not in manifest
+    # The narrower of the two ranges wins at each end; versions compare as numbers (5.10 after 5.2).
+    manifest = staged(python313, blender_version_min="5.2.0", blender_version_max="5.10.0")
+    assert (manifest["blender_version_min"], manifest["blender_version_max"]) == ("5.2.0", "5.10.0")
+    manifest = staged(python311, blender_version_min="4.5.0", blender_version_max="5.0.2")
+    assert (manifest["blender_version_min"], manifest["blender_version_max"]) == ("4.5.0", "5.0.2")
+    # A manifest no Blender of that Python satisfies is refused, naming both ranges.
+    with pytest.raises(build.BuildError, match=r"allows Blender 5\.2\.0 to any later, none of which embeds Python 3\.11"):
+        staged(python311, blender_version_min="5.2.0")
 
 
 def test_bad_torch_version_is_refused_before_building(tmp_path):
@@ -206,7 +323,8 @@ def test_missing_bpy_says_how_to_install_it(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
-    assert "pip install bpy==5.0.1" in result.stderr
+    assert "pip install bpy==5.0.1` on Python 3.11" in result.stderr
+    assert "pip install bpy==5.2.3` on Python 3.13" in result.stderr
     assert not list(tmp_path.glob("*.zip"))
 
 
@@ -279,5 +397,39 @@ def _install_use_uninstall(zip_path: str) -> dict:
     return {"installed": installed, "uninstalled": uninstalled}
 
 
+def _install_each(zip_paths: list[str]) -> list[dict]:
+    """In a fresh Blender: install each zip in turn; whether Blender took it, and what it printed meanwhile."""
+    import bpy  # noqa: I001
+    import addon_utils
+
+    site = Path(bpy.utils.user_resource("EXTENSIONS")) / ".local" / "lib"
+    reports = []
+    for zip_path in zip_paths:
+        sys.stdout.flush()
+        with tempfile.TemporaryFile() as captured:
+            saved = os.dup(1)
+            os.dup2(captured.fileno(), 1)  # Blender prints from C and from Python: capture the file descriptor
+            try:
+                bpy.ops.extensions.package_install_files(filepath=zip_path, repo=REPO_MODULE, enable_on_install=True)
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, 1)
+                os.close(saved)
+            captured.seek(0)
+            output = captured.read().decode(errors="replace")
+        reports.append({
+            "installed": (Path(bpy.utils.user_resource("EXTENSIONS")) / REPO_MODULE / EXTENSION_ID).is_dir(),
+            "enabled": addon_utils.check(PACKAGE)[1],
+            "wheels_unpacked": sorted(path.name for path in site.glob("python*") if any(path.rglob("*.dist-info"))),
+            "output": output,
+        })
+    return reports
+
+
 if __name__ == "__main__":
-    Path(sys.argv[2]).write_text(json.dumps(_install_use_uninstall(sys.argv[1])))
+    import tempfile
+
+    if sys.argv[1] == "--install-only":
+        Path(sys.argv[2]).write_text(json.dumps(_install_each(sys.argv[3:])))
+    else:
+        Path(sys.argv[2]).write_text(json.dumps(_install_use_uninstall(sys.argv[1])))
