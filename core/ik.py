@@ -1,11 +1,14 @@
 """Batched inverse kinematics: body parameters whose keypoints reach given 3D targets.
 
 Unknowns per frame: global orientation, translation, the body pose through VPoser's latent (or raw
-per-joint rotations when no prior is given), optionally betas and the hand joints. The objective is a
-sum of per-frame terms: robust distances to the targets, the latent prior ||z||^2, a shape prior
-||betas||^2, knee/elbow hyperextension, a soft hold of some joints' rotations, and optionally the
-joints' acceleration over a sequence. Pinned joints are no term: their rotations are fixed exactly
-(the prior's decoding is overridden there, and they have no unknowns).
+per-joint rotations when no prior is given), optionally betas and the hand joints. The objective
+(`Objective`, one per stage) is a list of residual terms over one parameter layout (core.ik_terms,
+where the term interface and its shapes are described): robust distances to the targets, the latent
+prior ||z||^2, a shape prior ||betas||^2, knee/elbow hyperextension, a soft hold of some joints'
+rotations, and optionally the joints' acceleration over a sequence. Every optimiser sums the same
+terms; adding an input type means adding a term. Pinned joints are no term but part of the layout:
+their rotations are fixed exactly (the prior's decoding is overridden there, and they have no
+unknowns). IKSolver.objective builds a stage's objective without solving, to inspect or check it.
 
 The default optimiser is a batched Levenberg-Marquardt (core.lm) on each frame's small parameter
 vector with analytic Jacobians (core.jacobians), so every frame converges on its own and finished
@@ -32,19 +35,26 @@ from torch import Tensor
 
 from .body_model import BodyModel, BodyOutput
 from .errors import VPoserError
-from .jacobians import body_jacobians, decoder_jacobian, rotation_tangents
+from .ik_terms import (
+    BODY,
+    ROBUST,
+    UNKNOWNS,
+    At,
+    IdentityPrior,
+    JointLimits,
+    Layout,
+    PointTargets,
+    Smoothness,
+    Stay,
+    Term,
+    TermValue,
+)
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
 from .lm import LMOptions, levenberg_marquardt
 from .rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from .vposer import VPoser
 
-UNKNOWNS = ("orient", "transl", "pose", "hands", "betas")
 METHODS = ("lm", "lbfgs", "adam")
-ROBUST = ("gm", "huber", "l2")
-# (joint, axis of the local rotation, sign): the joint bends the wrong way when sign * w[axis] > 0,
-# w being sin(angle) * axis of its local rotation (SMPL frames; SMPLify's angle prior, as a hinge).
-HYPEREXTENSION = (("left_knee", 0, -1.0), ("right_knee", 0, -1.0), ("left_elbow", 1, 1.0), ("right_elbow", 1, -1.0))
-BODY = slice(1, NUM_BODY_JOINTS)  # the 21 joints VPoser poses
 LIVE_ITERATIONS = 5  # LM iterations per live-posing update, warm-started: the next update goes on from there
 
 
@@ -301,6 +311,48 @@ class IKSolver:
         `unknowns`, preceded on a cold start by an orientation + translation stage. align: also move
         a given start rigidly onto the targets (a cold start always is), in closed form."""
         model = self.model
+        targets, confidence, centre, state, pinned, held = self._prepare(targets, confidence, init, betas, pins, stay,
+                                                                         align)
+        batch = targets.shape[0]
+        if stages is None:
+            final = Stage(self.unknowns, max_iterations=self.lm_options.max_iterations)
+            stages = [final] if init is not None else [Stage(("orient", "transl"), max_iterations=3), final]
+        start_betas = None if state.betas is None else state.betas.clone()
+        run = self._run(targets, confidence, centre, state, stages, pinned, held)
+        retried = torch.zeros(batch, dtype=torch.bool, device=model.device)
+        if self.retry is not None and self.method == "lm" and not self._smooth(stages, batch):
+            retried = self._retry(run, targets, confidence, centre, stages, pinned, held, start_betas)
+        errors = (run.points - targets).norm(dim=-1)
+        errors = torch.where(confidence > 0, errors, torch.full_like(errors, float("nan")))
+        state = run.state.clone()
+        state.transl = state.transl + centre
+        return IKResult(state=state, points=run.points + centre.unsqueeze(1), errors=errors, loss=run.cost,
+                        smoothness=run.smoothness, iterations=run.iterations, converged=run.converged,
+                        method=self.method, retried=retried)
+
+    def objective(self, targets: Tensor | np.ndarray, confidence: Tensor | np.ndarray | None = None, *,
+                  stage: Stage | None = None, **start) -> Objective:
+        """The objective one stage of `solve` would minimise (default stage: over `unknowns`), at
+        its start point: its layout, its terms, and their values (Objective.term_values), without
+        solving anything. start: init, betas, pins, stay and align, as for `solve`. Coordinates
+        are centred on each frame's target centroid, as the solver works."""
+        targets, confidence, centre, state, pinned, held = self._prepare(targets, confidence, **start)
+        stage = stage or Stage(self.unknowns)
+        return Objective(self, targets, confidence, centre, state, stage, self._stage_weights(stage), pinned, held)
+
+    def _stage_weights(self, stage: Stage) -> IKWeights:
+        """The weights of a stage (the solver's, with the stage's overrides), its unknowns checked."""
+        _check_unknowns(stage.unknowns, self.model)
+        weights = dataclasses.replace(self.weights, **stage.weights)
+        _check_weights(weights)
+        return weights
+
+    def _prepare(self, targets, confidence, init: IKState | IKResult | None = None, betas=None,
+                 pins: Sequence[str] = (), stay: Sequence[str] = (), align: bool = False
+                 ) -> tuple[Tensor, Tensor, Tensor, IKState, _Held, _Held]:
+        """Checked inputs in centred coordinates: targets (B, K, 3), confidence (B, K), the centre
+        (B, 3), the start state, and the pinned and held joints at their start rotations."""
+        model = self.model
         targets, confidence = _check_targets(targets, confidence, self.keypoints)
         batch = targets.shape[0]
         centre = (confidence.unsqueeze(-1) * targets).sum(1) / confidence.sum(1, keepdim=True)
@@ -312,9 +364,6 @@ class IKSolver:
                 _check_scale(self.keypoints, state, targets, confidence)
             if init is None or align:
                 _align(self.keypoints, state, targets, confidence)
-        if stages is None:
-            final = Stage(self.unknowns, max_iterations=self.lm_options.max_iterations)
-            stages = [final] if init is not None else [Stage(("orient", "transl"), max_iterations=3), final]
         start = state.rotations
         if init is not None:  # pins keep the rotations as given, not the prior's re-encoding of a pose made elsewhere
             given = init.state if isinstance(init, IKResult) else init
@@ -324,18 +373,7 @@ class IKSolver:
             ids = torch.tensor([_joint_index(model, name, kind) for name in names], dtype=torch.long,
                                device=model.device)
             held[kind] = _Held(ids, start[:, ids].clone())
-        start_betas = None if state.betas is None else state.betas.clone()
-        run = self._run(targets, confidence, centre, state, stages, held["pin"], held["hold"])
-        retried = torch.zeros(batch, dtype=torch.bool, device=model.device)
-        if self.retry is not None and self.method == "lm" and not self._smooth(stages, batch):
-            retried = self._retry(run, targets, confidence, centre, stages, held["pin"], held["hold"], start_betas)
-        errors = (run.points - targets).norm(dim=-1)
-        errors = torch.where(confidence > 0, errors, torch.full_like(errors, float("nan")))
-        state = run.state.clone()
-        state.transl = state.transl + centre
-        return IKResult(state=state, points=run.points + centre.unsqueeze(1), errors=errors, loss=run.cost,
-                        smoothness=run.smoothness, iterations=run.iterations, converged=run.converged,
-                        method=self.method, retried=retried)
+        return targets, confidence, centre, state, held["pin"], held["hold"]
 
     def _smooth(self, stages: Sequence[Stage], batch: int) -> bool:
         """Whether the last stage couples frames through smoothness (no per-frame retries then)."""
@@ -350,10 +388,7 @@ class IKSolver:
         converged = torch.zeros(batch, dtype=torch.bool, device=model.device)
         problem = None
         for stage in stages:
-            _check_unknowns(stage.unknowns, model)
-            weights = dataclasses.replace(self.weights, **stage.weights)
-            _check_weights(weights)
-            problem = _Problem(self, targets, confidence, centre, state, stage, weights, pins, stay)
+            problem = Objective(self, targets, confidence, centre, state, stage, self._stage_weights(stage), pins, stay)
             if self.method == "lm":
                 with torch.inference_mode():
                     report = problem.solve_lm(dataclasses.replace(self.lm_options, max_iterations=stage.max_iterations))
@@ -367,7 +402,7 @@ class IKSolver:
         with torch.no_grad():
             every = torch.arange(batch, device=model.device)
             final = problem.evaluate(every, state, jacobian=False, output=problem.known_output(every))
-        smoothness = float(problem.sequence_smoothness(final.body_joints)) if problem.smooth else 0.0
+        smoothness = float(problem.sequence_cost(final.at)) if problem.smooth else 0.0
         return _Run(state, final.points, final.cost, smoothness, iterations, converged)
 
     # ----------------------------------------------------------------- retries
@@ -454,17 +489,25 @@ class IKSolver:
 
 @dataclass
 class _Evaluation:
-    cost: Tensor  # (b,) float64, without smoothness
+    cost: Tensor  # (b,) float64, without coupled terms (smoothness) unless asked for
     points: Tensor  # (b, K, 3)
+    at: At  # the intermediates the terms read (the body's forward, keypoints, their derivatives)
     residuals: Tensor | None = None  # (b, m)
     jacobian: Tensor | None = None  # (b, m, N)
-    body_joints: Tensor | None = None  # (b, 22, 3) in world coordinates, for smoothness
-    d_body_joints: Tensor | None = None  # (b, 22, 3, N)
-    output: BodyOutput | None = None  # the body's forward
+
+    @property
+    def output(self) -> BodyOutput:
+        return self.at.output
+
+    @property
+    def body_joints(self) -> Tensor | None:
+        return self.at.body_joints
 
 
-class _Problem:
-    """One stage: its unknowns' layout, objective, and the frames' current points (LM protocol)."""
+class Objective:
+    """One stage's objective: its parameter layout, its list of residual terms (core.ik_terms), and
+    the frames' current points; LM's protocol (linearize, try_step, accept) and the first-order
+    optimisers' loss both sum the same terms. Build one with IKSolver.objective()."""
 
     def __init__(self, solver: IKSolver, targets: Tensor, confidence: Tensor, centre: Tensor, state: IKState,
                  stage: Stage, weights: IKWeights, pins: _Held, stay: _Held) -> None:
@@ -474,7 +517,6 @@ class _Problem:
         self.solver, self.model, self.keypoints = solver, model, solver.keypoints
         self.prior = solver.prior if stage.prior else None
         self.targets, self.centre, self.weights = targets, centre, weights
-        self.confidence = confidence * weights.data
         self.state = state.clone()
         if "pose" in unknowns and solver.prior is not None:
             if self.prior is None:  # raw rotations: the latent no longer describes the pose
@@ -485,249 +527,101 @@ class _Problem:
         self.pins, self.stay = pins, stay
         if len(pins.ids):  # a start decoded from a latent shows the pinned joints as they were given
             self.state.rotations[:, pins.ids] = pins.rotations
-        limits = [(model.joint_names.index(name), axis, sign)
-                  for name, axis, sign in HYPEREXTENSION if name in model.joint_names]
-        self.limit_joints, self.limit_axes, self.limit_signs = (
-            torch.tensor(values, device=model.device) for values in zip(*limits))
-        self.limit_signs = self.limit_signs.to(model.dtype)
         self.smooth = weights.smoothness > 0 and targets.shape[0] >= 3
-        live = self._live_joints()
-        if len(pins.ids):
-            live[pins.ids] = False  # no unknowns: a pinned joint's rotation is fixed
-        self.raw_joints = {"hands": solver.hand_joints[live[solver.hand_joints]]}
-        if self.prior is None:
-            self.raw_joints["pose"] = torch.nonzero(live[BODY]).squeeze(1) + BODY.start
-        sizes = {"orient": 3, "transl": 3, "betas": model.num_betas,
-                 **{name: 3 * len(joints) for name, joints in self.raw_joints.items()}}
-        if self.prior is not None:
-            sizes["pose"] = self.prior.latent_dim
-        self.columns: dict[str, slice] = {}
-        for name in UNKNOWNS:
-            if name in unknowns:
-                start = sum(s.stop - s.start for s in self.columns.values())
-                self.columns[name] = slice(start, start + sizes[name])
-        self.size = sum(s.stop - s.start for s in self.columns.values())
-        self._moving_and_constant()
+        self.terms = self._terms(confidence, unknowns)
+        self.layout = Layout(model, self.prior, unknowns, self._live_joints(), solver.hand_joints, pins.ids,
+                             pins.rotations)
+        for term in self.terms:
+            term.layout = self.layout
+        self.columns, self.size = self.layout.columns, self.layout.size
         self.cost = torch.full((targets.shape[0],), float("nan"), dtype=torch.float64, device=model.device)
         self.outputs: BodyOutput | None = None  # the body's forward at accepted points, per frame
         self.known = torch.zeros(targets.shape[0], dtype=torch.bool, device=model.device)
-        self.body_world = None
-        if self.smooth:
+        every = torch.arange(targets.shape[0], device=model.device)
+        coupled = [term for term in self.terms if term.coupled]
+        if coupled:
             with torch.no_grad():
-                every = torch.arange(targets.shape[0], device=model.device)
-                self.body_world = self.evaluate(every, self.state, jacobian=False).body_joints
+                at = self.layout.linearise(self.keypoints, every, self.state, False, None, self.needs, centre)
+            for term in coupled:
+                term.start(at)
         self._trial: tuple[Tensor, IKState, _Evaluation] | None = None
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """The intermediates (see core.ik_terms.At) some term reads."""
+        return frozenset().union(*(term.needs for term in self.terms))
+
+    def _terms(self, confidence: Tensor, unknowns: tuple[str, ...]) -> list[Term]:
+        """The objective's terms for these weights, in the order their residuals are stacked."""
+        weights, state = self.weights, self.state
+        terms: list[Term] = [PointTargets(self.keypoints, self.targets, confidence * weights.data, weights.robust,
+                                          weights.robust_scale)]
+        if state.latent is not None and weights.latent > 0:
+            terms.append(IdentityPrior("latent", "latent", "pose", weights.latent))
+        if "betas" in unknowns and weights.betas > 0:
+            terms.append(IdentityPrior("betas", "betas", "betas", weights.betas))
+        if weights.joint_limits > 0:
+            terms.append(JointLimits(self.model, weights.joint_limits))
+        if len(self.stay.ids) and weights.stay > 0:
+            terms.append(Stay(self.stay.ids, self.stay.rotations, weights.stay))
+        if self.smooth:
+            terms.append(Smoothness(weights.smoothness))
+        return terms
 
     def _live_joints(self) -> Tensor:
         """(J,) bool: the joints whose rotation changes some term of the objective. Raw rotations
         get unknowns only there: a joint with no target below it (a wrist when the hands carry no
         target) would only add columns of zeros, which cost time in every product and factorisation."""
-        model, keypoints = self.model, self.keypoints
-        live = torch.zeros(model.num_joints, dtype=torch.bool, device=model.device)
-        if not keypoints.only_joints:  # skinned vertices: any joint may move them (pose correctives)
-            return ~live
-        parents = model.parents.tolist()
-        # A joint keypoint rides on its parent's segment (see KeypointSet's `local`): strict ancestors move it.
-        carried = set(keypoints.joint_ids.tolist()) | (set(range(NUM_BODY_JOINTS)) if self.smooth else set())
-        for joint in carried:
-            joint = parents[joint]
-            while joint >= 0:
-                live[joint] = True
-                joint = parents[joint]
-        live[self.stay.ids] = True
-        if self.weights.joint_limits > 0:
-            live[self.limit_joints] = True
+        live = torch.zeros(self.model.num_joints, dtype=torch.bool, device=self.model.device)
+        for term in self.terms:
+            joints = term.live_joints(self.model)
+            if joints is None:
+                return ~live
+            live |= joints
         return live
-
-    def _moving_and_constant(self) -> None:
-        """Joints whose rotation the unknowns move, and their local angular velocities where these do
-        not depend on the point (identity blocks of raw rotations)."""
-        columns, device, dtype = self.columns, self.model.device, self.model.dtype
-        moving = []
-        if "orient" in columns:
-            moving.append(torch.zeros(1, dtype=torch.long, device=device))
-        if "pose" in columns:
-            moving.append(self.raw_joints.get("pose", torch.arange(BODY.start, BODY.stop, device=device)))
-        if "hands" in columns:
-            moving.append(self.raw_joints["hands"])
-        self.moving = torch.cat(moving) if moving else torch.zeros(0, dtype=torch.long, device=device)
-        self.position = torch.full((self.model.num_joints,), -1, dtype=torch.long, device=device)
-        self.position[self.moving] = torch.arange(len(self.moving), device=device)
-        pinned = self.position[self.pins.ids]
-        self.pinned_positions = pinned[pinned >= 0]  # decoded by the prior, but held: no angular velocity
-        first_body = 1 if "orient" in columns else 0
-        self.body_positions = slice(first_body, first_body + NUM_BODY_JOINTS - 1)
-        constant = torch.zeros(len(self.moving), 3, self.size, dtype=dtype, device=device)
-        for name, joints in self.raw_joints.items():
-            if name in columns:
-                for k, joint in enumerate(joints.tolist()):
-                    start = columns[name].start + 3 * k
-                    constant[self.position[joint], :, start:start + 3] = torch.eye(3, dtype=dtype, device=device)
-        self.constant_angular = constant
 
     # ----------------------------------------------------------------- the objective
     def moved(self, rows: Tensor, step: Tensor) -> IKState:
         """The frames' points moved by step (b, N), differentiable in step."""
-        base, columns = self.state.select(rows), self.columns
-        rotations, latent, transl, betas = base.rotations, base.latent, base.transl, base.betas
-        if {"orient", "pose", "hands"} & set(columns):
-            rotations = rotations.clone()
-        if "orient" in columns:
-            rotations[:, 0] = axis_angle_to_matrix(step[:, columns["orient"]]) @ base.rotations[:, 0]
-        if "pose" in columns and self.prior is not None:
-            latent = latent + step[:, columns["pose"]]
-            rotations[:, BODY] = self.prior.decode_matrix(latent)
-            if len(self.pins.ids):
-                rotations[:, self.pins.ids] = self.pins.rotations[rows]
-        for name, joints in self.raw_joints.items():
-            if name in columns:
-                increments = axis_angle_to_matrix(step[:, columns[name]].unflatten(1, (-1, 3)))
-                rotations[:, joints] = base.rotations[:, joints] @ increments
-        if "transl" in columns:
-            transl = transl + step[:, columns["transl"]]
-        if "betas" in columns:
-            betas = betas + step[:, columns["betas"]]
-        return IKState(rotations, transl, latent, betas)
+        return self.layout.moved(self.state.select(rows), rows, step)
 
-    def evaluate(self, rows: Tensor, point: IKState, jacobian: bool, output: BodyOutput | None = None
-                 ) -> _Evaluation:
-        """Per-frame cost at `point` (the state of frames `rows`); with jacobian=True also the
-        residuals (IRLS-weighted for the robust data term) and their Jacobian. `output`: the
-        body's forward at `point` when already known."""
-        model, keypoints, weights = self.model, self.keypoints, self.weights
-        if output is None:
-            output = model.forward_rotations(point.rotations, point.betas, None, point.transl,
-                                             return_vertices=False, vertex_ids=keypoints.vertex_ids)
-        points = keypoints.points(output.joints, output.vertices, output.joint_rotations)
-        error = points - self.targets[rows]
-        rho, irls = _robust(weights.robust, weights.robust_scale, (error * error).sum(-1))
-        confidence = self.confidence[rows]
-        cost = 0.5 * (confidence * rho).sum(-1).double()
-        evaluation = _Evaluation(cost=cost, points=points, output=output)
-        if self.smooth:
-            evaluation.body_joints = output.joints[:, :NUM_BODY_JOINTS] + self.centre[rows].unsqueeze(1)
-        residuals, jacobians, local = [], [], None
-        if jacobian:
-            residuals.append(((confidence * irls).sqrt().unsqueeze(-1) * error).flatten(1))
-            local = self._local_angular(point)
-            world = output.joint_rotations[:, self.moving] @ local
-            joint_ids, levers = keypoints.joint_ids, keypoints.joint_points(output.joints, output.joint_rotations)
-            if self.smooth:
-                joint_ids = torch.cat([joint_ids, torch.arange(NUM_BODY_JOINTS, device=model.device)])
-                levers = torch.cat([levers, output.joints[:, :NUM_BODY_JOINTS]], dim=1)
-            corners, corner_maps = None, None
-            if not keypoints.only_joints:
-                corners, corner_maps = keypoints.corner_vertices(output.vertices), keypoints.corner_maps(output.vertices)
-            d_joints, d_corner_points = body_jacobians(
-                model, point.rotations, output.joint_rotations, output.joints, point.betas, self.moving, world,
-                num_columns=self.size, joint_ids=joint_ids, joint_points=levers, corner_ids=keypoints.corner_ids,
-                corner_vertices=corners, corner_maps=corner_maps, transl_columns=self.columns.get("transl"),
-                betas_columns=self.columns.get("betas"))
-            d_points = keypoints.points_jacobian(d_joints[:, : len(keypoints.joint_ids)], d_corner_points)
-            jacobians.append(((confidence * irls).sqrt()[..., None, None] * d_points).flatten(1, 2))
-            if self.smooth:
-                evaluation.d_body_joints = d_joints[:, len(keypoints.joint_ids):]
-        for value, derivative in self._prior_terms(rows, point, local):
-            cost = cost + 0.5 * (value * value).sum(-1).double()
-            residuals.append(value)
-            jacobians.append(derivative)
-        evaluation.cost = cost
+    def evaluate(self, rows: Tensor, point: IKState, jacobian: bool, output: BodyOutput | None = None,
+                 coupled: bool = False) -> _Evaluation:
+        """Per-frame cost at `point` (the state of frames `rows`); with jacobian=True also the stacked
+        residuals and their Jacobian. `output`: the body's forward at `point` when already known.
+        coupled: include the coupled terms (smoothness, neighbours held at their accepted points)."""
+        at = self.layout.linearise(self.keypoints, rows, point, jacobian, output, self.needs, self.centre)
+        cost, residuals, jacobians = None, [], []
+        for term in self.terms:
+            if term.coupled and not coupled:
+                continue
+            value = term.value(at)
+            cost = value.cost if cost is None else cost + value.cost
+            if jacobian:
+                residuals.append(value.residuals)
+                jacobians.append(value.jacobian)
+        evaluation = _Evaluation(cost, at.points, at)
         if jacobian:
             evaluation.residuals, evaluation.jacobian = torch.cat(residuals, 1), torch.cat(jacobians, 1)
         return evaluation
 
-    def _local_angular(self, point: IKState) -> Tensor:
-        """(b, M, 3, N): each moving joint's angular velocity in its own frame per unknown."""
-        local = self.constant_angular.expand(point.rotations.shape[0], -1, -1, -1).clone()
-        if "orient" in self.columns:  # exp(h) R = R exp(R^T h)
-            local[:, 0, :, self.columns["orient"]] = point.rotations[:, 0].transpose(-1, -2)
-        if "pose" in self.columns and self.prior is not None:
-            local[:, self.body_positions, :, self.columns["pose"]] = _decoder_angular(self.prior, point.latent)
-            if len(self.pinned_positions):
-                local[:, self.pinned_positions] = 0
-        return local
+    def term_values(self, step: Tensor | None = None, rows: Tensor | None = None, jacobian: bool = True
+                    ) -> dict[str, TermValue]:
+        """Each term's value at the frames `rows` (default all) moved by step (b, N) (default 0),
+        the others held: for checking and inspecting terms one at a time."""
+        if rows is None:
+            rows = torch.arange(self.targets.shape[0], device=self.model.device)
+        point = self.state.select(rows) if step is None else self.moved(rows, step)
+        at = self.layout.linearise(self.keypoints, rows, point, jacobian, None, self.needs, self.centre)
+        return {term.name: term.value(at) for term in self.terms}
 
-    def _prior_terms(self, rows: Tensor, point: IKState, local: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
-        """(residuals (b, m), Jacobian (b, m, N) or None) of the latent, shape, joint-limit and stay terms;
-        the Jacobian only when the local angular velocities are given."""
-        weights, columns = self.weights, self.columns
-        batch, dtype, device = point.rotations.shape[0], self.model.dtype, self.model.device
-        terms = []
-
-        def identity_term(value: Tensor, weight: float, name: str) -> None:
-            derivative = None
-            if local is not None:
-                derivative = value.new_zeros(batch, value.shape[1], self.size)
-                if name in columns:
-                    derivative[:, :, columns[name]] = weight ** 0.5 * torch.eye(value.shape[1], dtype=dtype, device=device)
-            terms.append((weight ** 0.5 * value, derivative))
-
-        if point.latent is not None and weights.latent > 0:
-            identity_term(point.latent, weights.latent, "pose")
-        if "betas" in columns and weights.betas > 0:
-            identity_term(point.betas, weights.betas, "betas")
-        if weights.joint_limits > 0:
-            ids, axes, signs = self.limit_joints, self.limit_axes, self.limit_signs
-            rotations = point.rotations[:, ids]
-            bend = signs * _skew_part(rotations).gather(-1, axes.view(1, -1, 1).expand(batch, -1, 1)).squeeze(-1)
-            # Active beyond a hair, so that round-off at a straight joint (the T-pose) never decides it.
-            active = (bend > 1e-9).to(dtype)
-            root = weights.joint_limits ** 0.5
-            derivative = None
-            if local is not None:  # d w / d w_local via dR = R [e_c]x
-                slopes = _skew_part(rotation_tangents(rotations)).gather(
-                    -1, axes.view(1, -1, 1, 1).expand(batch, -1, 3, 1)).squeeze(-1)  # (b, n, 3)
-                derivative = root * (signs.unsqueeze(-1) * slopes * active.unsqueeze(-1)).unsqueeze(-2)
-                derivative = (derivative @ self._select_angular(local, ids)).squeeze(-2)
-            terms.append((root * bend * active, derivative))
-        if len(self.stay.ids) and weights.stay > 0:
-            # 2 sqrt(2) sin(angle / 2) * axis of each held joint's turn from its start: 3 residuals
-            # per joint whose squares add up to ||R - R_start||^2 and grow all the way to 180 degrees.
-            turn = self.stay.rotations[rows].transpose(-1, -2) @ point.rotations[:, self.stay.ids]
-            sine = _skew_part(turn)  # sin(angle) * axis
-            cosine = 0.5 * (1 + turn.diagonal(dim1=-2, dim2=-1).sum(-1)).clamp_min(1e-12).sqrt()  # cos(angle / 2)
-            root = (8 * weights.stay) ** 0.5
-            derivative = None
-            if local is not None:  # d sine / d w_local, and d cos(angle / 2) / d w_local = -sine / (4 cos)
-                slopes = _skew_part(rotation_tangents(turn)).transpose(-1, -2)  # (b, P, 3, 3)
-                half = (slopes / (2 * cosine[..., None, None])
-                        + sine.unsqueeze(-1) * sine.unsqueeze(-2) / (8 * cosine[..., None, None] ** 3))
-                derivative = root * (half @ self._select_angular(local, self.stay.ids)).flatten(1, 2)
-            terms.append((root * (sine / (2 * cosine.unsqueeze(-1))).flatten(1), derivative))
-        return terms
-
-    def _select_angular(self, local: Tensor, joints: Tensor) -> Tensor:
-        """Local angular velocities (b, n, 3, N) of some joints; zero for joints that do not move."""
-        position = self.position[joints]
-        if not len(self.moving):  # e.g. a pinned root in a stage that turns nothing else
-            return local.new_zeros(local.shape[0], len(joints), 3, local.shape[-1])
-        picked = local[:, position.clamp_min(0)]
-        return picked * (position >= 0).to(local.dtype)[None, :, None, None]
-
-    # ----------------------------------------------------------------- smoothness (sequences)
-    def _frame_smoothness(self, rows: Tensor, body_joints: Tensor, d_body_joints: Tensor | None
-                          ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The acceleration terms that involve each frame, its neighbours held where they are:
-        cost (b,), residuals (b, 3 * 66) and their Jacobian (b, 198, N) or None."""
-        count = self.body_world.shape[0]
-        world = self.body_world.index_copy(0, rows, body_joints)
-        acceleration = world[:-2] - 2 * world[1:-1] + world[2:]  # centred at frames 1..count-2
-        offsets = torch.tensor([-1, 0, 1], device=rows.device)
-        centres = rows.unsqueeze(1) + offsets  # (b, 3)
-        valid = ((centres >= 1) & (centres <= count - 2)).to(body_joints.dtype)
-        root = self.weights.smoothness ** 0.5
-        value = root * acceleration[(centres - 1).clamp(0, count - 3)] * valid[..., None, None]  # (b, 3, 22, 3)
-        derivative = None
-        if d_body_joints is not None:
-            coefficient = torch.tensor([1.0, -2.0, 1.0], dtype=body_joints.dtype, device=rows.device)
-            derivative = root * (coefficient * valid)[..., None, None, None] * d_body_joints.unsqueeze(1)
-            derivative = derivative.flatten(1, 3)
-        return 0.5 * (value * value).flatten(1).sum(-1).double(), value.flatten(1), derivative
-
-    def sequence_smoothness(self, body_joints: Tensor) -> Tensor:
-        """The whole sequence's smoothness cost (first-order optimisers)."""
-        acceleration = body_joints[:-2] - 2 * body_joints[1:-1] + body_joints[2:]
-        return 0.5 * self.weights.smoothness * (acceleration * acceleration).sum()
+    def sequence_cost(self, at: At) -> Tensor:
+        """The coupled terms' cost over the whole batch (a scalar; `at` at every frame)."""
+        total = at.output.joints.new_zeros(())
+        for term in self.terms:
+            if term.coupled:
+                total = total + term.sequence_cost(at.body_joints)
+        return total
 
     # ----------------------------------------------------------------- LM protocol
     def known_output(self, rows: Tensor) -> BodyOutput | None:
@@ -750,41 +644,33 @@ class _Problem:
 
     def linearize(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         output = self.known_output(rows)  # accepted trial points need no new forward
-        evaluation = self.evaluate(rows, self.state.select(rows), jacobian=True, output=output)
+        evaluation = self.evaluate(rows, self.state.select(rows), jacobian=True, output=output, coupled=True)
         if output is None:
             self._remember(rows, evaluation.output)
-        cost, residuals, jacobian = evaluation.cost, evaluation.residuals, evaluation.jacobian
-        if self.smooth:
-            extra_cost, extra, extra_jacobian = self._frame_smoothness(rows, evaluation.body_joints,
-                                                                       evaluation.d_body_joints)
-            cost, residuals = cost + extra_cost, torch.cat([residuals, extra], 1)
-            jacobian = torch.cat([jacobian, extra_jacobian], 1)
-        self.cost[rows] = cost
-        return residuals, jacobian, cost
+        self.cost[rows] = evaluation.cost
+        return evaluation.residuals, evaluation.jacobian, evaluation.cost
 
     def try_step(self, rows: Tensor, step: Tensor) -> Tensor:
         point = self.moved(rows, step)
-        evaluation = self.evaluate(rows, point, jacobian=False)
-        cost = evaluation.cost
-        if self.smooth:
-            cost = cost + self._frame_smoothness(rows, evaluation.body_joints, None)[0]
+        evaluation = self.evaluate(rows, point, jacobian=False, coupled=True)
         self._trial = (rows, point, evaluation)
-        return cost
+        return evaluation.cost
 
     def accept(self, keep: Tensor) -> None:
         rows, point, evaluation = self._trial
         chosen = rows[keep]
         output = evaluation.output
-        self._remember(chosen, BodyOutput(output.joints[keep], None if output.vertices is None else output.vertices[keep],
-                                          output.joint_rotations[keep]))
+        vertices = None if output.vertices is None else output.vertices[keep]
+        self._remember(chosen, BodyOutput(output.joints[keep], vertices, output.joint_rotations[keep]))
         self.state.rotations[chosen] = point.rotations[keep]
         self.state.transl[chosen] = point.transl[keep]
         if point.latent is not None:
             self.state.latent[chosen] = point.latent[keep]
         if point.betas is not None and "betas" in self.columns:
             self.state.betas[chosen] = point.betas[keep]
-        if self.smooth:
-            self.body_world[chosen] = evaluation.body_joints[keep]
+        for term in self.terms:
+            if term.coupled:
+                term.accept(chosen, evaluation.at, keep)
 
     def solve_lm(self, options: LMOptions):
         frames = torch.arange(self.targets.shape[0], device=self.model.device)
@@ -799,12 +685,8 @@ class _Problem:
         step = torch.zeros(batch, self.size, dtype=self.model.dtype, device=self.model.device, requires_grad=True)
 
         def loss() -> Tensor:
-            point = self.moved(rows, step)
-            evaluation = self.evaluate(rows, point, jacobian=False)
-            total = evaluation.cost.sum().to(step.dtype)
-            if self.smooth:
-                total = total + self.sequence_smoothness(evaluation.body_joints)
-            return total / batch
+            evaluation = self.evaluate(rows, self.moved(rows, step), jacobian=False)
+            return (evaluation.cost.sum().to(step.dtype) + self.sequence_cost(evaluation.at)) / batch
 
         if method == "lbfgs":
             optimiser = torch.optim.LBFGS([step], lr=1.0, max_iter=options.lbfgs_iterations,
@@ -830,14 +712,7 @@ class _Problem:
         return iterations, stopped
 
 
-def _decoder_angular(prior: VPoser, latent: Tensor) -> Tensor:
-    """The decoded rotations' angular velocities (b, 21, 3, L) per latent unit, computed exactly at every
-    linearisation: the decoder is piecewise linear, but its units switch often enough along an IK's
-    steps that a secant-updated Jacobian costs more iterations than it saves. A cold start has every
-    frame at the same latent: one frame's Jacobian serves them all."""
-    if bool((latent == latent[:1]).all()):
-        return decoder_jacobian(prior, latent[:1])[1].expand(len(latent), -1, -1, -1)
-    return decoder_jacobian(prior, latent)[1]
+_Problem = Objective  # the name the tests of the stay and pin Jacobians know
 
 
 # --------------------------------------------------------------------------------------------
@@ -850,27 +725,6 @@ def _encode(prior: VPoser, rotations: Tensor) -> Tensor:
     latent = prior.encode(matrix_to_axis_angle(rotations[:, BODY]).flatten(1)).mean
     rotations[:, BODY] = prior.decode_matrix(latent)
     return latent
-
-
-def _robust(kind: str, scale: float, squared: Tensor) -> tuple[Tensor, Tensor]:
-    """rho(d^2) ~ d^2 near 0, and the IRLS weight rho'(d^2) that makes the weighted squares'
-    gradient equal rho's."""
-    if kind == "l2":
-        return squared, torch.ones_like(squared)
-    scale2 = scale * scale
-    if kind == "gm":  # Geman-McClure: bounded influence, ignores outliers beyond a few scales
-        return scale2 * squared / (scale2 + squared), (scale2 / (scale2 + squared)) ** 2
-    distance = squared.clamp_min(1e-30).sqrt()  # smooth-L1 (Huber): quadratic inside, linear beyond
-    inside = squared <= scale2
-    return (torch.where(inside, squared, 2 * scale * distance - scale2),
-            torch.where(inside, torch.ones_like(squared), scale / distance))
-
-
-def _skew_part(rotations: Tensor) -> Tensor:
-    """(..., 3, 3) -> (..., 3): sin(angle) * axis, the vector of (R - R^T) / 2."""
-    return 0.5 * torch.stack([rotations[..., 2, 1] - rotations[..., 1, 2],
-                              rotations[..., 0, 2] - rotations[..., 2, 0],
-                              rotations[..., 1, 0] - rotations[..., 0, 1]], dim=-1)
 
 
 def _align(keypoints: KeypointSet, state: IKState, targets: Tensor, confidence: Tensor) -> None:
