@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .cameras import CAMERA_UNKNOWNS, Cameras, camera_columns
 from .errors import VPoserError
+from .ik_terms import ROBUST, robust_loss
 
 
 class ReprojectionError(VPoserError):
@@ -62,8 +63,6 @@ class Reprojection:
         if tuple(confidence.shape) != tuple(pixels.shape[:-1]):
             raise ReprojectionError(f"2D keypoints: confidence of shape {tuple(confidence.shape)} does not match "
                                     f"pixels {tuple(pixels.shape)}")
-        from .ik import ROBUST  # at call time: core.ik will itself import the residual terms
-
         if robust not in ROBUST:
             raise ReprojectionError(f"2D keypoints: robust must be one of {ROBUST}, got {robust!r}")
         if not scale > 0 or not weight >= 0:
@@ -141,11 +140,3 @@ class Reprojection:
         index = torch.arange(views, device=d_camera.device)
         block[:, index, :, :, index] = d_camera.permute(1, 0, 2, 3, 4)
         return block.flatten(1, 3).flatten(2)
-
-
-def robust_loss(kind: str, scale: float, squared: Tensor) -> tuple[Tensor, Tensor]:
-    """rho(d^2) and its IRLS weight rho'(d^2): core.ik's robust kernels, one source of truth (imported
-    at call time: core.ik will itself import the residual terms)."""
-    from .ik import _robust
-
-    return _robust(kind, scale, squared)
