@@ -61,6 +61,8 @@ def bvh_targets(motion: BVHMotion, preset: SkeletonPreset | str | dict, model: B
     """Targets from a BVH clip (its rest as the preset says, see source_rest), see skeleton_targets."""
     preset = load_preset(preset)
     frames = np.arange(motion.num_frames) if frames is None else np.asarray(frames)
+    if len(frames) == 0:
+        raise RetargetError(f"{motion.source}: the clip has no frames")
     rotations, positions = forward_kinematics(motion, frames=frames)
     rest, rest_rotations = source_rest(motion, preset)
     return skeleton_targets(preset, motion.names, rest, rest_rotations, rotations, positions, model,
