@@ -48,7 +48,7 @@ from tqdm import tqdm
 SETTINGS_KEY = "batch_settings"  # npz key: the settings hash an output was made with
 REPORT_NAME = "report.jsonl"
 FORMAT = 1  # bump when the outputs of the same settings change meaning
-RAY_INSTALL = "pip install 'ray[default]>=2.9' (or the project's extra: pip install '.[cluster]')"
+RAY_INSTALL = "pip install 'ray>=2.9' (or the project's extra: pip install '.[cluster]')"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 
@@ -483,8 +483,11 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
 def check_runner_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
-    if args.ray is not None and importlib.util.find_spec("ray") is None:
-        parser.error(f"--ray needs Ray, which is not installed: {RAY_INSTALL}")
+    if args.ray is not None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            parser.error(f"--ray needs Ray, which is not installed: {RAY_INSTALL}")
 
 
 def print_summary(result: BatchResult, report: Path, log: Callable[[str], None]) -> None:

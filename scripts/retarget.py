@@ -193,13 +193,13 @@ def is_batch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
 def run_library(args: argparse.Namespace) -> int:
     """Retarget every clip of args.input into args.out_dir; prints a JSON summary, returns 1 when
     some clip failed."""
-    try:
-        tasks = plan(args.input, args.out_dir, (".bvh", ".c3d"), "_poses.npz")
-    except BatchError as error:
-        raise SystemExit(f"error: {error}") from None
     settings = {key: value for key, value in vars(args).items() if key not in BATCH_ONLY}
     job = ScriptJob(str(Path(__file__).resolve()), "retarget_clip", settings)
-    result = run_batch(tasks, job, settings_hash(settings), args.out_dir, args.workers, args.ray)
+    try:
+        tasks = plan(args.input, args.out_dir, (".bvh", ".c3d"), "_poses.npz")
+        result = run_batch(tasks, job, settings_hash(settings), args.out_dir, args.workers, args.ray)
+    except BatchError as error:
+        raise SystemExit(f"error: {error}") from None
     report = args.out_dir / REPORT_NAME
     print_summary(result, report, lambda line: print(line, file=sys.stderr))
     print(json.dumps(result.summary(report), indent=1))
