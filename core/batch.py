@@ -91,13 +91,15 @@ class BatchResult:
     backend: str = "inline"  # where the clips ran: inline (this process), processes or ray
     workers: int = 1
     failures: list[dict[str, Any]] = field(default_factory=list)
+    startup_seconds: float = 0.0  # of `seconds`, spent starting or joining a Ray cluster
 
     def summary(self, report: Path) -> dict[str, Any]:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         return {"clips": len(self.records), "written": self.written, "skipped": self.skipped,
                 "failed": self.failed, "frames": self.frames, "seconds": round(self.seconds, 3),
                 "clips_per_s": round(rate, 3), "frames_per_s": round(self.frames / self.seconds, 1) if self.seconds else 0.0,
-                "backend": self.backend, "workers": self.workers, "report": str(report),
+                "backend": self.backend, "workers": self.workers, "startup_seconds": round(self.startup_seconds, 3),
+                "report": str(report),
                 "failures": self.failures}
 
 
@@ -254,11 +256,13 @@ class ScriptJob:
 def run_task(job: Callable, task: Task) -> Outcome:
     """Run one clip, turning any failure into an error message (the batch goes on)."""
     torch.set_num_threads(1)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         arrays, info = job(Path(task.input))
         if len(arrays) != len(task.outputs):
             raise BatchError(f"the job gave {len(arrays)} outputs for {len(task.outputs)} files")
+        # CPU seconds as well as wall: on a shared machine only the CPU time measures the clip's cost
+        info = {**info, "cpu_seconds": round(time.process_time() - cpu, 3)}
         return Outcome(task.name, arrays, info, None, time.perf_counter() - start)
     except (Exception, SystemExit) as error:  # noqa: BLE001 - one clip's failure must not end the batch
         return Outcome(task.name, None, {}, error_message(error), time.perf_counter() - start)
@@ -333,7 +337,8 @@ def _process_pool(job: Callable, tasks: Sequence[Task], workers: int) -> Iterato
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ray(job: Callable, tasks: Sequence[Task], workers: int, address: str | None) -> Iterator[Outcome]:
+def _ray(job: Callable, tasks: Sequence[Task], workers: int, address: str | None,
+         result: BatchResult) -> Iterator[Outcome]:
     """Clips as Ray tasks (one CPU each), results taken as they finish. No address: Ray's local
     cluster with `workers` CPUs; else ray.init(address), whose nodes read the inputs and the
     project at the driver's paths."""
@@ -342,12 +347,18 @@ def _ray(job: Callable, tasks: Sequence[Task], workers: int, address: str | None
     except ImportError:
         raise BatchError(f"--ray needs Ray, which is not installed: {RAY_INSTALL}") from None
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    if address:
-        options["runtime_env"] = {"env_vars": {"PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}${{PYTHONPATH}}"}}
-        ray.init(address=address, **options)
-    else:
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-        ray.init(num_cpus=workers, **options)
+    start = time.perf_counter()
+    try:
+        if address:  # the project at this path on every node, before whatever the nodes have
+            options["runtime_env"] = {"env_vars": {"PYTHONPATH": f"{PROJECT_ROOT}{os.pathsep}${{PYTHONPATH}}"}}
+            ray.init(address=address, **options)
+        else:  # the local cluster's workers inherit this environment
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+            ray.init(num_cpus=workers, **options)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise BatchError(f"cannot {'join the Ray cluster at ' + address if address else 'start a local Ray cluster'}: "
+                         f"{error}") from None
+    result.startup_seconds = time.perf_counter() - start
     try:
         remote = ray.remote(num_cpus=1)(run_task)
         job_ref = ray.put(job)
@@ -410,7 +421,7 @@ def run_batch(tasks: Sequence[Task], job: Callable, digest: str, out_dir: Path, 
     by_name = {task.name: task for task in todo}
     start = time.perf_counter()
     if ray_address is not None:
-        result.backend, outcomes = "ray", _ray(job, todo, workers, ray_address or None)
+        result.backend, outcomes = "ray", _ray(job, todo, workers, ray_address or None, result)
     elif workers > 1 and len(todo) > 1:
         result.backend, outcomes = "processes", _process_pool(job, todo, min(workers, len(todo)))
     else:
