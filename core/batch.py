@@ -2,8 +2,9 @@
 Ray cluster.
 
 The driver (the process the user started) plans the tasks, skips clips already done, hands the
-rest to workers, and alone writes what comes back: every output file, atomically (a temporary
-name, then a rename), and one line per clip in OUT_DIR/report.jsonl. Workers only read inputs and
+rest to workers (largest inputs first), and alone writes what comes back: every output file,
+compressed by the worker and written here atomically (a temporary name, then a rename), and one
+line per clip in OUT_DIR/report.jsonl. Workers only read inputs and
 compute, so a cluster needs the inputs (and the project) at the same path on every node, but no
 shared output folder.
 
@@ -26,6 +27,7 @@ import argparse
 import glob
 import hashlib
 import importlib.util
+import io
 import json
 import logging
 import multiprocessing
@@ -69,10 +71,11 @@ class Task:
 
 @dataclass
 class Outcome:
-    """What a worker sends back for a task: arrays per output, or an error message."""
+    """What a worker sends back for a task: each output's .npz bytes (compressed in the worker, so
+    the driver only writes files), or an error message."""
 
     name: str
-    arrays: list[dict[str, np.ndarray]] | None
+    files: list[bytes] | None
     info: dict[str, Any]
     error: str | None
     seconds: float
@@ -209,17 +212,24 @@ def is_done(task: Task, digest: str) -> bool:
     return all(output_settings(output) == digest for output in task.outputs)
 
 
-def write_atomic(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write an .npz under a temporary name beside `path`, then rename it: a reader (or a resumed
-    run) sees the whole file or none. np.savez_compressed writes the same bytes for the same
-    arrays (fixed member times), so a redone clip reproduces its file exactly."""
+def npz_bytes(arrays: Mapping[str, np.ndarray], digest: str) -> bytes:
+    """An output's file: its arrays and the settings hash, compressed. np.savez_compressed writes
+    the same bytes for the same arrays (fixed member times), so a redone clip reproduces its file."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays, **{SETTINGS_KEY: np.array(digest)})
+    return buffer.getvalue()
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write a file under a temporary name beside `path`, then rename it: a reader (or a resumed
+    run) sees the whole file or none."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f".{path.name}.part")
     with open(part, "wb") as file:
-        np.savez_compressed(file, **arrays)
+        file.write(data)
         file.flush()
-        os.fsync(file.fileno())
+        os.fsync(file.fileno())  # the rename must not reach the disk before the data
     os.replace(part, path)
 
 
@@ -253,7 +263,7 @@ class ScriptJob:
         return getattr(module, self.function)(path, self.settings)
 
 
-def run_task(job: Callable, task: Task) -> Outcome:
+def run_task(job: Callable, task: Task, digest: str) -> Outcome:
     """Run one clip, turning any failure into an error message (the batch goes on)."""
     torch.set_num_threads(1)
     start, cpu = time.perf_counter(), time.process_time()
@@ -263,7 +273,8 @@ def run_task(job: Callable, task: Task) -> Outcome:
             raise BatchError(f"the job gave {len(arrays)} outputs for {len(task.outputs)} files")
         # CPU seconds as well as wall: on a shared machine only the CPU time measures the clip's cost
         info = {**info, "cpu_seconds": round(time.process_time() - cpu, 3)}
-        return Outcome(task.name, arrays, info, None, time.perf_counter() - start)
+        files = [npz_bytes(output, digest) for output in arrays]
+        return Outcome(task.name, files, info, None, time.perf_counter() - start)
     except (Exception, SystemExit) as error:  # noqa: BLE001 - one clip's failure must not end the batch
         return Outcome(task.name, None, {}, error_message(error), time.perf_counter() - start)
 
@@ -282,9 +293,9 @@ def error_message(error: BaseException) -> str:
 # Backends: each yields Outcomes as clips finish
 
 
-def _inline(job: Callable, tasks: Sequence[Task]) -> Iterator[Outcome]:
+def _inline(job: Callable, tasks: Sequence[Task], digest: str) -> Iterator[Outcome]:
     for task in tasks:
-        yield run_task(job, task)
+        yield run_task(job, task, digest)
 
 
 def _init_process(parent: int) -> None:
@@ -300,7 +311,7 @@ def _init_process(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _process_pool(job: Callable, tasks: Sequence[Task], workers: int) -> Iterator[Outcome]:
+def _process_pool(job: Callable, tasks: Sequence[Task], digest: str, workers: int) -> Iterator[Outcome]:
     """Clips in `workers` local processes, at most two per worker queued. A worker that dies
     (killed, out of memory) breaks the pool: the clips it held are reported, a fresh pool takes
     the rest."""
@@ -317,7 +328,7 @@ def _process_pool(job: Callable, tasks: Sequence[Task], workers: int) -> Iterato
                 while (queue and not broken) or running:
                     while queue and not broken and len(running) < 2 * workers:
                         try:
-                            running[pool.submit(run_task, job, queue[-1])] = queue[-1]
+                            running[pool.submit(run_task, job, queue[-1], digest)] = queue[-1]
                         except BrokenProcessPool:
                             broken = True
                             break
@@ -337,7 +348,7 @@ def _process_pool(job: Callable, tasks: Sequence[Task], workers: int) -> Iterato
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ray(job: Callable, tasks: Sequence[Task], workers: int, address: str | None,
+def _ray(job: Callable, tasks: Sequence[Task], digest: str, workers: int, address: str | None,
          result: BatchResult) -> Iterator[Outcome]:
     """Clips as Ray tasks (one CPU each), results taken as they finish. No address: Ray's local
     cluster with `workers` CPUs; else ray.init(address), whose nodes read the inputs and the
@@ -354,15 +365,16 @@ def _ray(job: Callable, tasks: Sequence[Task], workers: int, address: str | None
             ray.init(address=address, **options)
         else:  # the local cluster's workers inherit this environment
             os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-            ray.init(num_cpus=workers, **options)
+            ray.init(address="local", num_cpus=workers, **options)  # a new one, even where `ray start` ran
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise BatchError(f"cannot {'join the Ray cluster at ' + address if address else 'start a local Ray cluster'}: "
                          f"{error}") from None
     result.startup_seconds = time.perf_counter() - start
+    result.workers = int(ray.cluster_resources().get("CPU", workers))  # a cluster's CPUs, not this machine's
     try:
         remote = ray.remote(num_cpus=1)(run_task)
         job_ref = ray.put(job)
-        pending = {remote.remote(job_ref, task): task for task in tasks}
+        pending = {remote.remote(job_ref, task, digest): task for task in tasks}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
@@ -413,7 +425,9 @@ def run_batch(tasks: Sequence[Task], job: Callable, digest: str, out_dir: Path, 
     out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir / REPORT_NAME
     earlier = read_report(report)
-    todo = [task for task in tasks if not is_done(task, digest)]
+    # Largest inputs first: the last clips to finish are then short ones, so no long clip runs
+    # alone at the end while the other workers idle.
+    todo = sorted((task for task in tasks if not is_done(task, digest)), key=lambda task: -_input_size(task))
     waiting = {task.name for task in todo}
     kept = [earlier.get(task.name) or _record(task, None) for task in tasks if task.name not in waiting]
     result = BatchResult(records=list(kept), skipped=len(kept), workers=workers)
@@ -421,11 +435,11 @@ def run_batch(tasks: Sequence[Task], job: Callable, digest: str, out_dir: Path, 
     by_name = {task.name: task for task in todo}
     start = time.perf_counter()
     if ray_address is not None:
-        result.backend, outcomes = "ray", _ray(job, todo, workers, ray_address or None, result)
+        result.backend, outcomes = "ray", _ray(job, todo, digest, workers, ray_address or None, result)
     elif workers > 1 and len(todo) > 1:
-        result.backend, outcomes = "processes", _process_pool(job, todo, min(workers, len(todo)))
+        result.backend, outcomes = "processes", _process_pool(job, todo, digest, min(workers, len(todo)))
     else:
-        result.backend, outcomes = "inline", _inline(job, todo)
+        result.backend, outcomes = "inline", _inline(job, todo, digest)
     quiet = not progress or not todo
     monitor, tqdm.monitor_interval = tqdm.monitor_interval, 0  # no bar thread: workers may be forked
     with open(report, "a", encoding="utf-8") as lines, \
@@ -436,8 +450,8 @@ def run_batch(tasks: Sequence[Task], job: Callable, digest: str, out_dir: Path, 
             task = by_name[outcome.name]
             if outcome.error is None:
                 try:
-                    for output, arrays in zip(task.outputs, outcome.arrays or []):
-                        write_atomic(output, {**arrays, SETTINGS_KEY: np.array(digest)})
+                    for output, data in zip(task.outputs, outcome.files or []):
+                        write_atomic(output, data)
                 except OSError as error:
                     outcome.error = f"cannot write the output: {error}"
             record = _record(task, outcome)
@@ -456,6 +470,13 @@ def run_batch(tasks: Sequence[Task], job: Callable, digest: str, out_dir: Path, 
             frame_bar.update(int(outcome.info.get("frames", 0)))
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _input_size(task: Task) -> int:
+    try:
+        return os.path.getsize(task.input)
+    except OSError:  # reported when the clip runs
+        return 0
 
 
 def _record(task: Task, outcome: Outcome | None) -> dict[str, Any]:
