@@ -271,9 +271,9 @@ def run_task(job: Callable, task: Task, digest: str) -> Outcome:
         arrays, info = job(Path(task.input))
         if len(arrays) != len(task.outputs):
             raise BatchError(f"the job gave {len(arrays)} outputs for {len(task.outputs)} files")
+        files = [npz_bytes(output, digest) for output in arrays]
         # CPU seconds as well as wall: on a shared machine only the CPU time measures the clip's cost
         info = {**info, "cpu_seconds": round(time.process_time() - cpu, 3)}
-        files = [npz_bytes(output, digest) for output in arrays]
         return Outcome(task.name, files, info, None, time.perf_counter() - start)
     except (Exception, SystemExit) as error:  # noqa: BLE001 - one clip's failure must not end the batch
         return Outcome(task.name, None, {}, error_message(error), time.perf_counter() - start)

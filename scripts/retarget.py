@@ -76,7 +76,7 @@ def load_targets(args: argparse.Namespace, model: BodyModel) -> ClipTargets:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", metavar="INPUT", nargs="+",
+    parser.add_argument("input", metavar="INPUT", nargs="*",  # one at least, checked in is_batch (see --ray)
                         help="a .bvh or .c3d clip; or, with --out-dir, folders (searched recursively), clips and glob patterns")
     parser.add_argument("--out", type=Path, help="AMASS-style .npz to write (default: INPUT_poses.npz in the current folder)")
     parser.add_argument("--out-dir", type=Path, help="batch: one OUT_DIR/<relative path>/<name>_poses.npz per clip "
@@ -178,6 +178,8 @@ def is_batch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
     if args.ray and (Path(args.ray).exists() or Path(args.ray).suffix.lower() in (".bvh", ".c3d")):
         args.input.insert(0, args.ray)  # "--ray FOLDER ...": the folder is an input, Ray's local cluster meant
         args.ray = ""
+    if not args.input:
+        parser.error("the following arguments are required: INPUT")
     single = len(args.input) == 1 and not Path(args.input[0]).is_dir() and not glob.has_magic(args.input[0])
     if args.out_dir is None:
         if not single:
