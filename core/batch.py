@@ -311,41 +311,59 @@ def _init_process(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+WORKER_DIED = "its worker process died (killed, or out of memory?) while converting this clip"
+
+
 def _process_pool(job: Callable, tasks: Sequence[Task], digest: str, workers: int) -> Iterator[Outcome]:
     """Clips in `workers` local processes, at most two per worker queued. A worker that dies
-    (killed, out of memory) breaks the pool: the clips it held are reported, a fresh pool takes
-    the rest."""
+    breaks the pool and every clip in flight with it: a fresh pool goes on, and the clips that
+    were in flight are first retried one at a time, so that only the clip that kills its worker
+    is reported."""
     # Linux: fork, the workers start at once with the driver's imports (spawn re-imports torch and
     # the script in each worker: seconds per worker); the driver has no other threads then.
     context = multiprocessing.get_context(os.environ.get("VPOSER_BATCH_START", START_METHOD))
-    queue = list(reversed(tasks))
-    while queue:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_process,
-                                 initargs=(os.getpid(),)) as pool:
-            running: dict[Future, Task] = {}
-            broken = False
-            try:
-                while (queue and not broken) or running:
-                    while queue and not broken and len(running) < 2 * workers:
-                        try:
-                            running[pool.submit(run_task, job, queue[-1], digest)] = queue[-1]
-                        except BrokenProcessPool:
-                            broken = True
-                            break
-                        queue.pop()
-                    if not running:
+    queue, suspects = list(reversed(tasks)), []
+    while queue or suspects:
+        if suspects:
+            lost: list[Task] = []
+            yield from _pool_pass(context, job, [suspects.pop()], digest, 1, lost)
+            yield from (Outcome(task.name, None, {}, WORKER_DIED, 0.0) for task in lost)
+        else:
+            yield from _pool_pass(context, job, queue, digest, workers, suspects)
+
+
+def _pool_pass(context: Any, job: Callable, queue: list[Task], digest: str, workers: int,
+               lost: list[Task]) -> Iterator[Outcome]:
+    """Run the queue's tasks (taken from its end) in a fresh pool until it is empty or a worker
+    dies; then the tasks in flight without a result go to `lost`."""
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_process,
+                             initargs=(os.getpid(),)) as pool:
+        running: dict[Future, Task] = {}
+        broken = False
+        try:
+            while (queue or running) and not broken:
+                while queue and len(running) < 2 * workers:
+                    try:
+                        running[pool.submit(run_task, job, queue[-1], digest)] = queue[-1]
+                    except BrokenProcessPool:
+                        broken = True
                         break
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        task = running.pop(future)
-                        try:
-                            yield future.result()
-                        except BrokenProcessPool:
-                            broken = True
-                            yield Outcome(task.name, None, {}, "a worker process died while this clip was in "
-                                          "flight (out of memory?); rerun to retry it", 0.0)
-            finally:  # stopped early (Ctrl-C): drop the queued clips, let the running ones end
-                pool.shutdown(wait=True, cancel_futures=True)
+                    queue.pop()
+                done, _ = wait(running, return_when=FIRST_COMPLETED) if not broken else (set(running), None)
+                for future in done:
+                    if future.exception() is not None:  # only BrokenProcessPool: run_task catches the rest
+                        broken = True
+                        continue
+                    yield future.result()
+                    del running[future]
+            if broken:  # the finished ones were yielded; what is left was in flight when a worker died
+                for future, task in running.items():
+                    if future.done() and future.exception() is None:
+                        yield future.result()
+                    else:
+                        lost.append(task)
+        finally:  # stopped early (Ctrl-C): drop the queued clips, let the running ones end
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ray(job: Callable, tasks: Sequence[Task], digest: str, workers: int, address: str | None,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.batch import SETTINGS_KEY, BatchError, Task, plan, run_batch, settings_hash
+from core.batch import SETTINGS_KEY, WORKER_DIED, BatchError, ScriptJob, Task, plan, run_batch, settings_hash
 from core.pose_files import load_pose_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,6 +149,37 @@ def test_ray_gives_the_process_pool_outputs(tmp_path, pool_run):
     assert summary["backend"] == "ray" and summary["written"] == len(good)
     assert outputs(out) == outputs(reference)
     assert sorted(line["clip"] for line in report_lines(out)) == sorted(good)
+
+
+CRASHING_JOB = """
+import os
+import time
+import numpy as np
+
+def convert(path, settings):
+    if path.stem == settings["crash"]:
+        time.sleep(0.2)
+        os._exit(3)  # as a worker killed for memory
+    time.sleep(0.5)  # the other worker's clip, and the queued ones, are in flight when it dies
+    return [{"name_length": np.array(len(path.stem))}], {"frames": 1}
+"""
+
+
+def test_a_dying_worker_costs_only_its_clip(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(CRASHING_JOB)
+    tasks = []
+    for name in ("ccc", "a", "bb", "dddd", "eeeee", "ffffff", "g"):
+        (tmp_path / f"{name}.bvh").write_text("")
+        tasks.append(Task(f"{name}.bvh", str(tmp_path / f"{name}.bvh"), (str(tmp_path / "out" / f"{name}.npz"),)))
+    result = run_batch(tasks, ScriptJob(str(script), "convert", {"crash": "ccc"}), "digest", tmp_path / "out",
+                       workers=2, progress=False)
+    assert (result.written, result.failed) == (6, 1)  # the clips in flight beside it were retried
+    assert result.failures == [{"input": str(tmp_path / "ccc.bvh"), "error": WORKER_DIED}]
+    for task in tasks:
+        if task.name != "ccc.bvh":
+            assert int(np.load(task.outputs[0])["name_length"]) == len(Path(task.name).stem)
+    assert sorted(line["clip"] for line in report_lines(tmp_path / "out")) == sorted(t.name for t in tasks)
 
 
 def test_without_ray_the_message_says_how_to_install_it(tmp_path, monkeypatch):
