@@ -320,8 +320,10 @@ def _process_pool(job: Callable, tasks: Sequence[Task], digest: str, workers: in
     were in flight are first retried one at a time, so that only the clip that kills its worker
     is reported."""
     # Linux: fork, the workers start at once with the driver's imports (spawn re-imports torch and
-    # the script in each worker: seconds per worker); the driver has no other threads then.
-    context = multiprocessing.get_context(os.environ.get("VPOSER_BATCH_START", START_METHOD))
+    # the script in each worker: seconds per worker). Only from a single-threaded driver (as the
+    # scripts are): a fork copies no other thread, nor can it release the locks they hold.
+    method = START_METHOD if threading.active_count() == 1 else "spawn"
+    context = multiprocessing.get_context(method)
     queue, suspects = list(reversed(tasks)), []
     while queue or suspects:
         if suspects:
