@@ -138,14 +138,20 @@ def load_pose_file(path: str | Path) -> PoseSequence:
     return PoseSequence(poses=poses, trans=trans, betas=betas, gender=gender, framerate=framerate)
 
 
-def save_pose_file(path: str | Path, sequence: PoseSequence, **extra: np.ndarray | str | float) -> None:
-    """Write an AMASS-style `.npz` that AMASS tools and `load_pose_file` read back."""
-    np.savez_compressed(
-        path,
-        poses=sequence.poses.astype(np.float32),
-        trans=sequence.trans.astype(np.float32),
-        betas=sequence.betas.astype(np.float32),
-        gender=np.array(sequence.gender),
-        mocap_framerate=np.array(sequence.framerate),
+def pose_arrays(sequence: PoseSequence, **extra: np.ndarray | str | float) -> dict[str, np.ndarray]:
+    """The arrays of an AMASS-style `.npz` (float32 motion, as AMASS stores it), in file order."""
+    return {
+        "poses": sequence.poses.astype(np.float32),
+        "trans": sequence.trans.astype(np.float32),
+        "betas": sequence.betas.astype(np.float32),
+        "gender": np.array(sequence.gender),
+        "mocap_framerate": np.array(sequence.framerate),
         **{key: np.asarray(value) for key, value in extra.items()},
-    )
+    }
+
+
+def save_pose_file(path: str | Path, sequence: PoseSequence, **extra: np.ndarray | str | float) -> None:
+    """Write an AMASS-style `.npz` that AMASS tools and `load_pose_file` read back. `path` may also
+    be an open binary file. numpy stamps every member with zip's fixed earliest time, not the clock,
+    so the same arrays give the same bytes (resumed batch runs rely on it, tests/core/test_batch.py)."""
+    np.savez_compressed(path, **pose_arrays(sequence, **extra))

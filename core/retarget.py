@@ -70,6 +70,8 @@ def bvh_targets(motion: BVHMotion, preset: SkeletonPreset | str | dict, model: B
     preset "auto": the built-in preset found from the joint names (core.mocap.skeletons.detect_preset)."""
     preset = _preset_for(preset, motion.names, motion.source)
     frames = np.arange(motion.num_frames) if frames is None else np.asarray(frames)
+    if len(frames) == 0:
+        raise RetargetError(f"{motion.source}: the clip has no frames")
     rotations, positions = forward_kinematics(motion, frames=frames)
     rest, rest_rotations = source_rest(motion, preset)
     return skeleton_targets(preset, motion.names, rest, rest_rotations, rotations, positions, model,

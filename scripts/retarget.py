@@ -6,6 +6,7 @@
     python scripts/retarget.py TAKE2.c3d --calibration subject.json        # reused for another take
     python scripts/retarget.py CLIP.bvh --blend clip.blend        # also a Blender scene and a preview PNG
     python scripts/retarget.py CLIP.bvh --character HERO.bvh --out clip_on_hero.bvh   # onto a character's skeleton
+    python scripts/retarget.py LIBRARY/ --fps 30 --out-dir poses/ [--workers N | --ray[=ADDRESS]]
 
 A BVH clip is read at --fps (default: its own rate), its joints mapped to the body by the skeleton
 preset (cmu, cmu_daz, mixamo, smpl_like, or a JSON file), and each frame solved from the rotation transfer
@@ -34,15 +35,23 @@ The report adds character_map (body joint -> bones), character_scale (character 
 metre), limb_direction_deg (mean angle between the source's limbs and the character's; the solved
 body's for C3D), limb_direction_body_deg (the character's against the solved body's) and
 end_rotation_deg (hands and feet against the source's, BVH sources).
+
+With --out-dir it converts a library (folders, searched recursively, clips or glob patterns): one
+OUT_DIR/<relative path>/<name>_poses.npz per clip, OUT_DIR/report.jsonl with one line per clip
+(frames, mpjpe_mm, seconds, or the error), a JSON summary on stdout, exit status 1 when some clip
+failed. Clips already done with the same settings are skipped, so a stopped run resumes (see
+core/batch.py and docs/scaling.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import glob
 import json
 import sys
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,9 +61,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from core.body_model import BodyModel  # noqa: E402
+from core.batch import (REPORT_NAME, BatchError, ScriptJob, add_runner_arguments, check_runner_arguments,  # noqa: E402
+                        plan, print_summary, run_batch, settings_hash)
 from blender_scene import blender_output_to_stderr  # noqa: E402
 from character_file import is_armature_file, load_character  # noqa: E402
+from core.body_model import BodyModel  # noqa: E402
 from core.character import (  # noqa: E402
     CharacterSkeleton,
     armature_bvh,
@@ -64,16 +75,17 @@ from core.character import (  # noqa: E402
     clip_agreement,
     limb_direction_errors,
 )
+from core.markers import read_calibration  # noqa: E402
 from core.mocap.bvh import read_bvh, write_bvh  # noqa: E402
+from core.mocap.c3d import read_c3d, to_model_space  # noqa: E402
 from core.mocap.skeletons import detect_preset  # noqa: E402
 from core.mocap.transfer import skeleton_fk  # noqa: E402
 from core.rotations import axis_angle_to_matrix  # noqa: E402
-from core.mocap.c3d import read_c3d, to_model_space  # noqa: E402
 from core.mocap.convert import subsample_indices  # noqa: E402
-from core.pose_files import PoseSequence, save_pose_file  # noqa: E402
-from core.retarget import ClipTargets, Retarget, RetargetOptions, bvh_targets, marker_targets  # noqa: E402
-from core.markers import read_calibration  # noqa: E402
-from core.vposer import load_default_vposer, load_vposer  # noqa: E402
+from core.pose_files import PoseSequence, pose_arrays, save_pose_file  # noqa: E402
+from core.retarget import (ClipTargets, Retarget, RetargetOptions, RetargetResult, bvh_targets,  # noqa: E402
+                           marker_targets)
+from core.vposer import VPoser, load_default_vposer, load_vposer  # noqa: E402
 
 DEFAULT_LAYOUT = REPO / "core" / "data" / "markers_plugin_gait_open.json"
 
@@ -176,10 +188,13 @@ def marker_report(targets: ClipTargets, result: Any, save: Path | None) -> dict[
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", metavar="INPUT", help="a .bvh or .c3d clip")
+    parser.add_argument("input", metavar="INPUT", nargs="*",  # one at least, checked in is_batch (see --ray)
+                        help="a .bvh or .c3d clip; or, with --out-dir, folders (searched recursively), clips and glob patterns")
     parser.add_argument("--out", type=Path, help="AMASS-style .npz to write (default: INPUT_poses.npz in the current folder)")
+    parser.add_argument("--out-dir", type=Path, help="batch: one OUT_DIR/<relative path>/<name>_poses.npz per clip "
+                        "and OUT_DIR/report.jsonl; clips done earlier with the same settings are skipped")
     parser.add_argument("--skeleton", default="cmu",
                         help="BVH skeleton preset: cmu, cmu_daz, mixamo, smpl_like, auto (by joint names) or a .json")
     parser.add_argument("--markers", type=Path, help="C3D marker layout .json (default: the shipped Plug-in Gait)")
@@ -193,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-shape", action="store_true", help="keep the body's default shape (betas 0)")
     parser.add_argument("--batch", type=int, default=1000, help="frames solved together")
     parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (one clip; a batch runs one per worker)")
     parser.add_argument("--blend", type=Path, help="also save a Blender scene with the body keyed (needs bpy)")
     parser.add_argument("--character", help="a character's skeleton: .bvh, or with bpy FILE.blend[:ARMATURE], .fbx, "
                         ".glb; the motion is written in it (--out .bvh)")
@@ -201,40 +216,33 @@ def main(argv: list[str] | None = None) -> int:
                         help="bone map of the character: auto (by bone names), a preset name or a .json")
     parser.add_argument("--character-rest-frame", type=int,
                         help="frame of the character file holding its bind pose (default: its OFFSET pose)")
+    add_runner_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but this PyTorch sees no CUDA device")
+    if is_batch(parser, args):
+        return run_library(args)
+    args.input = args.input[0]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = args.out or Path(Path(args.input).stem + ("_character.bvh" if args.character else "_poses.npz"))
     if args.character and out.suffix.lower() != ".bvh":
         raise SystemExit(f"error: --character writes BVH; --out must end in .bvh, got {out}")
 
-    model = BodyModel.from_file(args.body) if args.body else BodyModel.open_default("adult")
-    model = model.to(args.device)
-    try:
-        targets = load_targets(args, model)
-        prior = None
-        if targets.init is None:
-            prior = (load_vposer(args.prior) if args.prior else load_default_vposer()).to(args.device).eval()
-        options, betas = retarget_options(args, model)
-        run = Retarget(model, targets, prior, options, betas=betas)
-        with tqdm(total=targets.positions.shape[0], unit="frame", file=sys.stderr, leave=False) as bar:
-            for done, _ in run:
-                bar.update(done - bar.n)
-        result = run.result()
-    except (OSError, KeyError, ValueError) as error:  # the project's errors (VPoserError) are ValueErrors
-        raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
-
-    if args.character:
-        try:
+    try:  # the project's errors (VPoserError) are ValueErrors
+        model = load_body(args.body, args.device)
+        result, targets = solve(args, model)
+        if args.character:
             character_report = write_character(args, model, result, targets, out)
-        except (OSError, KeyError, ValueError) as error:  # the project's errors (VPoserError) are ValueErrors
-            raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
-    else:
-        sequence = PoseSequence(result.poses.cpu().double().numpy(), result.transl.cpu().double().numpy(),
-                                result.betas.cpu().double().numpy(), framerate=result.fps)
-        save_pose_file(out, sequence, source_frames=np.asarray(targets.source_frames))
+        else:
+            save_pose_file(out, pose_sequence(result), source_frames=np.asarray(targets.source_frames))
+    except (OSError, KeyError, ValueError) as error:
+        raise SystemExit(f"error: {error.args[0] if error.args else error}") from None
     frames = result.poses.shape[0]
     report = {
         "input": str(args.input),
@@ -256,10 +264,95 @@ def main(argv: list[str] | None = None) -> int:
         from blender_scene import save_scene  # a bpy job; imported only when asked for
 
         report.update(save_scene(Path(args.input), out, args.blend, body=args.body, skeleton=args.skeleton))
+    print(json.dumps(report, indent=1))
     if report["fit_warning"]:
         print(f"warning: {report['fit_warning']}", file=sys.stderr)
-    print(json.dumps(report, indent=1))
     return 0
+
+
+def solve(args: argparse.Namespace, model: BodyModel, progress: bool = True) -> tuple[RetargetResult, ClipTargets]:
+    """Retarget the clip args.input onto `model` (with a progress bar over its frames)."""
+    targets = load_targets(args, model)
+    prior = None
+    if targets.init is None:
+        prior = load_prior(args.prior, args.device)
+    options, betas = retarget_options(args, model)
+    run = Retarget(model, targets, prior, options, betas=betas)
+    with tqdm(total=targets.positions.shape[0], unit="frame", file=sys.stderr, leave=False, disable=not progress) as bar:
+        for done, _ in run:
+            bar.update(done - bar.n)
+    return run.result(), targets
+
+
+def pose_sequence(result: RetargetResult) -> PoseSequence:
+    return PoseSequence(result.poses.cpu().double().numpy(), result.transl.cpu().double().numpy(),
+                        result.betas.cpu().double().numpy(), framerate=result.fps)
+
+
+@functools.lru_cache(maxsize=2)
+def load_body(path: Path | None, device: str) -> BodyModel:
+    """The body, loaded once per batch worker."""
+    model = BodyModel.from_file(path) if path else BodyModel.open_default("adult")
+    return model.to(device)
+
+
+@functools.lru_cache(maxsize=2)
+def load_prior(path: Path | None, device: str) -> VPoser:
+    return (load_vposer(path) if path else load_default_vposer()).to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole libraries (core.batch): one task per clip, run here, in local processes or on Ray
+
+BATCH_ONLY = ("input", "out", "out_dir", "workers", "ray", "threads", "blend")  # options that leave outputs alone
+
+
+def is_batch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
+    """A batch when --out-dir is given; several inputs, a folder or a pattern need it."""
+    check_runner_arguments(parser, args)
+    if args.ray and (Path(args.ray).exists() or Path(args.ray).suffix.lower() in (".bvh", ".c3d")):
+        args.input.insert(0, args.ray)  # "--ray FOLDER ...": the folder is an input, Ray's local cluster meant
+        args.ray = ""
+    if not args.input:
+        parser.error("the following arguments are required: INPUT")
+    single = len(args.input) == 1 and not Path(args.input[0]).is_dir() and not glob.has_magic(args.input[0])
+    if args.out_dir is None:
+        if not single:
+            parser.error("several clips, a folder or a pattern need --out-dir (one .npz per clip is written there)")
+        if args.workers is not None or args.ray is not None:
+            parser.error("--workers and --ray go with --out-dir")
+        return False
+    if args.out or args.blend or args.character or args.save_calibration:
+        parser.error("--out, --blend, --character and --save-calibration are for one clip; a batch (--out-dir) "
+                     "names its outputs after the clips")
+    return True
+
+
+def run_library(args: argparse.Namespace) -> int:
+    """Retarget every clip of args.input into args.out_dir; prints a JSON summary, returns 1 when
+    some clip failed."""
+    settings = {key: value for key, value in vars(args).items() if key not in BATCH_ONLY}
+    job = ScriptJob(str(Path(__file__).resolve()), "retarget_clip", settings)
+    try:
+        tasks = plan(args.input, args.out_dir, (".bvh", ".c3d"), "_poses.npz")
+        result = run_batch(tasks, job, settings_hash(settings), args.out_dir, args.workers, args.ray)
+    except BatchError as error:
+        raise SystemExit(f"error: {error}") from None
+    report = args.out_dir / REPORT_NAME
+    print_summary(result, report, lambda line: print(line, file=sys.stderr))
+    print(json.dumps(result.summary(report), indent=1))
+    return 1 if result.failed else 0
+
+
+def retarget_clip(path: Path, settings: dict) -> tuple[list[dict[str, np.ndarray]], dict]:
+    """A batch worker's clip: the same solve as a single clip; returns the .npz arrays and the
+    report's fields."""
+    args = argparse.Namespace(**settings, input=str(path))
+    result, targets = solve(args, load_body(args.body, args.device), progress=False)
+    arrays = pose_arrays(pose_sequence(result), source_frames=np.asarray(targets.source_frames))
+    info = {"frames": int(result.poses.shape[0]), "mpjpe_mm": round(result.mpjpe_mm, 3),
+            "solve_seconds": round(result.seconds, 3), "fit_warning": result.fit_warning()}
+    return [arrays], info
 
 
 if __name__ == "__main__":

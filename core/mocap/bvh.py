@@ -132,6 +132,8 @@ def read_bvh(path: str | Path) -> BVHMotion:
     """Read a BVH file. Raises BVHError naming the file and line for malformed input."""
     path = Path(path)
     text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise BVHError(str(path), None, "the file is empty")
     return parse_bvh(text, source=str(path))
 
 
