@@ -2,8 +2,9 @@
 
     python scripts/prepare_mocap.py INPUT_DIR OUT_DIR [--fps 30] [--val-subjects 06 49]
                                     [--no-mirror] [--min-change 0.01] [--keep-flips] [--body MODEL.npz]
-                                    [--preset cmu|cmu_daz|PRESET.json]
+                                    [--preset cmu|cmu_daz|PRESET.json] [--workers N | --ray[=ADDRESS]]
     python scripts/prepare_mocap.py TRAINING_ROOT OUT_DIR [--no-hdm05] [--same-person 13 14] [--plan]
+                                    [--workers N | --ray[=ADDRESS]]
 
 INPUT_DIR holding .bvh files is one folder read with --preset. A TRAINING_ROOT (a folder of such
 folders, e.g. ../shared/data/mocap/train) is read whole: every sub-folder of `TRAINING_FOLDERS`
@@ -14,7 +15,8 @@ their actor's (HDM05-bd, ...), the `papagina_martial_*` / `papagina_indian_*` DA
 135 / 94 (the training set's README), and --same-person groups CMU subject numbers that are one
 person (CMU notes that happens; a group with a validation member is all validation). --no-hdm05
 leaves out HDM05 (CC BY-SA 3.0; the rest is CMU's). Per-folder counts (clips, frames, people,
-train/val) are printed before the conversion (--plan stops there) and after it.
+train/val) are printed before the conversion (--plan stops there) and after it. All folders'
+clips run as one batch, each with its folder's preset.
 
 Per BVH file (skeleton preset `cmu` by default: the main training set's 31-joint skeleton;
 `cmu_daz` for the extra set in cgspeed's DAZ-friendly release, whose first frame, a T-pose, is the
@@ -36,7 +38,12 @@ rest and is left out). Run it once per folder with the same OUT_DIR to pool seve
    file with a "_mirror" suffix.
 
 Output keys: poses, trans, betas (16 zeros), gender "neutral", mocap_framerate, subject,
-source_file, source_frames. The run is deterministic (sorted files, no randomness).
+source_file, source_frames, batch_settings. The run is deterministic (sorted files, no randomness).
+Files run in parallel (--workers, default: the machine's cores; --ray: on a Ray cluster) through
+core/batch.py: a file whose outputs exist with the same settings (options, each file's person,
+split, preset and rest clip, and the contents of the files named) is skipped, so a stopped run
+resumes; a file that cannot be read is reported in OUT_DIR/report.jsonl and the others go on
+(exit status 1 when some failed).
 
 Default validation subjects 06 and 49: two held-out people whose takes are varied and not
 locomotion only -- 06 basketball (dribbling low, crossovers, shooting: crouches, arm raises) and
@@ -49,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -60,11 +66,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from core.batch import (REPORT_NAME, ScriptJob, Task, add_runner_arguments, check_runner_arguments,  # noqa: E402
+                        print_summary, run_batch, settings_hash)
 from core.mocap.bvh import BVHError  # noqa: E402
 from core.mocap.convert import DEFAULT_MIN_CHANGE, convert_file, load_target  # noqa: E402
 from core.mocap.skeletons import load_preset  # noqa: E402
 from core.mocap.transfer import mirror_axis_angle, mirror_translation  # noqa: E402
-from core.pose_files import PoseSequence, save_pose_file  # noqa: E402
+from core.pose_files import PoseSequence, pose_arrays  # noqa: E402
 
 DEFAULT_VAL_SUBJECTS = ("06", "49")
 NUM_BETAS = 16
@@ -225,10 +233,137 @@ def format_counts(table: dict[str, dict], frames_label: str = "source frames") -
     return lines
 
 
-def write_clip(path: Path, poses: np.ndarray, trans: np.ndarray, fps: float, subject: str, source: str,
-               frames: np.ndarray) -> None:
+def clip_arrays(poses: np.ndarray, trans: np.ndarray, fps: float, subject: str, source: str,
+                frames: np.ndarray) -> dict[str, np.ndarray]:
     sequence = PoseSequence(poses=poses, trans=trans, betas=np.zeros(NUM_BETAS), gender="neutral", framerate=float(fps))
-    save_pose_file(path, sequence, subject=subject, source_file=source, source_frames=frames.astype(np.int32))
+    return pose_arrays(sequence, subject=subject, source_file=source, source_frames=frames.astype(np.int32))
+
+
+class ClipJob(NamedTuple):
+    """One file to convert, as the driver plans it: the report's name for it, its skeleton preset
+    (name or JSON file), person, split and the clip holding its rest frame (None: its own)."""
+
+    name: str
+    path: Path
+    preset: str
+    person: str
+    split: str
+    rest_clip: Path | None = None
+
+
+def batch_settings(clips: list[ClipJob], target, fps: float, mirror: bool, min_change: float,
+                   fix_flips: bool) -> dict:
+    """The workers' settings: plain data only (picklable for processes and Ray, and hashed for
+    resume). Per file, keyed by the absolute input path the worker receives: person, split, and
+    indices into the distinct presets and rest clips (so that a rest clip's or preset file's
+    content is hashed once, and a new split or rest clip changes the hash)."""
+    presets = sorted({str(c.preset) for c in clips})
+    rests = sorted({str(c.rest_clip.absolute()) for c in clips if c.rest_clip is not None})
+    files = {
+        str(c.path.absolute()): {"person": c.person, "split": c.split, "preset": presets.index(str(c.preset)),
+                                 "rest": None if c.rest_clip is None else rests.index(str(c.rest_clip.absolute()))}
+        for c in clips
+    }
+    return {"target": tuple(target), "fps": fps, "mirror": mirror, "min_change": min_change, "fix_flips": fix_flips,
+            "presets": presets, "rest_clips": rests, "files": files}
+
+
+def convert_clips(clips: list[ClipJob], out_dir: Path, target, fps: float = 30.0, mirror: bool = True,
+                  min_change: float = DEFAULT_MIN_CHANGE, fix_flips: bool = True, log=print,
+                  workers: int | None = None, ray: str | None = None) -> dict:
+    """Convert `clips` with core.batch's runner (workers local processes, or Ray when `ray` is an
+    address, "" for its local cluster); files done earlier with the same settings are skipped,
+    bad files reported (OUT_DIR/report.jsonl) while the others go on. Returns a summary dict:
+    files and frames per split, "failed" (files that could not be converted) and "kept" (frames
+    kept per clip path, mirrors not counted)."""
+    out_dir = Path(out_dir)
+    settings = batch_settings(clips, target, fps, mirror, min_change, fix_flips)
+    tasks, by_name = [], {}
+    for clip in clips:
+        names = [f"{clip.path.stem}.npz"] + ([f"{clip.path.stem}_mirror.npz"] if mirror and clip.split == "train" else [])
+        tasks.append(Task(clip.name, str(clip.path.absolute()),
+                          tuple(str(out_dir / clip.split / name) for name in names)))
+        by_name[clip.name] = clip
+    summary = {
+        split: {"files": 0, "clips": 0, "frames": 0, "source_frames": 0, "subsampled": 0, "flips": 0,
+                "subjects": set()}
+        for split in ("train", "val")
+    }
+    for split in summary:
+        (out_dir / split).mkdir(parents=True, exist_ok=True)
+    done = 0
+
+    def log_clip(record: dict) -> None:
+        nonlocal done
+        done += 1
+        if record["status"] != "ok":
+            log(f"[{done:3d}/{len(tasks)}] {record['clip']}  failed: {record['error']}")
+            return
+        extra = f", {record['flips']} ankle/wrist flips undone" if record["flips"] else ""
+        extra += " + mirror" if "outputs" in record else ""
+        log(f"[{done:3d}/{len(tasks)}] {record['clip']}  subject {record['subject']} -> {record['split']}: "
+            f"{record['num_source']} frames, {record['num_subsampled']} at {fps:g} fps, kept {record['frames']} "
+            f"({record['num_subsampled'] - record['frames']} near-duplicates){extra}")
+
+    job = ScriptJob(str(Path(__file__).resolve()), "convert_clip", settings)
+    result = run_batch(tasks, job, settings_hash(settings), out_dir, workers, ray, on_record=log_clip)
+    align_max: dict[str, float] = {}
+    kept: dict[Path, int] = {}
+    for record in result.records:
+        clip = by_name[record["clip"]]
+        if record["status"] != "ok":
+            continue
+        if "split" not in record:  # done by a run whose report is lost: its frames from its file
+            with np.load(record["output"]) as data:
+                kept[clip.path] = len(data["source_frames"])
+            continue
+        kept[clip.path] = record["frames"]
+        s = summary[record["split"]]
+        outputs = len(record.get("outputs", [record["output"]]))
+        s["files"] += 1
+        s["clips"] += outputs
+        s["frames"] += outputs * record["frames"]
+        s["source_frames"] += record["num_source"]
+        s["subsampled"] += record["num_subsampled"]
+        s["subjects"].add(record["subject"])
+        s["flips"] += record["flips"]
+        for joint, angle in record["align_deg"].items():
+            align_max[joint] = max(align_max.get(joint, 0.0), angle)
+    print_summary(result, out_dir / REPORT_NAME, log)
+    for split, s in summary.items():
+        log(
+            f"  {split:5s}: {s['files']} files from subjects {' '.join(sorted(s['subjects'])) or '-'}; "
+            f"{s['source_frames']} source frames -> {s['subsampled']} at {fps:g} fps -> {s['frames']} frames "
+            f"kept in {s['clips']} clips" + (" (incl. mirrored)" if mirror and split == "train" else "")
+            + f"; {s['flips']} ankle/wrist twist flips undone (subsampled frames)"
+        )
+    log("  rest alignment A_j, max over files (deg): "
+        + ", ".join(f"{j} {a:.1f}" for j, a in align_max.items() if a > 0.05))
+    summary["seconds"] = result.seconds
+    summary["align_max_deg"] = align_max
+    summary["failed"] = result.failed
+    summary["kept"] = kept
+    return summary
+
+
+def convert_clip(path: Path, settings: dict) -> tuple[list[dict[str, np.ndarray]], dict]:
+    """One file (a batch task, run in a worker): its arrays, and its mirror's for a train file
+    when asked for. Its person, split, preset and rest clip are looked up in `settings`."""
+    rest, parents, names = settings["target"]
+    entry = settings["files"][str(path)]
+    fps, subject, split = settings["fps"], entry["person"], entry["split"]
+    rest_clip = None if entry["rest"] is None else Path(settings["rest_clips"][entry["rest"]])
+    clip = convert_file(path, settings["target"], load_preset(settings["presets"][entry["preset"]]), fps,
+                        settings["min_change"], settings["fix_flips"], rest_clip)
+    arrays = [clip_arrays(clip["poses"], clip["trans"], fps, subject, path.name, clip["source_frames"])]
+    if settings["mirror"] and split == "train":
+        pelvis_rest = rest[int((parents < 0).nonzero()[0])].numpy()
+        arrays.append(clip_arrays(mirror_axis_angle(clip["poses"], names), mirror_translation(clip["trans"], pelvis_rest),
+                                  fps, subject, path.name, clip["source_frames"]))
+    info = {"subject": subject, "split": split, "frames": len(clip["source_frames"]), "num_source": int(clip["num_source"]),
+            "num_subsampled": int(clip["num_subsampled"]), "flips": int(clip["flips"]),
+            "align_deg": {joint: round(angle, 3) for joint, angle in clip["align_deg"].items()}}
+    return arrays, info
 
 
 def prepare(
@@ -244,83 +379,29 @@ def prepare(
     log=print,
     person=subject_of,
     rest_clips: dict[Path, Path] | None = None,
+    workers: int | None = None,
+    ray: str | None = None,
 ) -> dict:
-    """Convert every *.bvh in input_dir; returns a summary dict (files and frames per split, and
-    'kept': frames kept per file). person(path): who the clip shows, matched against val_subjects;
-    rest_clips: file -> the clip holding its rest frame (`convert_file`'s rest_clip)."""
-    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    """Convert every *.bvh in input_dir (`convert_clips`); returns its summary. person(path): who
+    the clip shows, matched against val_subjects (it runs here, not in the workers); rest_clips:
+    file -> the clip holding its rest frame (`convert_file`'s rest_clip)."""
+    input_dir = Path(input_dir)
     files = sorted(p for p in input_dir.iterdir() if p.suffix.lower() == ".bvh")
     if not files:
         raise SystemExit(f"no .bvh files in {input_dir}")
-    preset = load_preset(preset)
+    load_preset(preset)  # a bad preset stops the run here, not once per file
     val_subjects = {str(s) for s in val_subjects}
-    rest, parents, names = target
-    pelvis_rest = rest[int((parents < 0).nonzero()[0])].numpy()
-    summary = {
-        split: {"files": 0, "clips": 0, "frames": 0, "source_frames": 0, "subsampled": 0, "flips": 0,
-                "subjects": set()}
-        for split in ("train", "val")
-    }
-    align_max: dict[str, float] = {}
-    kept: dict[Path, int] = {}
-    for split in summary:
-        (out_dir / split).mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    for k, path in enumerate(files, 1):
-        subject = person(path)
-        split = "val" if subject in val_subjects else "train"
-        try:
-            clip = convert_file(path, target, preset, fps, min_change, fix_flips, (rest_clips or {}).get(path))
-        except (BVHError, ValueError) as error:
-            raise SystemExit(f"error: {error}") from None
-        n = len(clip["source_frames"])
-        kept[path] = n
-        write_clip(out_dir / split / f"{path.stem}.npz", clip["poses"], clip["trans"], fps, subject, path.name,
-                   clip["source_frames"])
-        s = summary[split]
-        s["files"] += 1
-        s["clips"] += 1
-        s["frames"] += n
-        s["source_frames"] += clip["num_source"]
-        s["subsampled"] += clip["num_subsampled"]
-        s["subjects"].add(subject)
-        s["flips"] += clip["flips"]
-        extra = f", {clip['flips']} ankle/wrist flips undone" if clip["flips"] else ""
-        if mirror and split == "train":
-            poses_m = mirror_axis_angle(clip["poses"], names)
-            trans_m = mirror_translation(clip["trans"], pelvis_rest)
-            write_clip(out_dir / split / f"{path.stem}_mirror.npz", poses_m, trans_m, fps, subject, path.name,
-                       clip["source_frames"])
-            s["clips"] += 1
-            s["frames"] += n
-            extra += " + mirror"
-        for joint, angle in clip["align_deg"].items():
-            align_max[joint] = max(align_max.get(joint, 0.0), angle)
-        log(
-            f"[{k:3d}/{len(files)}] {path.name}  subject {subject} -> {split}: {clip['num_source']} frames, "
-            f"{clip['num_subsampled']} at {fps:g} fps, kept {n} ({clip['num_subsampled'] - n} near-duplicates){extra}"
-        )
-    elapsed = time.perf_counter() - start
-    log(f"done in {elapsed:.1f} s -> {out_dir}")
-    for split, s in summary.items():
-        log(
-            f"  {split:5s}: {s['files']} files from subjects {' '.join(sorted(s['subjects'])) or '-'}; "
-            f"{s['source_frames']} source frames -> {s['subsampled']} at {fps:g} fps -> {s['frames']} frames "
-            f"kept in {s['clips']} clips" + (" (incl. mirrored)" if mirror and split == "train" else "")
-            + f"; {s['flips']} ankle/wrist twist flips undone (subsampled frames)"
-        )
-    log("  rest alignment A_j, max over files (deg): "
-        + ", ".join(f"{j} {a:.1f}" for j, a in align_max.items() if a > 0.05))
-    summary["seconds"] = elapsed
-    summary["align_max_deg"] = align_max
-    summary["kept"] = kept
-    return summary
+    clips = [ClipJob(path.name, path, str(preset), person(path), "val" if person(path) in val_subjects else "train",
+                     (rest_clips or {}).get(path)) for path in files]
+    return convert_clips(clips, out_dir, target, fps, mirror, min_change, fix_flips, log, workers, ray)
 
 
 def prepare_training_set(root: Path, out_dir: Path, target, val_people=DEFAULT_VAL_SUBJECTS, include_hdm05: bool = True,
                          same_person: dict[str, str] | None = None, plan_only: bool = False, log=print, **options) -> dict:
     """Every known folder of a training root (`plan_training_set`) converted with its preset into
-    one OUT_DIR/train and OUT_DIR/val; per-folder counts before and after. options: `prepare`'s."""
+    one OUT_DIR/train and OUT_DIR/val, in one batch (each clip with its folder's preset); per-folder
+    counts before and after. options: `convert_clips`'s (fps, mirror, min_change, fix_flips,
+    workers, ray)."""
     clips = plan_training_set(root, val_people, include_hdm05, same_person)
     names = [c.path.stem for c in clips]
     clash = sorted({n for n in names if names.count(n) > 1})
@@ -335,21 +416,19 @@ def prepare_training_set(root: Path, out_dir: Path, target, val_people=DEFAULT_V
     result = {"clips": clips, "plan": folder_counts(clips)}
     if plan_only:
         return result
-    kept: dict[Path, int] = {}
-    people = {c.path: c.person for c in clips}
     for spec in TRAINING_FOLDERS:
-        mine = [c for c in clips if c.folder is spec]
-        if not mine:
-            continue
-        log(f"{spec.name} (preset {spec.preset}" + (f", rest from {spec.rest_from}" if spec.rest_from else "") + ")")
-        summary = prepare(root / spec.name, out_dir, target, val_subjects={c.person for c in clips if c.split == "val"},
-                          preset=spec.preset, log=log, person=people.__getitem__,
-                          rest_clips={c.path: c.rest_clip for c in mine if c.rest_clip}, **options)
-        kept.update(summary["kept"])
+        count = sum(c.folder is spec for c in clips)
+        if count:
+            log(f"{spec.name} (preset {spec.preset}" + (f", rest from {spec.rest_from}" if spec.rest_from else "")
+                + f"): {count} clips")
+    jobs = [ClipJob(f"{c.folder.name}/{c.path.name}", c.path, c.folder.preset, c.person, c.split, c.rest_clip)
+            for c in clips]
+    summary = convert_clips(jobs, out_dir, target, log=log, **options)
     log("frames kept (30 fps, near-duplicates dropped; mirrors not counted):")
-    for line in format_counts(folder_counts(clips, kept), "kept frames"):
+    for line in format_counts(folder_counts(clips, summary["kept"]), "kept frames"):
         log(line)
-    result["kept"] = folder_counts(clips, kept)
+    result["kept"] = folder_counts(clips, summary["kept"])
+    result["failed"] = summary["failed"]
     return result
 
 
@@ -377,7 +456,9 @@ def main(argv=None) -> int:
                         help="training root: CMU subject numbers that are one person (repeat for several groups); "
                              "they are split together")
     parser.add_argument("--plan", action="store_true", help="training root: print the per-folder counts and stop")
+    add_runner_arguments(parser)
     args = parser.parse_args(argv)
+    check_runner_arguments(parser, args)
     if args.fps <= 0:
         parser.error("--fps must be positive")
     # The work is many small batched tensor ops: one thread is fastest, and stays fast when other
@@ -385,21 +466,24 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     if not args.input_dir.is_dir():
         parser.error(f"{args.input_dir} is not a folder")
+    options = {"fps": args.fps, "mirror": not args.no_mirror, "min_change": args.min_change,
+               "fix_flips": not args.keep_flips, "workers": args.workers, "ray": args.ray}
     if not any(p.suffix.lower() == ".bvh" for p in args.input_dir.iterdir()):  # a training root
         target = None if args.plan else load_target(args.body)
         try:
-            prepare_training_set(args.input_dir, args.out_dir, target, val_people=args.val_subjects,
-                                 include_hdm05=not args.no_hdm05, same_person=person_groups(args.same_person),
-                                 plan_only=args.plan, fps=args.fps, mirror=not args.no_mirror,
-                                 min_change=args.min_change, fix_flips=not args.keep_flips)
+            result = prepare_training_set(args.input_dir, args.out_dir, target, val_people=args.val_subjects,
+                                          include_hdm05=not args.no_hdm05, same_person=person_groups(args.same_person),
+                                          plan_only=args.plan, **options)
         except (ValueError, BVHError) as error:
             raise SystemExit(f"error: {error}") from None
-        return 0
+        return 1 if result.get("failed") else 0
     target = load_target(args.body)
-    prepare(args.input_dir, args.out_dir, target, fps=args.fps, val_subjects=args.val_subjects,
-            mirror=not args.no_mirror, min_change=args.min_change, preset=args.preset,
-            fix_flips=not args.keep_flips)
-    return 0
+    try:
+        summary = prepare(args.input_dir, args.out_dir, target, val_subjects=args.val_subjects, preset=args.preset,
+                          **options)
+    except (ValueError, BVHError) as error:  # a bad preset, Ray that cannot start
+        raise SystemExit(f"error: {error}") from None
+    return 1 if summary["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -218,7 +218,6 @@ def test_plan_mirrors_folders_and_refuses_clashing_outputs(tmp_path):
         plan([str(tmp_path / "missing*.bvh")], tmp_path / "out", (".bvh",), "_poses.npz")
 
 
-@pytest.mark.skip(reason="prepare_mocap is moved onto the batch runner in the next commit")
 def test_prepare_mocap_reports_a_bad_file_and_resumes(tmp_path, capsys):
     from test_mocap_transfer import _load_script
 

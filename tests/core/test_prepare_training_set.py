@@ -122,6 +122,16 @@ def test_training_root_end_to_end_converts_the_cut_daz_folder_with_the_borrowed_
     np.testing.assert_allclose(cut["poses"], whole["poses"], atol=1e-9)
     # Another person's rest (papagina's back bent less) gives other poses for the same motion.
     assert not np.allclose(np.load(out / "train" / "papagina_martial_03.npz")["poses"], whole["poses"], atol=1e-4)
+    # The same command again (2 workers) skips every clip and still counts their kept frames.
+    capsys.readouterr()
+    args = [str(root), str(out), "--body", str(body), "--val-subjects", "02", "--min-change", "0", "--workers", "2"]
+    assert script.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "0 written, 8 already done, 0 failed" in printed
+    kept = {line.split()[0]: int(line.split()[2]) for line in printed.split("mirrors not counted):\n")[1].splitlines()[1:]}
+    # 8 frames at 120 fps -> 2 at 30 (01_01, 13_02); the 30 fps clips keep theirs (--min-change 0)
+    assert kept == {"cmu_asfamc_bvh": 4, "cmu_asfamc_bvh30": 4, "hdm05_asfamc_bvh30": 3, "cmu_daz_bvh": 4,
+                    "cmu_daz_bvh30": 5, "total": 20}
     assert script.main([str(root), str(out / "plan"), "--plan"]) == 0
     assert not (out / "plan").exists()
 
@@ -135,3 +145,26 @@ def test_rounded_frame_times_lose_no_frame():
     assert subsample_indices(10, 1 / 0.0083333, 30.0).tolist() == [0, 4, 8]
     assert subsample_indices(8, 100.0, 30.0).tolist() == [0, 3, 7]
     assert subsample_indices(4, 24.0, 30.0).tolist() == [0, 1, 2, 3]
+
+
+def test_batch_settings_hash_follows_the_split_and_the_rest_clips(script, tmp_path):
+    from core.batch import settings_hash
+
+    root = _tree(tmp_path / "train")
+    target = (np.zeros((2, 3)), np.array([-1, 0]), ("pelvis", "spine"))
+
+    def digest(clips):
+        jobs = [script.ClipJob(c.path.name, c.path, c.folder.preset, c.person, c.split, c.rest_clip) for c in clips]
+        settings = script.batch_settings(jobs, target, 30.0, True, 0.01, True)
+        return settings, settings_hash(settings)
+
+    clips = script.plan_training_set(root, val_people=["02"])
+    settings, base = digest(clips)
+    cut = settings["files"][str((root / "cmu_daz_bvh30" / "14_21.bvh").absolute())]
+    assert settings["rest_clips"][cut["rest"]] == str((root / "cmu_daz_bvh" / "14_07.bvh").absolute())
+    assert settings["presets"][cut["preset"]] == "cmu_daz" and (cut["person"], cut["split"]) == ("14", "train")
+    assert digest(clips)[1] == base  # same plan, same hash: a rerun resumes
+    assert digest(script.plan_training_set(root, val_people=["01"]))[1] != base  # another split
+    # the rest clip's content counts: another T-pose in 14_07 (the same file list) redoes the clips
+    (root / "cmu_daz_bvh" / "14_07.bvh").write_text(daz_like_text([T_POSE | {"abdomen": (0, 2, 0)}] + DAZ_MOTION))
+    assert digest(script.plan_training_set(root, val_people=["02"]))[1] != base
