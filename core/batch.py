@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .errors import VPoserError
+
 SETTINGS_KEY = "batch_settings"  # npz key: the settings hash an output was made with
 REPORT_NAME = "report.jsonl"
 FORMAT = 1  # bump when the outputs of the same settings change meaning
@@ -55,7 +57,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 START_METHOD = "fork" if sys.platform.startswith("linux") else "spawn"
 
 
-class BatchError(ValueError):
+class BatchError(VPoserError):
     """A batch cannot start as asked (no inputs, clashing outputs, Ray missing); the message says why."""
 
 
