@@ -467,6 +467,7 @@ def _bind(skeleton, preset, body_rest, body_parents, body_names, scale, dtype) -
     tails = unit * torch.as_tensor(skeleton.tails, dtype=dtype) @ C.T
     rest = C @ torch.as_tensor(skeleton.rest, dtype=dtype)
 
+    segments = {name: skeleton.index(bone) for name, bone in preset.segments.items() if name in jindex}
     align = torch.eye(3, dtype=dtype).expand(J, 3, 3).clone()
     for j in range(J):  # body joints come parents first
         name, chain = body_names[j], joint_bones[j]
@@ -474,9 +475,11 @@ def _bind(skeleton, preset, body_rest, body_parents, body_names, scale, dtype) -
         if not chain:
             align[j] = parent_align
         elif body_parents[j] < 0:
-            align[j] = _root_alignment(heads, body_rest, first, jindex)
+            align[j] = _root_alignment(heads, body_rest, first, jindex, _segment(name, segments, heads, tails, body_rest,
+                                                                                 jindex))
         else:  # carried rigidly with its parent, then bent (not twisted) onto the body's bone
-            d = _directions(name, chain, heads, tails, body_rest, first, jindex)
+            d = _segment(name, segments, heads, tails, body_rest, jindex) \
+                or _directions(name, chain, heads, tails, body_rest, first, jindex)
             usable = d is not None and float(d[0].norm()) > 1e-9 and float(d[1].norm()) > 1e-9
             align[j] = minimal_rotation(parent_align @ d[0], d[1]) @ parent_align if usable else parent_align
     body_legs = _leg_length(body_rest, jindex)
@@ -486,6 +489,17 @@ def _bind(skeleton, preset, body_rest, body_parents, body_names, scale, dtype) -
         scale=float(scale) if scale else _leg_length(heads, first) / body_legs,
         root_bone=first["pelvis"], to_model=C, unit_scale=unit,
     )
+
+
+def _segment(name, segments, heads, tails, body_rest, jindex):
+    """(rig direction, body direction) of a joint whose bone map names its segment's bone (the
+    preset's `segments`): that bone's rest head -> tail, and the body joint -> its child; None
+    for other joints."""
+    child = "spine1" if name == "pelvis" else TARGET_DIRECTION_CHILD.get(name)
+    if name not in segments or child not in jindex:
+        return None
+    b = segments[name]
+    return tails[b] - heads[b], body_rest[jindex[child]] - body_rest[jindex[name]]
 
 
 def _directions(name, chain, heads, tails, body_rest, first, jindex):
@@ -513,11 +527,15 @@ def _upper_joint(heads, first, order=("spine1", "spine2", "spine3", "neck", "hea
     raise BoneMapError("no upper-body bone starts away from the pelvis bone: cannot tell up from the rest pose")
 
 
-def _root_alignment(heads, body_rest, first, jindex) -> Tensor:
-    """The pelvis: both rests' frames from (pelvis -> upper body, right hip -> left hip)."""
-    upper = _upper_joint(heads, first)
-    up_rig = heads[first[upper]] - heads[first["pelvis"]]
-    up_body = body_rest[jindex[upper]] - body_rest[jindex["pelvis"]]
+def _root_alignment(heads, body_rest, first, jindex, segment=None) -> Tensor:
+    """The pelvis: both rests' frames from (pelvis -> upper body, right hip -> left hip); the up
+    directions are the pelvis segment's (rig, body) when the bone map names it (`_segment`)."""
+    if segment is not None:
+        up_rig, up_body = segment
+    else:
+        upper = _upper_joint(heads, first)
+        up_rig = heads[first[upper]] - heads[first["pelvis"]]
+        up_body = body_rest[jindex[upper]] - body_rest[jindex["pelvis"]]
     for left, right in (("left_hip", "right_hip"), ("left_shoulder", "right_shoulder"), ("left_knee", "right_knee")):
         if left not in first or right not in first:
             continue

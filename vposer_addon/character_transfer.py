@@ -77,7 +77,8 @@ def bind(context: bpy.types.Context, character: bpy.types.Object, body: bpy.type
     skeleton = skeleton_of(character)
     model = body.vposer_body.body_model() if body is not None else _default_model(context)
     try:
-        binding = bind_character(skeleton, _preset_from(mapping) if mapping else "auto", model=model)
+        preset = _preset_from(mapping, character.vposer_character.preset) if mapping else "auto"
+        binding = bind_character(skeleton, preset, model=model)
     except (BoneMapError, CharacterError) as error:
         raise TransferError(str(error)) from None
     if body is None:
@@ -151,10 +152,17 @@ def _use_fk_switches(character: bpy.types.Object) -> None:
                 pose_bone[switch] = value
 
 
-def _preset_from(mapping: dict[str, list[str]]):  # noqa: ANN202 - a core SkeletonPreset
-    from ..core.mocap.skeletons import SkeletonPreset
+def _preset_from(mapping: dict[str, list[str]], preset: str = ""):  # noqa: ANN202 - a core SkeletonPreset
+    """A bone map from a joint -> bones table. preset: the built-in map it was detected as, whose
+    name and `segments` (the bones giving a joint's rest direction, e.g. a Rigify rig's FK spine)
+    it keeps for the joints still mapped; otherwise "custom"."""
+    from ..core.mocap.skeletons import PRESETS, SkeletonPreset
 
-    return SkeletonPreset("custom", {joint: tuple(bones) for joint, bones in mapping.items()})
+    joints = {joint: tuple(bones) for joint, bones in mapping.items()}
+    if preset not in PRESETS:
+        return SkeletonPreset("custom", joints)
+    segments = {joint: bone for joint, bone in PRESETS[preset].segments.items() if joint in joints}
+    return SkeletonPreset(preset, joints, segments=segments)
 
 
 # -------------------------------------------------------------------------------- the binding in use
@@ -170,7 +178,7 @@ def binding_of(character: bpy.types.Object, body: bpy.types.Object) -> Character
 
     settings = character.vposer_character
     mapping = settings.mapping()
-    key = (tuple((joint, tuple(bones)) for joint, bones in mapping.items()), settings.scale,
+    key = (tuple((joint, tuple(bones)) for joint, bones in mapping.items()), settings.preset, settings.scale,
            tuple(body.vposer_body.betas), tuple(settings.bind_world))
     cached = _bindings.get(character.session_uid)
     if cached is None or cached[0] != key:
@@ -178,8 +186,9 @@ def binding_of(character: bpy.types.Object, body: bpy.types.Object) -> Character
         with torch.no_grad():
             rest = model.rest_joints(torch.as_tensor(body.vposer_body.betas_array(), dtype=model.dtype)[None])[0]
         world = np.array(settings.bind_world).reshape(4, 4)
-        skeleton = skeleton_of(character, world, {bone for bones in mapping.values() for bone in bones})
-        binding = bind_character(skeleton, _preset_from(mapping), rest.double().numpy(),
+        preset = _preset_from(mapping, settings.preset)
+        skeleton = skeleton_of(character, world, set(preset.source_names()) & set(character.data.bones.keys()))
+        binding = bind_character(skeleton, preset, rest.double().numpy(),
                                  model.parents.numpy(), list(model.joint_names), scale=settings.scale)
         cached = _bindings[character.session_uid] = (key, binding)
     return cached[1]

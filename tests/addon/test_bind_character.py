@@ -294,7 +294,11 @@ RIGIFY_DEF_LIMBS = {  # body limb -> the deform bones whose heads span it
     ("right_knee", "right_ankle"): ("DEF-shin.R", "DEF-foot.R"),
     ("spine3", "neck"): ("DEF-spine.003", "DEF-spine.004"),
     ("neck", "head"): ("DEF-spine.004", "DEF-spine.006"),
-}  # not the lower spine: Rigify turns its FK spine about the torso pivot, which the map does not match yet
+    # the lower spine, which Rigify's FK controls turn about the torso pivot (the preset's segments)
+    ("pelvis", "spine1"): ("DEF-spine", "DEF-spine.001"),
+    ("spine1", "spine2"): ("DEF-spine.001", "DEF-spine.002"),
+    ("spine2", "spine3"): ("DEF-spine.002", "DEF-spine.003"),
+}
 
 
 def _deform_angles(rig) -> dict[str, float]:
