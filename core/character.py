@@ -19,7 +19,8 @@ Contract (the Blender side and scripts/retarget.py build on it; shapes are batch
   `BoneMapError` naming missing required joints, or refusing a non-humanoid rig.
 * `body_to_character(binding, poses (B, J, 3) axis-angle, transl (B, 3), current=None)` ->
   `CharacterPose(quaternions (B, N, 4) wxyz pose-bone rotations in each bone's rest frame,
-  location (B, 3) of `binding.root_bone` in its rest frame, rig units)`. Unmapped bones keep
+  location (B, 3) of `binding.root_bone` in its rest frame, rig units, and what it computed on the
+  way: world (B, N, 3, 3) the mapped bones' D, root_head (B, 3))`. Unmapped bones keep
   `current` (B, N, 4) or (N, 4) quaternions, else their rest.
 * `character_to_body(binding, quaternions (B, N, 4), location (B, 3))` -> (poses (B, J, 3), transl (B, 3)).
 * `character_fk(binding, quaternions, location)` -> heads (B, N, 3) model-space metres and world
@@ -318,10 +319,16 @@ class CharacterBinding:
 @dataclass
 class CharacterPose:
     """Pose-bone rotations (B, N, 4) wxyz in each bone's rest frame; location (B, 3) of the root
-    bone (binding.root_bone) in its rest frame, rig units."""
+    bone (binding.root_bone) in its rest frame, rig units. What `body_to_character` computed on the
+    way, so a caller that needs posed orientations need not run `character_fk` again: world
+    (B, N, 3, 3) the mapped bones' world rotation deltas D as character_fk gives them (unmapped
+    bones: identity, not computed; `rig_world_rotations` turns D into rig-space orientations) and
+    root_head (B, 3) the root bone's posed head, model-space metres (None when not computed)."""
 
     quaternions: Tensor
     location: Tensor
+    world: Tensor | None = None
+    root_head: Tensor | None = None
 
 
 def _resolve_map(skeleton: CharacterSkeleton, bone_map) -> SkeletonPreset:
@@ -742,7 +749,9 @@ def body_to_character(binding: CharacterBinding, poses, transl=None, current=Non
     pelvis = binding.body_names.index("pelvis")
     delta = binding.scale * joints[:, pelvis] - head
     location = (rest[r].T @ Dp.transpose(-1, -2) @ delta.unsqueeze(-1)).squeeze(-1) / binding.unit_scale
-    return CharacterPose(quaternions, location)
+    world = torch.eye(3, dtype=dtype).expand(B, N, 3, 3).clone()
+    world[:, plan.mapped] = D
+    return CharacterPose(quaternions, location, world, binding.scale * joints[:, pelvis])
 
 
 def _unmapped_path_head(binding: CharacterBinding, bone: int, cur: Tensor | None, B: int) -> tuple[Tensor, Tensor]:

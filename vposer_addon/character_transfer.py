@@ -221,13 +221,18 @@ def body_to_character(context: bpy.types.Context, character: bpy.types.Object, b
     local = quaternion_to_matrix(torch.as_tensor(quaternions, dtype=torch.float64))
     pose = transfer(binding, local, torch.as_tensor(translations, dtype=torch.float64),
                     current=current_quaternions(character, binding.skeleton.names))
-    heads, rotations = character_fk(binding, pose.quaternions, pose.location)
-    rotations = rig_world_rotations(binding, rotations).numpy()
-    heads_rig = heads.numpy() @ binding.to_model.numpy() / binding.unit_scale
+    # The poser's bones are the mapped ones (the root bone among them): the transfer's own world
+    # rotations serve, and only the located root bone's head counts (poser.basis), so no second FK.
+    # A root bone below another posed bone (not seen in rigs) needs every head: character_fk then.
     index = [binding.skeleton.index(name) for name in poser.bones]
+    root = index.index(binding.root_bone)
+    if poser.anchors[root] >= 0:
+        heads, world = character_fk(binding, pose.quaternions, pose.location)
+    else:
+        heads, world = pose.root_head.unsqueeze(1).expand(-1, binding.skeleton.num_bones, 3), pose.world
     posed = np.zeros((len(quaternions), len(index), 4, 4))
-    posed[..., :3, :3] = rotations[:, index]
-    posed[..., :3, 3] = heads_rig[:, index]
+    posed[..., :3, :3] = rig_world_rotations(binding, world).numpy()[:, index]
+    posed[..., :3, 3] = heads.numpy()[:, index] @ binding.to_model.numpy() / binding.unit_scale
     posed[..., 3, 3] = 1.0
     return channels_from_basis(character, poser.bones, poser.basis(posed), poser.located)
 

@@ -155,6 +155,10 @@ def test_unmapped_bones_keep_their_current_rotation(body, samples):
     wrist = binding.joint_bones[names.index("left_wrist")][0]
     expected = G[:, names.index("left_wrist")] @ torch.as_tensor(built.t_rest[wrist])
     assert float(_angle_deg(D[:, wrist] @ binding.rest[wrist], expected).max()) < 2.0
+    # what the transfer computed on the way is character_fk's, so callers need not run it again
+    mapped = [b for b, j in enumerate(binding.bone_joint) if j >= 0]
+    torch.testing.assert_close(pose.world[:, mapped], D[:, mapped], atol=1e-9, rtol=0)
+    torch.testing.assert_close(pose.root_head, heads[:, binding.root_bone], atol=1e-9, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------
