@@ -51,7 +51,9 @@ rest). For a body joint j and its chain of bones, A_j is the rotation taking the
 onto the body's rest bone: at the pelvis the one matching both rests' frames (pelvis -> upper body
 up, right -> left hip); below it, the parent's A carries the bone rigidly (a limb continues), then
 the least rotation bends the bone's direction (the chain's first head to the next mapped joint's
-first head) onto the body's (joint -> child): A_j = min(A_p d_rig -> d_body) A_p. A rest that bends
+first head, or the head -> tail of the bone the map's `segments` names, for controls that turn
+about a pivot away from their segment: Rigify's FK spine) onto the body's (joint -> child):
+A_j = min(A_p d_rig -> d_body) A_p. A `segments` bone of the pelvis gives its up direction. A rest that bends
 a limb (A-pose arms, flexed elbows, splayed legs) is undone exactly, without adding twist; the
 bones' roll is in their rest orientations, which the formula never needs to read. Joints without a
 direction (head, toes, finger tips) keep their parent's A.
