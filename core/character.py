@@ -19,7 +19,8 @@ Contract (the Blender side and scripts/retarget.py build on it; shapes are batch
   `BoneMapError` naming missing required joints, or refusing a non-humanoid rig.
 * `body_to_character(binding, poses (B, J, 3) axis-angle, transl (B, 3), current=None)` ->
   `CharacterPose(quaternions (B, N, 4) wxyz pose-bone rotations in each bone's rest frame,
-  location (B, 3) of `binding.root_bone` in its rest frame, rig units)`. Unmapped bones keep
+  location (B, 3) of `binding.root_bone` in its rest frame, rig units, and what it computed on the
+  way: world (B, N, 3, 3) the mapped bones' D, root_head (B, 3))`. Unmapped bones keep
   `current` (B, N, 4) or (N, 4) quaternions, else their rest.
 * `character_to_body(binding, quaternions (B, N, 4), location (B, 3))` -> (poses (B, J, 3), transl (B, 3)).
 * `character_fk(binding, quaternions, location)` -> heads (B, N, 3) model-space metres and world
@@ -50,7 +51,9 @@ rest). For a body joint j and its chain of bones, A_j is the rotation taking the
 onto the body's rest bone: at the pelvis the one matching both rests' frames (pelvis -> upper body
 up, right -> left hip); below it, the parent's A carries the bone rigidly (a limb continues), then
 the least rotation bends the bone's direction (the chain's first head to the next mapped joint's
-first head) onto the body's (joint -> child): A_j = min(A_p d_rig -> d_body) A_p. A rest that bends
+first head, or the head -> tail of the bone the map's `segments` names, for controls that turn
+about a pivot away from their segment: Rigify's FK spine) onto the body's (joint -> child):
+A_j = min(A_p d_rig -> d_body) A_p. A `segments` bone of the pelvis gives its up direction. A rest that bends
 a limb (A-pose arms, flexed elbows, splayed legs) is undone exactly, without adding twist; the
 bones' roll is in their rest orientations, which the formula never needs to read. Joints without a
 direction (head, toes, finger tips) keep their parent's A.
@@ -318,10 +321,16 @@ class CharacterBinding:
 @dataclass
 class CharacterPose:
     """Pose-bone rotations (B, N, 4) wxyz in each bone's rest frame; location (B, 3) of the root
-    bone (binding.root_bone) in its rest frame, rig units."""
+    bone (binding.root_bone) in its rest frame, rig units. What `body_to_character` computed on the
+    way, so a caller that needs posed orientations need not run `character_fk` again: world
+    (B, N, 3, 3) the mapped bones' world rotation deltas D as character_fk gives them (unmapped
+    bones: identity, not computed; `rig_world_rotations` turns D into rig-space orientations) and
+    root_head (B, 3) the root bone's posed head, model-space metres (None when not computed)."""
 
     quaternions: Tensor
     location: Tensor
+    world: Tensor | None = None
+    root_head: Tensor | None = None
 
 
 def _resolve_map(skeleton: CharacterSkeleton, bone_map) -> SkeletonPreset:
@@ -467,6 +476,7 @@ def _bind(skeleton, preset, body_rest, body_parents, body_names, scale, dtype) -
     tails = unit * torch.as_tensor(skeleton.tails, dtype=dtype) @ C.T
     rest = C @ torch.as_tensor(skeleton.rest, dtype=dtype)
 
+    segments = {name: skeleton.index(bone) for name, bone in preset.segments.items() if name in jindex}
     align = torch.eye(3, dtype=dtype).expand(J, 3, 3).clone()
     for j in range(J):  # body joints come parents first
         name, chain = body_names[j], joint_bones[j]
@@ -474,9 +484,11 @@ def _bind(skeleton, preset, body_rest, body_parents, body_names, scale, dtype) -
         if not chain:
             align[j] = parent_align
         elif body_parents[j] < 0:
-            align[j] = _root_alignment(heads, body_rest, first, jindex)
+            align[j] = _root_alignment(heads, body_rest, first, jindex, _segment(name, segments, heads, tails, body_rest,
+                                                                                 jindex))
         else:  # carried rigidly with its parent, then bent (not twisted) onto the body's bone
-            d = _directions(name, chain, heads, tails, body_rest, first, jindex)
+            d = _segment(name, segments, heads, tails, body_rest, jindex) \
+                or _directions(name, chain, heads, tails, body_rest, first, jindex)
             usable = d is not None and float(d[0].norm()) > 1e-9 and float(d[1].norm()) > 1e-9
             align[j] = minimal_rotation(parent_align @ d[0], d[1]) @ parent_align if usable else parent_align
     body_legs = _leg_length(body_rest, jindex)
@@ -486,6 +498,17 @@ def _bind(skeleton, preset, body_rest, body_parents, body_names, scale, dtype) -
         scale=float(scale) if scale else _leg_length(heads, first) / body_legs,
         root_bone=first["pelvis"], to_model=C, unit_scale=unit,
     )
+
+
+def _segment(name, segments, heads, tails, body_rest, jindex):
+    """(rig direction, body direction) of a joint whose bone map names its segment's bone (the
+    preset's `segments`): that bone's rest head -> tail, and the body joint -> its child; None
+    for other joints."""
+    child = "spine1" if name == "pelvis" else TARGET_DIRECTION_CHILD.get(name)
+    if name not in segments or child not in jindex:
+        return None
+    b = segments[name]
+    return tails[b] - heads[b], body_rest[jindex[child]] - body_rest[jindex[name]]
 
 
 def _directions(name, chain, heads, tails, body_rest, first, jindex):
@@ -513,11 +536,15 @@ def _upper_joint(heads, first, order=("spine1", "spine2", "spine3", "neck", "hea
     raise BoneMapError("no upper-body bone starts away from the pelvis bone: cannot tell up from the rest pose")
 
 
-def _root_alignment(heads, body_rest, first, jindex) -> Tensor:
-    """The pelvis: both rests' frames from (pelvis -> upper body, right hip -> left hip)."""
-    upper = _upper_joint(heads, first)
-    up_rig = heads[first[upper]] - heads[first["pelvis"]]
-    up_body = body_rest[jindex[upper]] - body_rest[jindex["pelvis"]]
+def _root_alignment(heads, body_rest, first, jindex, segment=None) -> Tensor:
+    """The pelvis: both rests' frames from (pelvis -> upper body, right hip -> left hip); the up
+    directions are the pelvis segment's (rig, body) when the bone map names it (`_segment`)."""
+    if segment is not None:
+        up_rig, up_body = segment
+    else:
+        upper = _upper_joint(heads, first)
+        up_rig = heads[first[upper]] - heads[first["pelvis"]]
+        up_body = body_rest[jindex[upper]] - body_rest[jindex["pelvis"]]
     for left, right in (("left_hip", "right_hip"), ("left_shoulder", "right_shoulder"), ("left_knee", "right_knee")):
         if left not in first or right not in first:
             continue
@@ -724,7 +751,9 @@ def body_to_character(binding: CharacterBinding, poses, transl=None, current=Non
     pelvis = binding.body_names.index("pelvis")
     delta = binding.scale * joints[:, pelvis] - head
     location = (rest[r].T @ Dp.transpose(-1, -2) @ delta.unsqueeze(-1)).squeeze(-1) / binding.unit_scale
-    return CharacterPose(quaternions, location)
+    world = torch.eye(3, dtype=dtype).expand(B, N, 3, 3).clone()
+    world[:, plan.mapped] = D
+    return CharacterPose(quaternions, location, world, binding.scale * joints[:, pelvis])
 
 
 def _unmapped_path_head(binding: CharacterBinding, bone: int, cur: Tensor | None, B: int) -> tuple[Tensor, Tensor]:

@@ -463,7 +463,7 @@ def bench_character(ctx: Context) -> list[Table]:
                   ["clip -> character", "frames", "limb direction (deg, mean)", "worst limb (deg, mean)",
                    "hands/feet rotation (deg, mean)", "worst hand/foot (deg)", "limb, transfer only (deg)",
                    "hands/feet, transfer only (deg)", "foot slide, source (mm/frame)",
-                   "foot slide, character (mm/frame)", "seconds"])
+                   "foot slide, character (mm/frame)", "foot slide, transfer only (mm/frame)", "seconds"])
     for (clip, preset), (character, rest_frame) in CHARACTER_PAIRS:
         motion = read_bvh(folder / clip)
         frames = subsample_indices(motion.num_frames, motion.fps, 30)
@@ -476,22 +476,26 @@ def bench_character(ctx: Context) -> list[Table]:
         binding, _, heads, D = character_motion(skeleton, "auto", model, result.poses, result.transl, result.betas)
         agreement = clip_agreement(binding, motion, preset, frames, heads, D)
         seconds = time.perf_counter() - start
-        # the rotation transfer alone (the IK's start), on the mean body
-        start_poses = matrix_to_axis_angle(targets.init.rotations.double())
-        binding, _, heads, D = character_motion(skeleton, "auto", model, start_poses, targets.init.transl)
-        transfer = clip_agreement(binding, motion, preset, frames, heads, D)
-        limb, end = agreement["limb"], agreement["end"]
         slide_source, slide_character = _foot_slide(motion, preset, frames, binding, heads)
+        # the rotation transfer alone (the IK's start) with the solved root path and shape, as
+        # scripts/retarget.py --character-from transfer drives the character
+        start_poses = matrix_to_axis_angle(targets.init.rotations.double())
+        binding, _, heads, D = character_motion(skeleton, "auto", model, start_poses, result.transl, result.betas)
+        transfer = clip_agreement(binding, motion, preset, frames, heads, D)
+        _, slide_transfer = _foot_slide(motion, preset, frames, binding, heads)
+        limb, end = agreement["limb"], agreement["end"]
         table.rows.append([f"{clip} -> {Path(character).parent.name}", len(frames), float(np.mean(list(limb.values()))),
                            max(limb.values()), float(np.mean(list(end.values()))), max(end.values()),
                            float(np.mean(list(transfer["limb"].values()))),
-                           float(np.mean(list(transfer["end"].values()))), slide_source, slide_character, seconds])
+                           float(np.mean(list(transfer["end"].values()))), slide_source, slide_character,
+                           slide_transfer, seconds])
     table.notes.append("Limb: angle between the source's bone (hip -> knee, knee -> ankle, shoulder -> elbow, "
                        "elbow -> wrist) and the character's, per frame, averaged; hands/feet: angle between the "
                        "character's hand and foot rotations from rest and the source's carried through both rest "
                        "alignments. Both include the IK's changes to the rotation transfer (the body's joints are "
                        "calibrated landmarks, not the source's joints); the character follows the body exactly. "
-                       "'Transfer only': the same character driven by the rotation transfer that starts the IK.")
+                       "'Transfer only': the same character driven by the rotation transfer that starts the IK, "
+                       "with the solved root path and shape (retarget.py --character-from transfer).")
     table.notes.append("Foot slide: mean horizontal travel per frame of the ankles over the frames where the source's "
                        "ankle is planted (within 3 cm of its lowest and moving < 5 mm/frame), the character's divided "
                        "by its scale (body size).")

@@ -35,6 +35,13 @@ The report adds character_map (body joint -> bones), character_scale (character 
 metre), limb_direction_deg (mean angle between the source's limbs and the character's; the solved
 body's for C3D), limb_direction_body_deg (the character's against the solved body's) and
 end_rotation_deg (hands and feet against the source's, BVH sources).
+--character-from picks what drives the character from a BVH source: transfer (the default for BVH)
+the source's rotations carried through both rest alignments (the IK's start) with the solved root
+path and shape, or ik the solved body, whose joints the IK puts on the source's calibrated
+landmarks (limbs a few degrees off the source's where the two skeletons place joints differently).
+On the benchmark clips transfer follows the source's limbs and hands within 1 degree (ik: 2.6-5
+and 2.7-9.7) and slides the feet no more than ik does (docs/benchmarks.md). C3D markers always
+drive the character through the solved body (ik).
 
 With --out-dir it converts a library (folders, searched recursively, clips or glob patterns): one
 OUT_DIR/<relative path>/<name>_poses.npz per clip, OUT_DIR/report.jsonl with one line per clip
@@ -80,7 +87,7 @@ from core.mocap.bvh import read_bvh, write_bvh  # noqa: E402
 from core.mocap.c3d import read_c3d, to_model_space  # noqa: E402
 from core.mocap.skeletons import detect_preset  # noqa: E402
 from core.mocap.transfer import skeleton_fk  # noqa: E402
-from core.rotations import axis_angle_to_matrix  # noqa: E402
+from core.rotations import axis_angle_to_matrix, matrix_to_axis_angle  # noqa: E402
 from core.mocap.convert import subsample_indices  # noqa: E402
 from core.pose_files import PoseSequence, pose_arrays, save_pose_file  # noqa: E402
 from core.retarget import (ClipTargets, Retarget, RetargetOptions, RetargetResult, bvh_targets,  # noqa: E402
@@ -122,7 +129,15 @@ def write_character(args: argparse.Namespace, model: BodyModel, result, targets:
             skeleton = load_character(args.character)
     else:
         raise ValueError(f"{path}: --character takes a .bvh, a .blend (FILE.blend:ARMATURE), an .fbx or a .glb")
-    binding, pose, heads, D = character_motion(skeleton, args.character_map, model, result.poses, result.transl,
+    poses = result.poses
+    if args.character_from == "transfer" and targets.init is None:
+        if args.character_from_given:
+            raise ValueError(f"{args.input}: --character-from transfer needs a BVH source (a clip of rotations); "
+                             "markers drive the character through the solved body (ik)")
+        args.character_from = "ik"
+    if args.character_from == "transfer":
+        poses = matrix_to_axis_angle(targets.init.rotations.double())
+    binding, pose, heads, D = character_motion(skeleton, args.character_map, model, poses, result.transl,
                                                result.betas)
     if path.suffix.lower() == ".bvh":
         frames = bvh_channels(binding, character, pose)
@@ -131,7 +146,7 @@ def write_character(args: argparse.Namespace, model: BodyModel, result, targets:
         frames = armature_bvh_channels(binding, character, keep, pose)
     write_bvh(out, character, frames, 1.0 / result.fps)
     report = {"character": str(args.character), "character_map": binding.character_map(),
-              "character_scale": round(binding.scale, 4)}
+              "character_scale": round(binding.scale, 4), "character_from": args.character_from}
     report.update(_limb_agreement(args, binding, targets, result, heads, D))
     return report
 
@@ -214,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
                         ".glb; the motion is written in it (--out .bvh)")
     parser.add_argument("--character-map", default="auto",
                         help="bone map of the character: auto (by bone names), a preset name or a .json")
+    parser.add_argument("--character-from", choices=("ik", "transfer"),
+                        help="BVH sources: drive the character with the source's rotations and the solved root path "
+                             "(transfer, the default: limbs follow the source's) or with the solved body (ik: its "
+                             "joints on the calibrated landmarks); C3D: always ik")
     parser.add_argument("--character-rest-frame", type=int,
                         help="frame of the character file holding its bind pose (default: its OFFSET pose)")
     add_runner_arguments(parser)
@@ -223,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.character_from_given = args.character_from is not None
+    args.character_from = args.character_from or "transfer"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but this PyTorch sees no CUDA device")
     if is_batch(parser, args):

@@ -105,6 +105,55 @@ def bound_character(body: bpy.types.Object) -> bpy.types.Object | None:
     return character
 
 
+def selected_joints(context: bpy.types.Context, body: bpy.types.Object) -> list[str]:
+    """The body joints of the selected pose bones, in model order: the body's own bones, and the
+    bones of its bound character through the bone map (any bone of a joint's chain stands for it),
+    so Pin and Add Targets > Selected Bones work on the character the user sees."""
+    character = bound_character(body)
+    bone_joint = {} if character is None else {
+        bone: joint for joint, bones in character.vposer_character.mapping().items() for bone in bones}
+    chosen = set()
+    for bone in context.selected_pose_bones or ():
+        if bone.id_data == body:
+            chosen.add(bone.name)
+        elif bone.id_data == character and bone.name in bone_joint:
+            chosen.add(bone_joint[bone.name])
+    return [name for name in body.vposer_body.joint_names() if name in chosen]
+
+
+def target_places(context: bpy.types.Context, body: bpy.types.Object,
+                  joints: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Where Add Targets puts each joint's target (K, 3 world) and its offset from the joint (K, 3;
+    body metres in the body's rest axes, carried by the joint's parent, as core.keypoints' `local`).
+    On a bound character a target sits on the head of the joint's first mapped bone, which the body
+    fit leaves a few centimetres from the body's joint: the offset makes the target pull that point,
+    so an untouched target pulls nothing. Elsewhere it sits on the body's joint (offset 0), as does
+    the pelvis' (the character's root bone is placed with its head on it, and the root joint has no
+    parent segment to carry an offset)."""
+    depsgraph = context.evaluated_depsgraph_get()
+    posed = body.evaluated_get(depsgraph)
+    bones = posed.pose.bones
+    world = np.array(posed.matrix_world)
+    heads = np.array([bones[joint].head for joint in joints]).reshape(-1, 3)  # model space (the body's)
+    places = heads @ world[:3, :3].T + world[:3, 3]
+    offsets = np.zeros_like(heads)
+    character = bound_character(body)
+    if character is None:
+        return places, offsets
+    mapping = character.vposer_character.mapping()
+    shown = character.evaluated_get(depsgraph)
+    to_model = np.linalg.inv(world)
+    for k, joint in enumerate(joints):
+        parent = bones[joint].parent  # the body's bones are its joints
+        if not mapping.get(joint) or parent is None:  # the root bone's head is on the pelvis by construction
+            continue
+        places[k] = np.array(shown.matrix_world @ shown.pose.bones[mapping[joint][0]].head)
+        turned = np.array(parent.matrix)[:3, :3] @ np.array(parent.bone.matrix_local)[:3, :3].T  # its world delta
+        point = to_model[:3, :3] @ places[k] + to_model[:3, 3]
+        offsets[k] = turned.T @ (point - heads[k])
+    return places, offsets
+
+
 def character_body(obj: bpy.types.Object) -> bpy.types.Object | None:
     """The body a character is bound to, if the binding still holds on both sides."""
     body = obj.vposer_character.body if obj.type == "ARMATURE" else None

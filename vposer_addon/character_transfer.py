@@ -77,7 +77,8 @@ def bind(context: bpy.types.Context, character: bpy.types.Object, body: bpy.type
     skeleton = skeleton_of(character)
     model = body.vposer_body.body_model() if body is not None else _default_model(context)
     try:
-        binding = bind_character(skeleton, _preset_from(mapping) if mapping else "auto", model=model)
+        preset = _preset_from(mapping, character.vposer_character.preset) if mapping else "auto"
+        binding = bind_character(skeleton, preset, model=model)
     except (BoneMapError, CharacterError) as error:
         raise TransferError(str(error)) from None
     if body is None:
@@ -151,10 +152,17 @@ def _use_fk_switches(character: bpy.types.Object) -> None:
                 pose_bone[switch] = value
 
 
-def _preset_from(mapping: dict[str, list[str]]):  # noqa: ANN202 - a core SkeletonPreset
-    from ..core.mocap.skeletons import SkeletonPreset
+def _preset_from(mapping: dict[str, list[str]], preset: str = ""):  # noqa: ANN202 - a core SkeletonPreset
+    """A bone map from a joint -> bones table. preset: the built-in map it was detected as, whose
+    name and `segments` (the bones giving a joint's rest direction, e.g. a Rigify rig's FK spine)
+    it keeps for the joints still mapped; otherwise "custom"."""
+    from ..core.mocap.skeletons import PRESETS, SkeletonPreset
 
-    return SkeletonPreset("custom", {joint: tuple(bones) for joint, bones in mapping.items()})
+    joints = {joint: tuple(bones) for joint, bones in mapping.items()}
+    if preset not in PRESETS:
+        return SkeletonPreset("custom", joints)
+    segments = {joint: bone for joint, bone in PRESETS[preset].segments.items() if joint in joints}
+    return SkeletonPreset(preset, joints, segments=segments)
 
 
 # -------------------------------------------------------------------------------- the binding in use
@@ -170,7 +178,7 @@ def binding_of(character: bpy.types.Object, body: bpy.types.Object) -> Character
 
     settings = character.vposer_character
     mapping = settings.mapping()
-    key = (tuple((joint, tuple(bones)) for joint, bones in mapping.items()), settings.scale,
+    key = (tuple((joint, tuple(bones)) for joint, bones in mapping.items()), settings.preset, settings.scale,
            tuple(body.vposer_body.betas), tuple(settings.bind_world))
     cached = _bindings.get(character.session_uid)
     if cached is None or cached[0] != key:
@@ -178,8 +186,9 @@ def binding_of(character: bpy.types.Object, body: bpy.types.Object) -> Character
         with torch.no_grad():
             rest = model.rest_joints(torch.as_tensor(body.vposer_body.betas_array(), dtype=model.dtype)[None])[0]
         world = np.array(settings.bind_world).reshape(4, 4)
-        skeleton = skeleton_of(character, world, {bone for bones in mapping.values() for bone in bones})
-        binding = bind_character(skeleton, _preset_from(mapping), rest.double().numpy(),
+        preset = _preset_from(mapping, settings.preset)
+        skeleton = skeleton_of(character, world, set(preset.source_names()) & set(character.data.bones.keys()))
+        binding = bind_character(skeleton, preset, rest.double().numpy(),
                                  model.parents.numpy(), list(model.joint_names), scale=settings.scale)
         cached = _bindings[character.session_uid] = (key, binding)
     return cached[1]
@@ -212,13 +221,18 @@ def body_to_character(context: bpy.types.Context, character: bpy.types.Object, b
     local = quaternion_to_matrix(torch.as_tensor(quaternions, dtype=torch.float64))
     pose = transfer(binding, local, torch.as_tensor(translations, dtype=torch.float64),
                     current=current_quaternions(character, binding.skeleton.names))
-    heads, rotations = character_fk(binding, pose.quaternions, pose.location)
-    rotations = rig_world_rotations(binding, rotations).numpy()
-    heads_rig = heads.numpy() @ binding.to_model.numpy() / binding.unit_scale
+    # The poser's bones are the mapped ones (the root bone among them): the transfer's own world
+    # rotations serve, and only the located root bone's head counts (poser.basis), so no second FK.
+    # A root bone below another posed bone (not seen in rigs) needs every head: character_fk then.
     index = [binding.skeleton.index(name) for name in poser.bones]
+    root = index.index(binding.root_bone)
+    if poser.anchors[root] >= 0:
+        heads, world = character_fk(binding, pose.quaternions, pose.location)
+    else:
+        heads, world = pose.root_head.unsqueeze(1).expand(-1, binding.skeleton.num_bones, 3), pose.world
     posed = np.zeros((len(quaternions), len(index), 4, 4))
-    posed[..., :3, :3] = rotations[:, index]
-    posed[..., :3, 3] = heads_rig[:, index]
+    posed[..., :3, :3] = rig_world_rotations(binding, world).numpy()[:, index]
+    posed[..., :3, 3] = heads.numpy()[:, index] @ binding.to_model.numpy() / binding.unit_scale
     posed[..., 3, 3] = 1.0
     return channels_from_basis(character, poser.bones, poser.basis(posed), poser.located)
 

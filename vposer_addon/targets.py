@@ -69,6 +69,14 @@ class VPoserTarget(bpy.types.PropertyGroup):
         min=0.0,
         soft_max=10.0,
     )
+    joint_offset: bpy.props.FloatVectorProperty(
+        name="Joint Offset",
+        description="Where this target sits from its joint (body metres, the body's axes at rest, carried by the "
+                    "joint's parent bone): Add Targets on a bound character sets it so the target sits on the "
+                    "character's bone and an untouched target pulls nothing",
+        size=3,
+        default=(0.0, 0.0, 0.0),
+    )
 
 
 def driven_body(context: bpy.types.Context) -> bpy.types.Object | None:
@@ -133,7 +141,11 @@ def solve(
         latent=_remembered_latent(rig, quaternions[:NUM_BODY_JOINTS], transl),
     )
     options = {"lm_options": LMOptions(max_iterations=LIVE_ITERATIONS), "retry": None} if live else {}
-    solver = IKSolver(model, KeypointSet.from_joints(model, joints), prior, **options)
+    keypoints = {obj.vposer_target.joint: {"joint": obj.vposer_target.joint} for obj in targets}
+    for obj in targets:  # a target placed on a character's bone pulls that point (Add Targets sets it)
+        if any(obj.vposer_target.joint_offset):
+            keypoints[obj.vposer_target.joint]["local"] = list(obj.vposer_target.joint_offset)
+    solver = IKSolver(model, KeypointSet.from_dict(model, keypoints, source=f"{rig.name}'s targets"), prior, **options)
     result = solver.solve(
         torch.as_tensor(positions, dtype=model.dtype),
         torch.as_tensor(weights, dtype=model.dtype),

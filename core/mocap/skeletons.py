@@ -9,6 +9,11 @@ A preset is plain data:
   source joint, gives the bone direction used to align the two rest poses. The target direction
   is the segment from the SMPL joint to its child in `TARGET_DIRECTION_CHILD`. Joints absent here
   (or whose target has no such child) inherit their parent's alignment (identity at the root).
+* ``segments``: SMPL joint name -> the bone whose own rest head -> tail is the segment that joint
+  turns (joint -> its child in `TARGET_DIRECTION_CHILD`, the pelvis -> spine1), for character rigs whose controls turn
+  about a pivot away from the segment they move (a generated Rigify rig's FK spine turns about the
+  torso pivot: spine_fk.001 starts there, while the lower back it moves hangs below it). Used by
+  `core.character`'s rest alignment instead of "first head -> next mapped joint's first head".
 * ``landmarks``: the SMPL joints whose (first) source joint sits where the SMPL joint does, so
   its position can be a keypoint target for the IK (None: every mapped joint). Rotations of the
   others still transfer; only their positions are left out, where the two skeletons place the
@@ -147,6 +152,7 @@ class SkeletonPreset:
     description: str = ""
     landmarks: tuple[str, ...] | None = None
     rest_frame: int | None = None
+    segments: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         # Empty joints are allowed here: `resolve` may find none of a preset's bones in a skeleton
@@ -169,6 +175,11 @@ class SkeletonPreset:
         if wrong:
             raise SkeletonPresetError(f"preset {self.name!r}: 'directions' must map SMPL joints to one source joint "
                                       f"name each, got {wrong}")
+        for key in ("segments",):
+            table = getattr(self, key)
+            if not isinstance(table, Mapping) or not all(k in self.joints and _is_name(v) for k, v in table.items()):
+                raise SkeletonPresetError(f"preset {self.name!r}: '{key}' must map mapped SMPL joints to one bone "
+                                          f"name each, got {table!r}")
         if self.axes is not None:
             _check_axes(self.axes)
         if self.landmarks is not None:
@@ -213,6 +224,7 @@ class SkeletonPreset:
         """Every source joint name the preset refers to."""
         names = [n for smpl in self.joints for n in self.sources(smpl)]
         names += [d for d in self.directions.values() if d]
+        names += [d for d in self.segments.values() if d]
         return list(dict.fromkeys(names))
 
     def resolve(self, bone_names) -> "SkeletonPreset":
@@ -227,8 +239,9 @@ class SkeletonPreset:
             if chain:
                 joints[smpl] = chain[0] if len(chain) == 1 else chain
         directions = {k: one(v) for k, v in self.directions.items() if k in joints and one(v) is not None}
+        segments = {k: one(v) for k, v in self.segments.items() if k in joints and one(v) is not None}
         landmarks = None if self.landmarks is None else tuple(k for k in self.landmarks if k in joints)
-        return replace(self, joints=joints, directions=directions, landmarks=landmarks)
+        return replace(self, joints=joints, directions=directions, landmarks=landmarks, segments=segments)
 
     def absent_bones(self, bone_names) -> list[str]:
         """The names (with their alternatives) this preset gives that match no bone of a skeleton."""
@@ -243,7 +256,8 @@ class SkeletonPreset:
 
         joints = {k: (fix(v) if isinstance(v, str) else tuple(fix(x) for x in v)) for k, v in self.joints.items()}
         directions = {k: fix(v) for k, v in self.directions.items()}
-        return replace(self, joints=joints, directions=directions)
+        segments = {k: fix(v) for k, v in self.segments.items()}
+        return replace(self, joints=joints, directions=directions, segments=segments)
 
     def to_dict(self) -> dict:
         return {
@@ -255,6 +269,7 @@ class SkeletonPreset:
             "description": self.description,
             "landmarks": list(self.landmarks) if self.landmarks is not None else None,
             "rest_frame": self.rest_frame,
+            "segments": dict(self.segments),
         }
 
     @classmethod
@@ -271,7 +286,8 @@ class SkeletonPreset:
         if unknown:
             raise SkeletonPresetError(f"unknown preset keys {sorted(unknown)}; the keys are {', '.join(PRESET_KEYS)}")
         name = data.get("name", "custom")
-        for key, kind in (("joints", Mapping), ("directions", Mapping), ("axes", list), ("landmarks", list)):
+        for key, kind in (("joints", Mapping), ("directions", Mapping), ("segments", Mapping), ("axes", list),
+                          ("landmarks", list)):
             if data.get(key) is not None and not isinstance(data[key], kind):
                 expected = "an object" if kind is Mapping else "a list"
                 raise SkeletonPresetError(f"preset {name!r}: '{key}' must be {expected}, got {data[key]!r}")
@@ -290,10 +306,12 @@ class SkeletonPreset:
             description=data.get("description", ""),
             landmarks=tuple(data["landmarks"]) if data.get("landmarks") is not None else None,
             rest_frame=data.get("rest_frame"),
+            segments=dict(data.get("segments") or {}),
         )
 
 
-PRESET_KEYS = ("name", "description", "joints", "directions", "landmarks", "unit_scale", "axes", "rest_frame")
+PRESET_KEYS = ("name", "description", "joints", "directions", "segments", "landmarks", "unit_scale", "axes",
+               "rest_frame")
 # Every SMPL-family joint name a preset may map: SMPL's 24, SMPL-H's fingers, SMPL-X's jaw and eyes.
 PRESET_JOINT_NAMES = tuple(dict.fromkeys(SMPL_JOINT_NAMES + SMPLH_JOINT_NAMES + SMPLX_JOINT_NAMES))
 
@@ -531,13 +549,17 @@ RIGIFY_FK = SkeletonPreset(
     description="generated Rigify rig, FK controls (torso, spine_fk.001, thigh_fk.L, upper_arm_fk.L, ...); "
                 "set the limbs' IK/FK switches to FK",
     joints=_sided({
-        "pelvis": "torso", "spine1": "spine_fk.001", "spine2": "spine_fk.002", "spine3": "spine_fk.003",
-        "neck": "neck", "head": "head",
+        "pelvis": ("torso", "spine_fk"), "spine1": "spine_fk.001", "spine2": "spine_fk.002",
+        "spine3": "spine_fk.003", "neck": "neck", "head": "head",
         "{s}_hip": "thigh_fk.{L}", "{s}_knee": "shin_fk.{L}", "{s}_ankle": "foot_fk.{L}",
         "{s}_foot": "toe_fk.{L}|toe.{L}",
         "{s}_collar": "shoulder.{L}", "{s}_shoulder": "upper_arm_fk.{L}", "{s}_elbow": "forearm_fk.{L}",
         "{s}_wrist": "hand_fk.{L}", **_rigify_fingers(""),
     }),
+    # Rigify's lower spine turns about the torso pivot (torso -> spine_fk.001 -> spine_fk, inverted):
+    # spine_fk.001 and .002 start at the pivot, spine_fk above the hips; each lies parallel to the
+    # segment it moves (ORG-spine.001, ORG-spine), so its own head -> tail is that segment's direction.
+    segments={"pelvis": "spine_fk", "spine1": "spine_fk.001"},
     landmarks=_LIMB_LANDMARKS,
 )  # fmt: skip
 

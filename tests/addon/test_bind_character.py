@@ -294,7 +294,11 @@ RIGIFY_DEF_LIMBS = {  # body limb -> the deform bones whose heads span it
     ("right_knee", "right_ankle"): ("DEF-shin.R", "DEF-foot.R"),
     ("spine3", "neck"): ("DEF-spine.003", "DEF-spine.004"),
     ("neck", "head"): ("DEF-spine.004", "DEF-spine.006"),
-}  # not the lower spine: Rigify turns its FK spine about the torso pivot, which the map does not match yet
+    # the lower spine, which Rigify's FK controls turn about the torso pivot (the preset's segments)
+    ("pelvis", "spine1"): ("DEF-spine", "DEF-spine.001"),
+    ("spine1", "spine2"): ("DEF-spine.001", "DEF-spine.002"),
+    ("spine2", "spine3"): ("DEF-spine.002", "DEF-spine.003"),
+}
 
 
 def _deform_angles(rig) -> dict[str, float]:
@@ -640,3 +644,82 @@ def test_marker_retarget_keys_a_new_action_on_the_character(mixamo, adult):
         bpy.context.scene.frame_set(frame)
         angles = _limb_angles(body, mixamo, bone_names("mixamo"))
         assert max(angles.values()) < 2.0, (frame, angles)
+
+
+
+CHARACTER_PICKS = {"upper_arm.L": "left_shoulder", "forearm.R": "right_elbow", "spine": "pelvis",
+                   "shin.L": "left_knee", "hand.L": "left_wrist"}  # metarig bone -> the body joint it maps to
+
+
+@pytest.fixture
+def metarig(rigify_rig):
+    """The Rigify human metarig (a plain hierarchy with Rigify's proportions, which the body fit
+    cannot match to the millimetre), active."""
+    metarig = bpy.data.objects["metarig"]
+    bpy.context.view_layer.objects.active = metarig
+    return metarig
+
+
+def _select_character_bones(rig, names) -> None:
+    bpy.context.view_layer.objects.active = rig
+    bpy.ops.object.mode_set(mode="POSE")
+    for bone in rig.pose.bones:
+        bone.select = bone.name in names
+
+
+def test_selected_character_bones_get_targets_on_their_heads_pulling_those_points(metarig, addon):
+    """Add Targets > Selected Bones on a bound metarig: the character's selected bones stand for
+    their body joints; each target sits on the head of the joint's first mapped bone (a few cm from
+    the body's joint: the fit cannot match Rigify's proportions exactly), with an offset from the
+    joint that makes the solve pull that point: core's keypoints with those offsets, at the body's
+    pose, are the targets, and Solve Pose keeps them there."""
+    import torch
+
+    keypoints = importlib.import_module(f"{addon.__name__}.core.keypoints")
+    rotations = importlib.import_module(f"{addon.__name__}.core.rotations")
+    bridge = importlib.import_module(f"{addon.__name__}.vposer_addon.bridge")
+    assert _bind(metarig) == {"FINISHED"}
+    body = _body_of(metarig)
+    mapping = metarig.vposer_character.mapping()
+    _select_character_bones(metarig, CHARACTER_PICKS)
+    assert bpy.ops.vposer.add_targets(preset="SELECTED") == {"FINISHED"}
+    targets = {obj.vposer_target.joint: obj for obj in bpy.context.scene.objects if obj.vposer_target.body == body}
+    assert sorted(targets) == sorted(CHARACTER_PICKS.values())
+    bpy.context.view_layer.update()
+    gaps = {}
+    for joint, target in targets.items():
+        head = _world_head(metarig, mapping[joint][0])
+        np.testing.assert_allclose(np.array(target.matrix_world.translation), head, atol=1e-5)
+        gaps[joint] = np.linalg.norm(head - _world_head(body, joint))
+    assert gaps["pelvis"] < 1e-4 and max(gaps.values()) > 0.02, gaps  # the offsets matter
+    model = body.vposer_body.body_model()
+    pulled = {joint: {"joint": joint, "local": list(target.vposer_target.joint_offset)} if joint != "pelvis"
+              else {"joint": joint} for joint, target in targets.items()}
+
+    def pulled_points() -> np.ndarray:
+        """Where core's keypoints with the targets' offsets are at the body's pose (world)."""
+        quaternions, transl = bridge.get_pose(body, body.vposer_body.joint_names())
+        like = {"dtype": model.dtype}
+        points = keypoints.KeypointSet.from_dict(model, pulled).evaluate(
+            rotations.quaternion_to_matrix(torch.as_tensor(quaternions, **like))[None],
+            torch.as_tensor(body.vposer_body.betas_array(), **like)[None], torch.as_tensor(transl, **like)[None])
+        world = np.array(body.matrix_world)
+        return points[0].double().numpy() @ world[:3, :3].T + world[:3, 3]
+
+    placed = np.array([np.array(target.matrix_world.translation) for target in targets.values()])
+    np.testing.assert_allclose(pulled_points(), placed, atol=2e-4)  # untouched targets pull nothing
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert bpy.ops.vposer.solve_pose() == {"FINISHED"}
+    assert np.linalg.norm(pulled_points() - placed, axis=1).max() < 0.002  # the solve keeps those points on them
+
+
+def test_pinning_character_bones_pins_their_body_joints(metarig):
+    assert _bind(metarig) == {"FINISHED"}
+    body = _body_of(metarig)
+    _select_character_bones(metarig, [*CHARACTER_PICKS, "heel.02.L"])  # an unmapped bone counts for nothing
+    assert bpy.ops.vposer.pin_bones(pin=True) == {"FINISHED"}
+    pinned = {bone.name for bone in body.pose.bones if bone.vposer_pinned}
+    assert pinned == set(CHARACTER_PICKS.values())
+    _select_character_bones(metarig, ["forearm.R"])
+    assert bpy.ops.vposer.pin_bones(pin=False) == {"FINISHED"}
+    assert {bone.name for bone in body.pose.bones if bone.vposer_pinned} == pinned - {"right_elbow"}

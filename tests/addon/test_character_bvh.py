@@ -85,7 +85,8 @@ def test_a_blend_armature_as_the_character(tmp_path):
     blend, out = tmp_path / "hero.blend", tmp_path / "walk_on_hero.bvh"
     _save_armature_blend(blend, rest, list(model.joint_names), model.parents.tolist())
     result = subprocess.run([sys.executable, "scripts/retarget.py", "examples/cmu_02_01_walk.bvh", "--fps", "10",
-                             "--character", f"{blend}:Rig", "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+                             "--character", f"{blend}:Rig", "--character-from", "ik", "--out", str(out)],
+                            capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["character_map"]["left_hip"] == ["thigh_l"]

@@ -155,6 +155,10 @@ def test_unmapped_bones_keep_their_current_rotation(body, samples):
     wrist = binding.joint_bones[names.index("left_wrist")][0]
     expected = G[:, names.index("left_wrist")] @ torch.as_tensor(built.t_rest[wrist])
     assert float(_angle_deg(D[:, wrist] @ binding.rest[wrist], expected).max()) < 2.0
+    # what the transfer computed on the way is character_fk's, so callers need not run it again
+    mapped = [b for b, j in enumerate(binding.bone_joint) if j >= 0]
+    torch.testing.assert_close(pose.world[:, mapped], D[:, mapped], atol=1e-9, rtol=0)
+    torch.testing.assert_close(pose.root_head, heads[:, binding.root_bone], atol=1e-9, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -367,3 +371,40 @@ def test_armature_bvh_reads_back_the_character_pose(body, samples):
     _, positions = forward_kinematics(parse_bvh(text, "rig.bvh"))
     heads, _ = character_fk(binding, pose.quaternions, pose.location)
     torch.testing.assert_close(positions * 0.01, heads[:, keep], atol=1e-6, rtol=0)
+
+
+def test_segments_give_the_rest_direction_of_a_control_away_from_its_segment(body, samples):
+    """A Rigify-like spine: the spine1 control starts at spine2's joint (the pivot it turns about)
+    and leans 20 deg sideways off the body's spine1 -> spine2 at rest. Its head -> next joint's head is
+    degenerate; the map's `segments` names the bone whose own head -> tail is the segment, and the
+    posed control then runs along the body's posed spine1 -> spine2 whatever the pose."""
+    _, rest, names, parents = body
+    J = 22
+    rest_np = rest[:J].numpy()
+    heads, tails = rest_np.copy(), rest_np.copy()
+    for j in range(J):
+        child = TARGET_DIRECTION_CHILD.get(names[j])
+        tails[j] = rest_np[names.index(child)] if child and names.index(child) < J else rest_np[j] + [0, 0.05, 0]
+    s1, s2 = names.index("spine1"), names.index("spine2")
+    segment = rest_np[s2] - rest_np[s1]
+    tilted = axis_angle_to_matrix(torch.tensor([0.0, 0.0, math.radians(20.0)], dtype=torch.float64)).numpy() @ segment
+    heads[s1], tails[s1] = rest_np[s2], rest_np[s2] + tilted
+    skeleton = CharacterSkeleton(names[:J], parents[:J], heads, tails, np.broadcast_to(np.eye(3), (J, 3, 3)).copy(),
+                                 to_model=np.eye(3), unit_scale=1.0, source="pivot rig")
+    bone_map = {"name": "pivot", "joints": {n: n for n in names[:J]}}
+    poses, transl = samples
+    joints, _ = skeleton_fk(axis_angle_to_matrix(poses), rest, parents, transl)
+    body_dir = joints[:, s2] - joints[:, s1]
+
+    def control_direction(binding):
+        pose = body_to_character(binding, poses, transl)
+        _, D = character_fk(binding, pose.quaternions, pose.location)
+        return D[:, s1] @ torch.as_tensor(tilted)
+
+    plain = bind_character(skeleton, bone_map, rest, parents, names)
+    assert float(_direction_deg(control_direction(plain), body_dir).mean()) > 10.0  # the degenerate direction
+    segmented = bind_character(skeleton, {**bone_map, "segments": {"spine1": "spine1"}}, rest, parents, names)
+    assert segmented.bone_map.segments == {"spine1": "spine1"}
+    assert float(_direction_deg(control_direction(segmented), body_dir).max()) < 1e-3
+    with pytest.raises(BoneMapError, match="segments"):
+        bind_character(skeleton, {**bone_map, "segments": {"spine1": ["spine1", "spine2"]}}, rest, parents, names)

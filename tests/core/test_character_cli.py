@@ -38,7 +38,7 @@ def walk_on_character(tmp_path_factory):
     character, out = folder / "daz.bvh", folder / "walk_on_daz.bvh"
     write_character(character)
     result = subprocess.run([sys.executable, "scripts/retarget.py", str(CLIP), "--fps", "30", "--character",
-                             str(character), "--character-rest-frame", "0", "--out", str(out)],
+                             str(character), "--character-rest-frame", "0", "--character-from", "ik", "--out", str(out)],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     return character, out, json.loads(result.stdout)
@@ -117,3 +117,26 @@ def test_c3d_trial_onto_a_character(tmp_path):
     written = read_bvh(out)
     assert written.num_frames == 2 and written.fps == pytest.approx(100, rel=1e-5)
     assert written.names == read_bvh(character).names
+
+
+def test_character_from_transfer_by_default_follows_the_source_limbs(walk_on_character, tmp_path):
+    """By default a BVH source's rotations drive the character (the solved root path): its limbs read
+    back along the clip's, closer than with --character-from ik, which follows the solved body."""
+    character, _, ik_report = walk_on_character
+    out = tmp_path / "walk_transfer.bvh"
+    result = subprocess.run([sys.executable, "scripts/retarget.py", str(CLIP), "--fps", "30", "--character",
+                             str(character), "--character-rest-frame", "0", "--out", str(out)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["character_from"] == "transfer" and ik_report["character_from"] == "ik"
+    assert report["limb_direction_deg"] < 1.0 and report["limb_direction_deg"] < ik_report["limb_direction_deg"] / 2
+    clip, written = read_bvh(CLIP), read_bvh(out)
+    frames = np.arange(0, clip.num_frames, 4)[: written.num_frames]
+    _, src = forward_kinematics(clip, frames=frames)
+    _, dst = forward_kinematics(written)
+    for (a, b), (c, d) in LIMBS.items():
+        u = src[:, clip.index(b)] - src[:, clip.index(a)]
+        v = dst[:, written.index(d)] - dst[:, written.index(c)]
+        cos = torch.nn.functional.cosine_similarity(u, v, dim=-1).clamp(-1, 1)
+        assert float(torch.rad2deg(torch.acos(cos)).mean()) < 2.0, (a, b)

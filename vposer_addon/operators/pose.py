@@ -7,6 +7,7 @@ import numpy as np
 
 from ..dependencies import core_available, missing_message
 from ..reporting import reports_errors
+from ..character import selected_joints, target_places
 from ..targets import TargetError, driven_body, mapped_targets, solve
 
 TARGET_SIZE = 0.05  # metres: an empty's display size, about a joint's width
@@ -66,14 +67,15 @@ class VPOSER_OT_add_targets(bpy.types.Operator):
             return {"CANCELLED"}
 
         collection = _targets_collection(context.scene, rig)
-        posed = rig.evaluated_get(context.evaluated_depsgraph_get())
-        for joint in new:
+        places, offsets = target_places(context, rig, new)
+        for joint, place, offset in zip(new, places, offsets):
             empty = bpy.data.objects.new(f"{rig.name}_{joint}", None)
             empty.empty_display_type = "SPHERE"
             empty.empty_display_size = TARGET_SIZE
-            empty.location = posed.matrix_world @ posed.pose.bones[joint].head
+            empty.location = place
             empty.vposer_target.body = rig
             empty.vposer_target.joint = joint
+            empty.vposer_target.joint_offset = offset
             collection.objects.link(empty)
 
         kept = f"; skipped {', '.join(skipped)}, which already have targets" if skipped else ""
@@ -89,8 +91,7 @@ class VPOSER_OT_add_targets(bpy.types.Operator):
             return [name for name in EFFECTORS if name in names]
         if self.preset == "BODY":
             return names[:NUM_BODY_JOINTS]
-        selected = {bone.name for bone in context.selected_pose_bones or () if bone.id_data == rig}
-        return [name for name in names if name in selected]
+        return selected_joints(context, rig)
 
 
 def _require_body_joints(rig: bpy.types.Object) -> None:
@@ -184,15 +185,14 @@ class VPOSER_OT_pin_bones(bpy.types.Operator):
     @reports_errors("Cannot pin bones of {body}")
     def execute(self, context: bpy.types.Context) -> set[str]:
         rig = driven_body(context)
-        joints = set(rig.vposer_body.joint_names())
-        bones = [bone for bone in context.selected_pose_bones if bone.id_data == rig and bone.name in joints]
-        if not bones:
-            self.report({"ERROR"}, f"None of the selected bones is a joint of {rig.name}")
+        joints = selected_joints(context, rig)
+        if not joints:
+            self.report({"ERROR"}, f"None of the selected bones is a joint of {rig.name} or a bone its character maps")
             return {"CANCELLED"}
-        for bone in bones:
-            bone.vposer_pinned = self.pin
+        for joint in joints:
+            rig.pose.bones[joint].vposer_pinned = self.pin
         verb = "Pinned" if self.pin else "Unpinned"
-        self.report({"INFO"}, f"{verb} {len(bones)} joints of {rig.name}: {', '.join(bone.name for bone in bones)}")
+        self.report({"INFO"}, f"{verb} {len(joints)} joints of {rig.name}: {', '.join(joints)}")
         return {"FINISHED"}
 
 
