@@ -46,15 +46,18 @@ class Fit2DOptions:
     """orient_iterations: the orientation + translation stage; pose_iterations: the prior stage;
     latent: the prior's weight (IKWeights.latent); robust_scale: Geman-McClure scale in pixels;
     edge_on: shoulder width / torso length (pixels) below which both facings are tried;
-    smoothness: the temporal term's weight for sequences (0: none); smooth_iterations its stage."""
+    smoothness: the temporal term's weight for sequences (0: none); smooth_iterations its stage;
+    refine_iterations: with several views, a last stage of raw joint rotations (no prior: views
+    that pin the depth leave the prior's reach as the largest error)."""
 
     orient_iterations: int = 10
     pose_iterations: int = 40
-    latent: float = 2e-4
+    latent: float = 1e-3
     robust_scale: float = 100.0
     edge_on: float = 0.35
     smoothness: float = 0.0
     smooth_iterations: int = 10
+    refine_iterations: int = 10
 
 
 @dataclass
@@ -115,6 +118,8 @@ def fit_2d(solver: IKSolver, cameras: Cameras, pixels, confidence=None, *, seque
     stages = [Stage(("orient", "transl"), options.orient_iterations, prior=False),
               Stage(("orient", "transl", "pose"), options.pose_iterations)]
     weights = {"latent": options.latent}
+    if not single and options.refine_iterations:
+        stages.append(Stage(("orient", "transl", "pose"), options.refine_iterations, prior=False))
     stages = [Stage(s.unknowns, s.max_iterations, weights, s.prior) for s in stages]
     result = solver.solve(None, init=start, stages=stages, terms=[term])
     keep = torch.arange(frames)

@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latent", type=float, default=Fit2DOptions.latent, help="the prior's weight")
     parser.add_argument("--iterations", type=int, default=Fit2DOptions.pose_iterations,
                         help="LM iterations of the prior stage")
+    parser.add_argument("--edge-on", type=float, default=Fit2DOptions.edge_on,
+                        help="shoulder width / torso length below which both facings are tried")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     prior = load_vposer(default_vposer_path()).eval()
     keypoints = KeypointSet.from_joints(model, model.joint_names[:NUM_BODY_JOINTS])
     rotations, translations, counts = converted_poses(model, files, args.fps)
-    options = Fit2DOptions(pose_iterations=args.iterations, latent=args.latent, smoothness=args.smoothness)
+    options = Fit2DOptions(pose_iterations=args.iterations, edge_on=args.edge_on, latent=args.latent, smoothness=args.smoothness)
     solvers = {"prior": IKSolver(model, keypoints, prior), "noprior": IKSolver(model, keypoints, None)}
     generator = torch.Generator().manual_seed(args.seed)
     errors: dict[str, list[torch.Tensor]] = {"mpjpe": [], "pa": [], "noprior_pa": [], "reproj": [], "two_view": []}
