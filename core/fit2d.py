@@ -12,7 +12,7 @@ the reprojection term (core.reprojection.Reprojection2D) in place of 3D targets.
 Pixel residuals are scaled per frame by depth / focal (metres per pixel at the body), so the prior's
 weights keep their meaning from the 3D IK (1 px ~ a few mm). A sequence (`sequence=True`) is one
 batch of per-frame fits followed by a stage with the temporal term (joint accelerations), warm-started
-from them.
+from them. With several views a last stage of raw rotations refines the pose beyond the prior's reach.
 
 Shapes: T frames, K keypoints (the solver's keypoint set), C views. pixels (T, K, 2) with cameras
 of batch () or (T,), or (T, C, K, 2) with cameras (C,) or (T, C); confidence the same without the
@@ -51,11 +51,11 @@ class Fit2DOptions:
     that pin the depth leave the prior's reach as the largest error)."""
 
     orient_iterations: int = 10
-    pose_iterations: int = 40
+    pose_iterations: int = 20
     latent: float = 1e-3
     robust_scale: float = 100.0
     edge_on: float = 0.35
-    smoothness: float = 0.0
+    smoothness: float = 0.02
     smooth_iterations: int = 10
     refine_iterations: int = 10
 

@@ -45,7 +45,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--focal", type=float, default=None, help="focal length in pixels (default: max(W, H))")
     parser.add_argument("--cameras", default=None, help="cameras JSON (core.cameras format), one per input")
     parser.add_argument("--fps", type=float, default=30.0, help="frame rate written to the pose file")
-    parser.add_argument("--smoothness", type=float, default=0.0, help="temporal term weight for a sequence")
+    parser.add_argument("--smoothness", type=float, default=Fit2DOptions.smoothness,
+                        help="temporal term weight for a sequence (0: off)")
     parser.add_argument("--person", default="largest", help="'largest' or an index into each frame's people")
     parser.add_argument("--out", required=True, help="AMASS-style .npz to write")
     parser.add_argument("--overlay", default=None, help="PNG of the first frame's keypoints and fit")

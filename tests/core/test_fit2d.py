@@ -141,3 +141,19 @@ def test_bad_inputs_are_refused(model, prior, keypoints):
         fit_2d(solver, cameras, few)
     with pytest.raises(IKError, match="targets=None"):
         solver.solve(None)
+
+
+def test_a_smooth_sequence_is_fitted_with_the_temporal_term(model, prior, keypoints):
+    """One pose turning slowly: the sequence's temporal stage runs (its cost is reported) and the
+    fit still lands on the pixels."""
+    heading = torch.linspace(0.2, 0.5, 6)
+    state, truth = _truth(model, prior, keypoints, 6, seed=17, heading=heading)
+    state.rotations[:, 1:] = state.rotations[:1, 1:]  # the same body pose in every frame
+    with torch.no_grad():
+        truth = keypoints.evaluate(state.rotations, None, state.transl)
+    cameras = _cameras([0.0, 0.3, 4.0])
+    options = Fit2DOptions(latent=1e-7, smoothness=0.02)
+    fit = fit_2d(IKSolver(model, keypoints, prior), cameras, cameras.project(truth), sequence=True, options=options)
+    assert fit.result.smoothness > 0
+    assert float(fit.reproj_px.max()) < 1.0
+    assert float(_pa_mpjpe(fit.result.points, truth).max()) < 0.05
