@@ -133,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     transl = fill_from_nearest(fit.transl.numpy(), usable) if not usable.all() else fit.transl.numpy()
     save_pose_file(args.out, PoseSequence(poses, transl, np.zeros(model.num_betas), framerate=args.fps))
     if args.overlay:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("error: --overlay needs matplotlib (pip install matplotlib); the poses were written") \
+                from None
         draw_overlay(args.overlay, cameras, pixels[np.flatnonzero(usable)[0], 0], fit.result.points[0].numpy())
     report = {"frames": int(len(pixels)), "fitted_frames": int(usable.sum()),
               "reproj_px": round(float(fit.reproj_px.mean()), 3), "seconds": round(seconds, 3),
