@@ -301,6 +301,7 @@ class IKSolver:
         stay: Sequence[str] = (),
         stages: Sequence[Stage] | None = None,
         align: bool = False,
+        terms: Sequence[Term] = (),
     ) -> IKResult:
         """targets (B, K, 3) or (K, 3) in metres, NaN where missing; confidence (B, K) or (K,)
         (0 = ignore). init: a previous result or state to start from (warm start), else the
@@ -309,18 +310,22 @@ class IKSolver:
         at the start (as given in `init`, not the prior's decoding of its latent). stay: joints held
         near their start rotation by the soft `IKWeights.stay` term. stages: default one stage over
         `unknowns`, preceded on a cold start by an orientation + translation stage. align: also move
-        a given start rigidly onto the targets (a cold start always is), in closed form."""
+        a given start rigidly onto the targets (a cold start always is), in closed form.
+        terms: more residual terms (core.ik_terms.Term, e.g. core.fit2d.Reprojection2D) added to
+        every stage's objective, beside the 3D targets or in their place: targets=None then needs
+        `init` (the start, in world coordinates; no alignment), and `errors` are all NaN. Frames
+        are not retried when terms are given (a term's per-frame data follows the whole batch)."""
         model = self.model
         targets, confidence, centre, state, pinned, held = self._prepare(targets, confidence, init, betas, pins, stay,
-                                                                         align)
+                                                                         align, terms)
         batch = targets.shape[0]
         if stages is None:
             final = Stage(self.unknowns, max_iterations=self.lm_options.max_iterations)
             stages = [final] if init is not None else [Stage(("orient", "transl"), max_iterations=3), final]
         start_betas = None if state.betas is None else state.betas.clone()
-        run = self._run(targets, confidence, centre, state, stages, pinned, held)
+        run = self._run(targets, confidence, centre, state, stages, pinned, held, tuple(terms))
         retried = torch.zeros(batch, dtype=torch.bool, device=model.device)
-        if self.retry is not None and self.method == "lm" and not self._smooth(stages, batch):
+        if self.retry is not None and self.method == "lm" and not self._smooth(stages, batch) and not terms:
             retried = self._retry(run, targets, confidence, centre, stages, pinned, held, start_betas)
         errors = (run.points - targets).norm(dim=-1)
         errors = torch.where(confidence > 0, errors, torch.full_like(errors, float("nan")))
@@ -331,14 +336,15 @@ class IKSolver:
                         method=self.method, retried=retried)
 
     def objective(self, targets: Tensor | np.ndarray, confidence: Tensor | np.ndarray | None = None, *,
-                  stage: Stage | None = None, **start) -> Objective:
+                  stage: Stage | None = None, terms: Sequence[Term] = (), **start) -> Objective:
         """The objective one stage of `solve` would minimise (default stage: over `unknowns`), at
         its start point: its layout, its terms, and their values (Objective.term_values), without
         solving anything. start: init, betas, pins, stay and align, as for `solve`. Coordinates
         are centred on each frame's target centroid, as the solver works."""
-        targets, confidence, centre, state, pinned, held = self._prepare(targets, confidence, **start)
+        targets, confidence, centre, state, pinned, held = self._prepare(targets, confidence, terms=terms, **start)
         stage = stage or Stage(self.unknowns)
-        return Objective(self, targets, confidence, centre, state, stage, self._stage_weights(stage), pinned, held)
+        return Objective(self, targets, confidence, centre, state, stage, self._stage_weights(stage), pinned, held,
+                         tuple(terms))
 
     def _stage_weights(self, stage: Stage) -> IKWeights:
         """The weights of a stage (the solver's, with the stage's overrides), its unknowns checked."""
@@ -348,14 +354,25 @@ class IKSolver:
         return weights
 
     def _prepare(self, targets, confidence, init: IKState | IKResult | None = None, betas=None,
-                 pins: Sequence[str] = (), stay: Sequence[str] = (), align: bool = False
-                 ) -> tuple[Tensor, Tensor, Tensor, IKState, _Held, _Held]:
+                 pins: Sequence[str] = (), stay: Sequence[str] = (), align: bool = False,
+                 terms: Sequence[Term] = ()) -> tuple[Tensor, Tensor, Tensor, IKState, _Held, _Held]:
         """Checked inputs in centred coordinates: targets (B, K, 3), confidence (B, K), the centre
         (B, 3), the start state, and the pinned and held joints at their start rotations."""
         model = self.model
-        targets, confidence = _check_targets(targets, confidence, self.keypoints)
-        batch = targets.shape[0]
-        centre = (confidence.unsqueeze(-1) * targets).sum(1) / confidence.sum(1, keepdim=True)
+        if targets is None:
+            if not terms or init is None:
+                raise IKError("targets=None needs other terms (e.g. a 2D reprojection term) and a start (init)")
+            if align:
+                raise IKError("align needs 3D targets to align to")
+            start = init.state if isinstance(init, IKResult) else init
+            batch = start.transl.shape[0]
+            targets = torch.zeros(batch, len(self.keypoints), 3, dtype=model.dtype, device=model.device)
+            confidence = torch.zeros(batch, len(self.keypoints), dtype=model.dtype, device=model.device)
+            centre = start.transl.detach().to(model.v_template).clone()  # solve about the start's root
+        else:
+            targets, confidence = _check_targets(targets, confidence, self.keypoints)
+            batch = targets.shape[0]
+            centre = (confidence.unsqueeze(-1) * targets).sum(1) / confidence.sum(1, keepdim=True)
         _warn_far(centre, model.dtype)
         targets = targets - centre.unsqueeze(1)
         with torch.no_grad():
@@ -381,14 +398,15 @@ class IKSolver:
         return weights.smoothness > 0 and batch >= 3
 
     def _run(self, targets: Tensor, confidence: Tensor, centre: Tensor, state: IKState, stages: Sequence[Stage],
-             pins: _Held, stay: _Held) -> _Run:
+             pins: _Held, stay: _Held, terms: tuple[Term, ...] = ()) -> _Run:
         """The stages in turn from `state` (centred coordinates), and the final point's evaluation."""
         model, batch = self.model, targets.shape[0]
         iterations = torch.zeros(batch, dtype=torch.long, device=model.device)
         converged = torch.zeros(batch, dtype=torch.bool, device=model.device)
         problem = None
         for stage in stages:
-            problem = Objective(self, targets, confidence, centre, state, stage, self._stage_weights(stage), pins, stay)
+            problem = Objective(self, targets, confidence, centre, state, stage, self._stage_weights(stage), pins, stay,
+                                terms)
             if self.method == "lm":
                 with torch.inference_mode():
                     report = problem.solve_lm(dataclasses.replace(self.lm_options, max_iterations=stage.max_iterations))
@@ -510,7 +528,7 @@ class Objective:
     optimisers' loss both sum the same terms. Build one with IKSolver.objective()."""
 
     def __init__(self, solver: IKSolver, targets: Tensor, confidence: Tensor, centre: Tensor, state: IKState,
-                 stage: Stage, weights: IKWeights, pins: _Held, stay: _Held) -> None:
+                 stage: Stage, weights: IKWeights, pins: _Held, stay: _Held, extra: tuple[Term, ...] = ()) -> None:
         model, unknowns = solver.model, stage.unknowns
         if bool((pins.ids == 0).any()):  # a pinned root: the global orientation is fixed
             unknowns = tuple(name for name in unknowns if name != "orient")
@@ -528,7 +546,7 @@ class Objective:
         if len(pins.ids):  # a start decoded from a latent shows the pinned joints as they were given
             self.state.rotations[:, pins.ids] = pins.rotations
         self.smooth = weights.smoothness > 0 and targets.shape[0] >= 3
-        self.terms = self._terms(confidence, unknowns)
+        self.terms = self._terms(confidence, unknowns, extra)
         self.layout = Layout(model, self.prior, unknowns, self._live_joints(), solver.hand_joints, pins.ids,
                              pins.rotations)
         for term in self.terms:
@@ -551,11 +569,15 @@ class Objective:
         """The intermediates (see core.ik_terms.At) some term reads."""
         return frozenset().union(*(term.needs for term in self.terms))
 
-    def _terms(self, confidence: Tensor, unknowns: tuple[str, ...]) -> list[Term]:
-        """The objective's terms for these weights, in the order their residuals are stacked."""
+    def _terms(self, confidence: Tensor, unknowns: tuple[str, ...], extra: tuple[Term, ...]) -> list[Term]:
+        """The objective's terms for these weights, in the order their residuals are stacked (the
+        3D targets left out when none is usable: the `extra` terms, which follow them, fit alone)."""
         weights, state = self.weights, self.state
-        terms: list[Term] = [PointTargets(self.keypoints, self.targets, confidence * weights.data, weights.robust,
-                                          weights.robust_scale)]
+        terms: list[Term] = []
+        if bool((confidence > 0).any()):
+            terms.append(PointTargets(self.keypoints, self.targets, confidence * weights.data, weights.robust,
+                                      weights.robust_scale))
+        terms.extend(extra)
         if state.latent is not None and weights.latent > 0:
             terms.append(IdentityPrior("latent", "latent", "pose", weights.latent))
         if "betas" in unknowns and weights.betas > 0:

@@ -20,7 +20,8 @@ Linearisation (`At`): what the terms read at b frames' points, computed once per
     rows (b,), state (the frames' IKState), output (the body's forward), jacobian (bool);
     points (b, K, 3) keypoint positions, centred coordinates, and d_points (b, K, 3, N);
     body_joints (b, 22, 3) world positions of the body joints and d_body_joints (b, 22, 3, N);
-    local (b, M, 3, N): each moving joint's angular velocity in its own frame per unknown.
+    local (b, M, 3, N): each moving joint's angular velocity in its own frame per unknown;
+    centre (b, 3): the frames' centres, which `points` are relative to (world = points + centre).
     The derivatives are None unless jacobian is True; points / body_joints only when a term
     `needs` them. A term consuming keypoint positions (3D targets; a 2D reprojection term would
     project `points` and chain its pixel Jacobian with `d_points`) adds no work to the body's.
@@ -84,6 +85,7 @@ class At:
     body_joints: Tensor | None = None
     d_body_joints: Tensor | None = None
     local: Tensor | None = None
+    centre: Tensor | None = None  # (b, 3): add to `points` for world coordinates (a camera's)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +198,7 @@ class Layout:
         if output is None:
             output = model.forward_rotations(point.rotations, point.betas, None, point.transl,
                                              return_vertices=False, vertex_ids=keypoints.vertex_ids)
-        at = At(rows, point, output, jacobian)
+        at = At(rows, point, output, jacobian, centre=centre[rows])
         with_points, with_joints = "points" in needs, "body_joints" in needs
         if with_points:
             at.points = keypoints.points(output.joints, output.vertices, output.joint_rotations)
@@ -252,6 +254,14 @@ def strict_ancestors(model: BodyModel, joints: list[int]) -> Tensor:
     return live
 
 
+def keypoint_live_joints(model: BodyModel, keypoints: KeypointSet) -> Tensor | None:
+    """(J,) bool: the joints whose rotation moves some keypoint of the set (None: any joint)."""
+    if not keypoints.only_joints:  # skinned vertices: any joint may move them (pose correctives)
+        return None
+    # A joint keypoint rides on its parent's segment (see KeypointSet's `local`): strict ancestors move it.
+    return strict_ancestors(model, keypoints.joint_ids.tolist())
+
+
 def _joint_mask(model: BodyModel, joints: Tensor) -> Tensor:
     live = torch.zeros(model.num_joints, dtype=torch.bool, device=model.device)
     live[joints] = True
@@ -298,10 +308,7 @@ class PointTargets(Term):
         self.robust, self.scale = robust, scale
 
     def live_joints(self, model: BodyModel) -> Tensor | None:
-        if not self.keypoints.only_joints:  # skinned vertices: any joint may move them (pose correctives)
-            return None
-        # A joint keypoint rides on its parent's segment (see KeypointSet's `local`): strict ancestors move it.
-        return strict_ancestors(model, self.keypoints.joint_ids.tolist())
+        return keypoint_live_joints(model, self.keypoints)
 
     def value(self, at: At) -> TermValue:
         error = at.points - self.targets[at.rows]

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .body_model import BodyModel
 from .cameras import CAMERA_UNKNOWNS, Cameras, camera_columns
 from .errors import VPoserError
-from .ik_terms import ROBUST, robust_loss
+from .ik_terms import ROBUST, At, Term, TermValue, keypoint_live_joints, robust_loss
+from .keypoints import KeypointSet
 
 
 class ReprojectionError(VPoserError):
@@ -140,3 +142,39 @@ class Reprojection:
         index = torch.arange(views, device=d_camera.device)
         block[:, index, :, :, index] = d_camera.permute(1, 0, 2, 3, 4)
         return block.flatten(1, 3).flatten(2)
+
+
+class Reprojection2D(Term):
+    """The 2D data term as an IK term (core.ik_terms): the body's keypoints (`keypoints`, K of them,
+    at.points plus the frames' centres: world coordinates) seen by fixed `cameras` and compared with
+    `reprojection`'s observed pixels. Cameras of batch shape () / (C,) serve every frame; (B,) /
+    (B, C) (one per frame, for one / C views) follow the batch's frames. Residuals (b, C * K * 2),
+    Jacobian (b, C * K * 2, N) through at.d_points. Give it to IKSolver.solve(..., terms=[...])."""
+
+    name = "reprojection"
+    needs = frozenset({"points"})
+
+    def __init__(self, keypoints: KeypointSet, cameras: Cameras, reprojection: Reprojection) -> None:
+        super().__init__()
+        batch, _, count = reprojection.pixels.shape[:3]
+        if count != len(keypoints):
+            raise ReprojectionError(f"2D keypoints: {count} per frame, but the keypoint set has {len(keypoints)}")
+        frame_dims = 1 if reprojection.single_view else 2
+        self.per_frame = len(cameras.batch_shape) == frame_dims
+        if self.per_frame and cameras.batch_shape[0] != batch:
+            raise ReprojectionError(f"2D keypoints: cameras of batch shape {tuple(cameras.batch_shape)} for {batch} "
+                                    "frames")
+        dtype, device = keypoints.model.dtype, keypoints.model.device
+        self.keypoints, self.cameras, self.reprojection = keypoints, cameras.to(dtype, device), reprojection
+
+    def live_joints(self, model: BodyModel) -> Tensor | None:
+        return keypoint_live_joints(model, self.keypoints)
+
+    def evaluate(self, at: At, jacobian: bool) -> ReprojectionEvaluation:
+        cameras = self.cameras[at.rows] if self.per_frame else self.cameras
+        return self.reprojection.select(at.rows).evaluate(cameras, at.points + at.centre.unsqueeze(1), jacobian)
+
+    def value(self, at: At) -> TermValue:
+        evaluation = self.evaluate(at, at.jacobian)
+        jacobian = self.reprojection.chain(evaluation.d_points, at.d_points) if at.jacobian else None
+        return TermValue(evaluation.cost, evaluation.residuals, jacobian)

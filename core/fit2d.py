@@ -1,0 +1,231 @@
+"""Fit a body to 2D keypoints seen by one or several fixed cameras (SMPLify-style, with the LM IK).
+
+Start: the prior's mean pose, turned to face the first camera upright (its image up = the body's
+up), at the depth where its torso (shoulder-hip lengths) has the length it has in pixels
+(core.cameras.initial_translation). Facing: a body seen from the front shows its left shoulder on
+the image's right; the sign of (left - right) along the image's x over shoulders and hips picks the
+facing. Where the shoulders are nearly edge-on (their image width below `edge_on` times the torso's
+pixel length) that sign means little: both facings are fitted and the lower cost kept. Then the
+IK (core.ik, batched LM) solves orientation and translation, then the pose through the prior, with
+the reprojection term (core.reprojection.Reprojection2D) in place of 3D targets.
+
+Pixel residuals are scaled per frame by depth / focal (metres per pixel at the body), so the prior's
+weights keep their meaning from the 3D IK (1 px ~ a few mm). A sequence (`sequence=True`) is one
+batch of per-frame fits followed by a stage with the temporal term (joint accelerations), warm-started
+from them. With several views a last stage of raw rotations refines the pose beyond the prior's reach.
+
+Shapes: T frames, K keypoints (the solver's keypoint set), C views. pixels (T, K, 2) with cameras
+of batch () or (T,), or (T, C, K, 2) with cameras (C,) or (T, C); confidence the same without the
+last axis; NaN pixels or confidence 0 = missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .cameras import Cameras, initial_translation
+from .errors import VPoserError
+from .ik import IKResult, IKSolver, IKState, Stage
+from .keypoints2d import TORSO
+from .reprojection import Reprojection, Reprojection2D
+from .rotations import axis_angle_to_matrix
+
+
+class Fit2DError(VPoserError):
+    """The 2D fit cannot run on these inputs; the message says why."""
+
+
+@dataclass(frozen=True)
+class Fit2DOptions:
+    """orient_iterations: the orientation + translation stage; pose_iterations: the prior stage;
+    latent: the prior's weight (IKWeights.latent); robust_scale: Geman-McClure scale in pixels;
+    edge_on: shoulder width / torso length (pixels) below which both facings are tried;
+    smoothness: the temporal term's weight for sequences (0: none); smooth_iterations its stage;
+    refine_iterations: with several views, a last stage of raw joint rotations (no prior: views
+    that pin the depth leave the prior's reach as the largest error)."""
+
+    orient_iterations: int = 10
+    pose_iterations: int = 20
+    latent: float = 1e-3
+    robust_scale: float = 100.0
+    edge_on: float = 0.35
+    smoothness: float = 0.02
+    smooth_iterations: int = 10
+    refine_iterations: int = 10
+
+
+@dataclass
+class Fit2DResult:
+    """result: the IK's outcome (world coordinates); poses (T, 3J) axis-angle of every joint (AMASS
+    'poses'); transl (T, 3); reproj_px (T,) mean pixel error over the seen keypoints; flipped (T,)
+    bool: the frames whose kept facing was the second one tried."""
+
+    result: IKResult
+    poses: Tensor
+    transl: Tensor
+    reproj_px: Tensor
+    flipped: Tensor
+
+
+def torso_pairs(names: Sequence[str]) -> list[tuple[int, int]]:
+    """Shoulder-hip pairs as indices into `names` (the keypoint set's)."""
+    return [(names.index(a), names.index(b)) for a, b in TORSO if a in names and b in names]
+
+
+def fit_2d(solver: IKSolver, cameras: Cameras, pixels, confidence=None, *, sequence: bool = False,
+           options: Fit2DOptions = Fit2DOptions()) -> Fit2DResult:
+    """Fit the solver's body to 2D keypoints (see the module docstring for shapes)."""
+    model, keypoints = solver.model, solver.keypoints
+    dtype = model.dtype
+    pixels = torch.as_tensor(np.asarray(pixels, dtype=np.float64)).to(dtype)
+    if confidence is None:
+        confidence = torch.ones(pixels.shape[:-1], dtype=dtype)
+    confidence = torch.as_tensor(np.asarray(confidence, dtype=np.float64)).to(dtype)
+    confidence = torch.where(torch.isfinite(pixels).all(-1), torch.nan_to_num(confidence), torch.zeros_like(confidence))
+    single = pixels.dim() == 3
+    if pixels.dim() not in (3, 4) or pixels.shape[-1] != 2 or pixels.shape[-2] != len(keypoints):
+        raise Fit2DError(f"2D fit: pixels of shape {tuple(pixels.shape)}; expected (frames, {len(keypoints)}, 2) or "
+                         f"(frames, views, {len(keypoints)}, 2) for the solver's keypoints")
+    frames = pixels.shape[0]
+    if frames == 0:
+        raise Fit2DError("2D fit: no frames")
+    cameras = cameras.to(dtype)
+    first, first_pixels, first_confidence = _first_view(cameras, pixels, confidence, single, frames)
+    empty = torch.nonzero((confidence.reshape(frames, -1) > 0).sum(1) < 3).squeeze(1).tolist()
+    if empty:
+        raise Fit2DError(f"2D fit: {len(empty)} frame(s) show fewer than 3 keypoints (first: frame {empty[0]}); "
+                         "drop or interpolate them")
+    pairs = torso_pairs(keypoints.names)
+    if not pairs:
+        raise Fit2DError("2D fit: the keypoints include no shoulder-hip pair to judge the depth from")
+
+    facing = _facing(first, frames)
+    sign = _front_sign(first_pixels, first_confidence, keypoints.names, pairs)
+    ambiguous = sign.abs() < options.edge_on
+    back = sign < 0
+    # Rows to fit: every frame with its likelier facing, then the ambiguous ones turned around.
+    rows = torch.cat([torch.arange(frames), torch.nonzero(ambiguous).squeeze(1)])
+    turned = torch.cat([back, ~back[ambiguous]])
+    start = _start(solver, facing[rows], turned, first[rows] if first.batch_shape else first,
+                   first_pixels[rows], first_confidence[rows], pairs)
+    term = _term(solver, cameras, pixels, confidence, rows, single, start, options)
+    stages = [Stage(("orient", "transl"), options.orient_iterations, prior=False),
+              Stage(("orient", "transl", "pose"), options.pose_iterations)]
+    weights = {"latent": options.latent}
+    if not single and options.refine_iterations:
+        stages.append(Stage(("orient", "transl", "pose"), options.refine_iterations, prior=False))
+    stages = [Stage(s.unknowns, s.max_iterations, weights, s.prior) for s in stages]
+    result = solver.solve(None, init=start, stages=stages, terms=[term])
+    keep = torch.arange(frames)
+    if len(rows) > frames:
+        other = torch.arange(frames, len(rows))
+        better = result.loss[other] < result.loss[rows[other]]
+        keep[rows[other][better]] = other[better]
+    flipped = keep >= frames
+    result = _select(result, keep)
+    if sequence and options.smoothness > 0 and frames >= 3:
+        term = _term(solver, cameras, pixels, confidence, torch.arange(frames), single, result.state, options)
+        smooth = Stage(("orient", "transl", "pose"), options.smooth_iterations,
+                       {"latent": options.latent, "smoothness": options.smoothness})
+        result = solver.solve(None, init=result, stages=[smooth], terms=[term])
+    error = _pixel_error(cameras, pixels, confidence, single, result)
+    return Fit2DResult(result, result.full_pose(), result.transl, error, flipped)
+
+
+# --------------------------------------------------------------------------------------------- start
+
+
+def _first_view(cameras: Cameras, pixels: Tensor, confidence: Tensor, single: bool, frames: int
+                ) -> tuple[Cameras, Tensor, Tensor]:
+    """The first view's cameras (batch () or (T,)), pixels (T, K, 2) and confidence (T, K)."""
+    if single:
+        return cameras, pixels, confidence
+    camera = cameras[:, 0] if len(cameras.batch_shape) == 2 else cameras[0]
+    return camera, pixels[:, 0], confidence[:, 0]
+
+
+def _facing(cameras: Cameras, frames: int) -> Tensor:
+    """(T, 3, 3) a global orientation that stands the body upright in the camera's image and turns
+    its front (+Z) towards the camera: columns camera right, up (-down), backwards (-forward)."""
+    rotation = cameras.rotation.expand(frames, 3, 3)
+    return rotation.transpose(-1, -2) @ torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=rotation.dtype))
+
+
+def _front_sign(pixels: Tensor, confidence: Tensor, names: Sequence[str],
+                pairs: list[tuple[int, int]]) -> Tensor:
+    """(T,) (left - right) image x of the shoulders and hips over the mean torso pixel length:
+    about +0.7 facing the camera, -0.7 turned away, near 0 edge-on (or unknown)."""
+    seen = torch.isfinite(pixels).all(-1) & (confidence > 0)
+    clean = torch.nan_to_num(pixels)
+    width, count = torch.zeros(pixels.shape[0], dtype=pixels.dtype), torch.zeros(pixels.shape[0], dtype=pixels.dtype)
+    for part in ("shoulder", "hip"):
+        if f"left_{part}" in names and f"right_{part}" in names:
+            left, right = names.index(f"left_{part}"), names.index(f"right_{part}")
+            both = (seen[:, left] & seen[:, right]).to(pixels.dtype)
+            width += both * (clean[:, left, 0] - clean[:, right, 0])
+            count += both
+    lengths = torch.stack([(clean[:, a] - clean[:, b]).norm(dim=-1) * (seen[:, a] & seen[:, b]) for a, b in pairs], 1)
+    seen_pairs = torch.stack([seen[:, a] & seen[:, b] for a, b in pairs], 1).sum(1)
+    torso = lengths.sum(1) / seen_pairs.clamp_min(1)
+    return torch.where((count > 0) & (torso > 0), width / count.clamp_min(1) / torso.clamp_min(1e-9),
+                       torch.zeros_like(torso))
+
+
+def _start(solver: IKSolver, facing: Tensor, turned: Tensor, cameras: Cameras, pixels: Tensor,
+           confidence: Tensor, pairs: list[tuple[int, int]]) -> IKState:
+    """The start states (R,): the prior's mean pose (T-pose without a prior), facing the camera or
+    turned around (`turned`), translated to the torso's depth."""
+    model, batch = solver.model, facing.shape[0]
+    state = solver._rest_state(batch, None)
+    half_turn = axis_angle_to_matrix(torch.tensor([0.0, math.pi, 0.0], dtype=model.dtype))
+    orient = torch.where(turned[:, None, None], facing @ half_turn, facing)
+    state.rotations[:, 0] = orient @ state.rotations[:, 0]
+    with torch.no_grad():
+        points = solver.keypoints.evaluate(state.rotations, state.betas, state.transl)
+    state.transl = initial_translation(cameras, points, pixels, confidence, pairs)
+    if solver.prior is None:
+        state.latent = None
+    return state
+
+
+def _term(solver: IKSolver, cameras: Cameras, pixels: Tensor, confidence: Tensor, rows: Tensor, single: bool,
+          start: IKState, options: Fit2DOptions) -> Reprojection2D:
+    """The reprojection term over the frames `rows`, its pixels weighted by (depth / focal)^2 at the
+    start, so that one pixel costs about what its size at the body would in metres."""
+    per_frame = len(cameras.batch_shape) == (1 if single else 2)
+    picked = cameras[rows] if per_frame else cameras
+    with torch.no_grad():
+        points = solver.keypoints.evaluate(start.rotations, start.betas, start.transl)
+    view = (picked if single else (picked[:, 0] if per_frame else picked[0]))
+    depth = view.to_camera(points)[..., 2].mean(-1).clamp_min(0.1)
+    scale = (depth / view.focal.mean(-1).expand_as(depth)) ** 2
+    weight = confidence[rows] * (scale.view(-1, 1) if single else scale.view(-1, 1, 1))
+    reprojection = Reprojection(pixels[rows], weight, scale=options.robust_scale)
+    return Reprojection2D(solver.keypoints, picked, reprojection)
+
+
+def _select(result: IKResult, keep: Tensor) -> IKResult:
+    """The result's frames `keep`."""
+    def pick(value):
+        return None if value is None else value[keep]
+
+    return IKResult(state=result.state.select(keep), points=result.points[keep], errors=result.errors[keep],
+                    loss=result.loss[keep], smoothness=result.smoothness, iterations=result.iterations[keep],
+                    converged=result.converged[keep], method=result.method, retried=pick(result.retried))
+
+
+def _pixel_error(cameras: Cameras, pixels: Tensor, confidence: Tensor, single: bool,
+                 result: IKResult) -> Tensor:
+    """(T,) mean pixel distance over the seen keypoints of every view."""
+    projected = cameras.project(result.points if single else result.points.unsqueeze(1))
+    error = (projected - pixels).norm(dim=-1)
+    seen = (confidence > 0) & torch.isfinite(error)
+    error = torch.where(seen, error, torch.zeros_like(error)).reshape(len(error), -1)
+    return error.sum(1) / seen.reshape(len(error), -1).sum(1).clamp_min(1)
+

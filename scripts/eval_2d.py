@@ -1,0 +1,137 @@
+"""Evaluate the 2D fit on real mocap seen by random virtual cameras.
+
+    python scripts/eval_2d.py BVH_FOLDER [--subjects 06 49] [--frames 300] [--json]
+
+Held-out clips are retargeted onto the open body as for training (as scripts/eval_ik.py does); a
+stretch of consecutive frames from each clip's middle is seen by one static random camera per clip
+(core.synthetic_views: 1920 x 1080, focal 1000-2000 px, 3-6 m away, any heading, 2 px Gaussian
+noise, 10 % of the points dropped), and its 22 body joints are fitted as a single-view sequence
+(core.fit2d) without knowing the pose: with the prior, and without it (raw rotations, 40 LM
+iterations: the baseline converged). Then the same frames from two cameras 90 degrees apart.
+
+JSON keys (stable): frames; mpjpe_mm (joints after moving the pelvis onto the truth's, single view);
+pa_mpjpe_mm (after the best similarity transform); noprior_pa_mpjpe_mm (the same without the prior);
+reproj_px (mean distance to the noisy seen pixels); two_view_mpjpe_mm (pelvis-aligned, two views);
+frames_per_s (single-view fit with the prior, torch threads as given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+for folder in (REPO, REPO / "scripts"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+from eval_ik import converted_poses  # noqa: E402
+
+from core.body_model import BodyModel  # noqa: E402
+from core.fit2d import Fit2DOptions, fit_2d  # noqa: E402
+from core.ik import IKSolver  # noqa: E402
+from core.keypoints import NUM_BODY_JOINTS, KeypointSet  # noqa: E402
+from core.mocap.convert import find_mocap_files  # noqa: E402
+from core.synthetic_views import synthetic_views  # noqa: E402
+from core.vposer import default_vposer_path, load_vposer  # noqa: E402
+
+
+def pa_errors(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(T, K) joint distances after each frame's best similarity transform of `predicted` (T, K, 3)."""
+    a, b = predicted - predicted.mean(1, keepdim=True), truth - truth.mean(1, keepdim=True)
+    u, s, vh = torch.linalg.svd(a.transpose(1, 2) @ b)
+    sign = torch.sign(torch.linalg.det(vh.transpose(1, 2) @ u.transpose(1, 2)))
+    flip = torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], -1))
+    rotation = vh.transpose(1, 2) @ flip @ u.transpose(1, 2)
+    scale = (s * flip.diagonal(dim1=1, dim2=2)).sum(1) / (a * a).sum((1, 2))
+    return (scale[:, None, None] * a @ rotation.transpose(1, 2) - b).norm(dim=-1)
+
+
+def pelvis_errors(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(T, K) joint distances with the pelvis (joint 0) of `predicted` moved onto the truth's."""
+    return ((predicted - predicted[:, :1]) - (truth - truth[:, :1])).norm(dim=-1)
+
+
+def stretches(counts: list[int], frames: int) -> list[tuple[int, int]]:
+    """(start, stop) into the concatenated clips: up to frames / clips consecutive frames from each
+    clip's middle."""
+    each, spans, offset = max(3, frames // len(counts)), [], 0
+    for count in counts:
+        length = min(each, count)
+        start = offset + (count - length) // 2
+        spans.append((start, start + length))
+        offset += count
+    return spans
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="BVH folder(s), file(s) or glob pattern(s)")
+    parser.add_argument("--subjects", nargs="*", default=["06", "49"], help="only files named '<subject>_*'")
+    parser.add_argument("--frames", type=int, default=300, help="frames in all, spread over the clips")
+    parser.add_argument("--fps", type=float, default=30.0, help="frame rate the clips are read at")
+    parser.add_argument("--smoothness", type=float, default=Fit2DOptions.smoothness,
+                        help="the temporal term's weight (0: off)")
+    parser.add_argument("--latent", type=float, default=Fit2DOptions.latent, help="the prior's weight")
+    parser.add_argument("--iterations", type=int, default=Fit2DOptions.pose_iterations,
+                        help="LM iterations of the prior stage")
+    parser.add_argument("--edge-on", type=float, default=Fit2DOptions.edge_on,
+                        help="shoulder width / torso length below which both facings are tried")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        files = find_mocap_files(args.paths, args.subjects)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    model = BodyModel.open_default("adult")
+    prior = load_vposer(default_vposer_path()).eval()
+    keypoints = KeypointSet.from_joints(model, model.joint_names[:NUM_BODY_JOINTS])
+    rotations, translations, counts = converted_poses(model, files, args.fps)
+    options = Fit2DOptions(pose_iterations=args.iterations, edge_on=args.edge_on, latent=args.latent,
+                           smoothness=args.smoothness)
+    solvers = {"prior": IKSolver(model, keypoints, prior), "noprior": IKSolver(model, keypoints, None)}
+    generator = torch.Generator().manual_seed(args.seed)
+    errors: dict[str, list[torch.Tensor]] = {"mpjpe": [], "pa": [], "noprior_pa": [], "reproj": [], "two_view": []}
+    seconds, frames = 0.0, 0
+    for start, stop in stretches(counts, args.frames):
+        with torch.no_grad():
+            truth = keypoints.evaluate(rotations[start:stop], None, translations[start:stop])
+        # float64 points: the synthetic cameras are float64 (fit_2d casts them to the body's dtype)
+        one = synthetic_views(truth.double(), generator, views=1, sequence=True)
+        two = synthetic_views(truth.double(), generator, views=2, sequence=True)
+        began = time.perf_counter()
+        fit = fit_2d(solvers["prior"], one.cameras[0], one.pixels[:, 0], one.confidence[:, 0], sequence=True,
+                     options=options)
+        seconds += time.perf_counter() - began
+        frames += stop - start
+        bare = fit_2d(solvers["noprior"], one.cameras[0], one.pixels[:, 0], one.confidence[:, 0], sequence=True,
+                      options=dataclasses.replace(options, pose_iterations=40))  # the baseline run to convergence
+        both = fit_2d(solvers["prior"], two.cameras, two.pixels, two.confidence, sequence=True, options=options)
+        errors["mpjpe"].append(pelvis_errors(fit.result.points, truth).flatten())
+        errors["pa"].append(pa_errors(fit.result.points, truth).flatten())
+        errors["noprior_pa"].append(pa_errors(bare.result.points, truth).flatten())
+        errors["reproj"].append(fit.reproj_px)
+        errors["two_view"].append(pelvis_errors(both.result.points, truth).flatten())
+    mean = {name: float(torch.cat(values).double().mean()) for name, values in errors.items()}
+    metrics = {"frames": frames, "mpjpe_mm": round(1000 * mean["mpjpe"], 1), "pa_mpjpe_mm": round(1000 * mean["pa"], 1),
+               "noprior_pa_mpjpe_mm": round(1000 * mean["noprior_pa"], 1), "reproj_px": round(mean["reproj"], 2),
+               "two_view_mpjpe_mm": round(1000 * mean["two_view"], 1),
+               "frames_per_s": round(frames / seconds, 1), "clips": len(files), "threads": torch.get_num_threads()}
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        print(", ".join(f"{key} {value}" for key, value in metrics.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The 2D fit (core.fit2d) and its IK term (core.reprojection.Reprojection2D): a known pose projected
+exactly is recovered from two views and from one, the front/back ambiguity picks the right facing,
+and the term's Jacobian through the public objective matches central differences. CPU only."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ik_testing import posed, small_body, smooth_prior
+
+from core.cameras import Cameras
+from core.fit2d import Fit2DError, Fit2DOptions, fit_2d
+
+EXACT = Fit2DOptions(latent=1e-7)  # exact pixels: the prior only has to pick among exact fits
+from core.ik import IKError, IKSolver, IKState, Stage
+from core.keypoints import NUM_BODY_JOINTS, KeypointSet
+from core.reprojection import Reprojection, Reprojection2D
+from core.rotations import axis_angle_to_matrix
+
+STEP = 1e-6
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return small_body(tmp_path_factory.mktemp("body"))
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return smooth_prior(seed=2, spread=0.3)
+
+
+@pytest.fixture(scope="module")
+def keypoints(model):
+    return KeypointSet.from_joints(model, model.joint_names[:NUM_BODY_JOINTS])
+
+
+def _truth(model, prior, keypoints, count: int, seed: int, heading: torch.Tensor | None = None):
+    """Known poses (prior samples, upright, turned about Y by `heading` radians (default random))
+    about 4 m in front of cameras at the origin, and their joints (T, K, 3)."""
+    rotations, latent, _ = posed(model, prior, count, seed=seed, temperature=0.7)
+    generator = torch.Generator().manual_seed(seed)
+    if heading is None:
+        heading = (torch.rand(count, generator=generator) * 2 - 1) * math.pi
+    axis = torch.zeros(count, 3, dtype=model.dtype)
+    axis[:, 1] = heading.to(model.dtype)
+    rotations[:, 0] = axis_angle_to_matrix(axis)
+    transl = torch.zeros(count, 3, dtype=model.dtype)
+    with torch.no_grad():
+        points = keypoints.evaluate(rotations, None, transl)
+    return IKState(rotations, transl, latent), points
+
+
+def _cameras(eyes) -> Cameras:
+    eyes = torch.as_tensor(eyes, dtype=torch.float64)
+    return Cameras.look_at(eyes, torch.zeros_like(eyes), 1500.0, (1920, 1080))
+
+
+def _pa_mpjpe(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(T,) mean joint distance after the best similarity transform, metres."""
+    a, b = predicted - predicted.mean(1, keepdim=True), truth - truth.mean(1, keepdim=True)
+    u, s, vh = torch.linalg.svd(a.transpose(1, 2) @ b)
+    sign = torch.sign(torch.linalg.det(vh.transpose(1, 2) @ u.transpose(1, 2)))
+    flip = torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], -1))
+    rotation = vh.transpose(1, 2) @ flip @ u.transpose(1, 2)
+    scale = (s * flip.diagonal(dim1=1, dim2=2)).sum(1) / (a * a).sum((1, 2))
+    return (scale[:, None, None] * a @ rotation.transpose(1, 2) - b).norm(dim=-1).mean(1)
+
+
+def test_two_views_recover_a_known_pose(model, prior, keypoints):
+    _, truth = _truth(model, prior, keypoints, 4, seed=5)
+    cameras = _cameras([[0.0, 0.3, 4.0], [4.0, 0.3, 0.0]])  # 90 degrees apart
+    pixels = cameras.project(truth.unsqueeze(1))  # (T, 2, K, 2)
+    fit = fit_2d(IKSolver(model, keypoints, prior), cameras, pixels, options=EXACT)
+    errors = (fit.result.points - truth).norm(dim=-1)
+    assert float(errors.max()) < 0.005
+    assert float(fit.reproj_px.max()) < 0.5
+
+
+def test_one_view_fits_the_pixels_and_a_sensible_body(model, prior, keypoints):
+    _, truth = _truth(model, prior, keypoints, 4, seed=7)
+    cameras = _cameras([0.0, 0.3, 4.0])
+    pixels = cameras.project(truth)
+    fit = fit_2d(IKSolver(model, keypoints, prior), cameras, pixels, options=EXACT)
+    assert float(fit.reproj_px.max()) < 1.0
+    assert float(_pa_mpjpe(fit.result.points, truth).max()) < 0.05
+    assert fit.poses.shape == (4, 3 * model.num_joints) and fit.transl.shape == (4, 3)
+
+
+@pytest.mark.parametrize("heading", [math.pi, 0.5 * math.pi - 0.15, -0.5 * math.pi + 0.15])
+def test_front_back_ambiguity_picks_the_right_facing(model, prior, keypoints, heading):
+    """Turned away, or nearly edge-on to the camera at +Z: the fitted body faces where the truth does."""
+    state, truth = _truth(model, prior, keypoints, 1, seed=11, heading=torch.tensor([heading]))
+    cameras = _cameras([0.0, 0.2, 4.0])
+    fit = fit_2d(IKSolver(model, keypoints, prior), cameras, cameras.project(truth), options=EXACT)
+    front = fit.result.rotations[0, 0, :, 2]  # the body's +Z (its front) in the world
+    expected = state.rotations[0, 0, :, 2]
+    assert float(front @ expected) > math.cos(math.radians(30))
+    assert float(fit.reproj_px.max()) < 1.0
+
+
+def test_reprojection_term_jacobian_matches_finite_differences(model, prior, keypoints):
+    state, truth = _truth(model, prior, keypoints, 2, seed=13)
+    generator = torch.Generator().manual_seed(0)
+    cameras = _cameras([[0.5, 0.3, 4.0], [3.0, 1.0, -2.0]])
+    pixels = cameras.project(truth.unsqueeze(1)) + 40 * torch.randn(2, 2, len(keypoints), 2, generator=generator,
+                                                                      dtype=torch.float64)
+    start = IKState(state.rotations.clone(), state.transl + torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64),
+                    state.latent + 0.3)
+    solver = IKSolver(model, keypoints, prior)
+    rows = torch.arange(2)
+    for robust in ("l2", "gm"):
+        term = Reprojection2D(keypoints, cameras, Reprojection(pixels, robust=robust, scale=30.0, weight=1e-5))
+        objective = solver.objective(None, init=start, terms=[term], stage=Stage(("orient", "transl", "pose")))
+        value = objective.term_values(rows=rows)["reprojection"]
+        numeric_cost, numeric_residuals = [], []
+        for column in range(objective.size):
+            step = torch.zeros(2, objective.size, dtype=torch.float64)
+            step[:, column] = STEP
+            ahead = objective.term_values(step, rows, jacobian=False)["reprojection"]
+            behind = objective.term_values(-step, rows, jacobian=False)["reprojection"]
+            numeric_cost.append((ahead.cost - behind.cost) / (2 * STEP))
+            numeric_residuals.append((ahead.residuals - behind.residuals) / (2 * STEP))
+        assert float(value.jacobian.abs().sum()) > 0
+        gradient = torch.einsum("bmn,bm->bn", value.jacobian, value.residuals)
+        torch.testing.assert_close(gradient, torch.stack(numeric_cost, -1), atol=1e-7, rtol=1e-5)
+        if robust == "l2":  # plain squares: the residuals themselves differentiate to the Jacobian
+            torch.testing.assert_close(value.jacobian, torch.stack(numeric_residuals, -1), atol=1e-7, rtol=1e-5)
+
+
+def test_bad_inputs_are_refused(model, prior, keypoints):
+    solver = IKSolver(model, keypoints, prior)
+    cameras = _cameras([0.0, 0.3, 4.0])
+    with pytest.raises(Fit2DError, match="expected"):
+        fit_2d(solver, cameras, torch.zeros(2, 5, 2))
+    few = torch.full((1, len(keypoints), 2), float("nan"))
+    few[0, :2] = 900.0
+    with pytest.raises(Fit2DError, match="fewer than 3"):
+        fit_2d(solver, cameras, few)
+    with pytest.raises(IKError, match="targets=None"):
+        solver.solve(None)
+
+
+def test_a_smooth_sequence_is_fitted_with_the_temporal_term(model, prior, keypoints):
+    """One pose turning slowly: the sequence's temporal stage runs (its cost is reported) and the
+    fit still lands on the pixels."""
+    heading = torch.linspace(0.2, 0.5, 6)
+    state, truth = _truth(model, prior, keypoints, 6, seed=17, heading=heading)
+    state.rotations[:, 1:] = state.rotations[:1, 1:]  # the same body pose in every frame
+    with torch.no_grad():
+        truth = keypoints.evaluate(state.rotations, None, state.transl)
+    cameras = _cameras([0.0, 0.3, 4.0])
+    options = Fit2DOptions(latent=1e-7, smoothness=0.02)
+    fit = fit_2d(IKSolver(model, keypoints, prior), cameras, cameras.project(truth), sequence=True, options=options)
+    assert fit.result.smoothness > 0
+    assert float(fit.reproj_px.max()) < 1.0
+    assert float(_pa_mpjpe(fit.result.points, truth).max()) < 0.05
