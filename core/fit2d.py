@@ -229,3 +229,14 @@ def _pixel_error(cameras: Cameras, pixels: Tensor, confidence: Tensor, single: b
     error = torch.where(seen, error, torch.zeros_like(error)).reshape(len(error), -1)
     return error.sum(1) / seen.reshape(len(error), -1).sum(1).clamp_min(1)
 
+
+def procrustes_errors(predicted: Tensor, truth: Tensor) -> Tensor:
+    """(T, K) joint distances after each frame's best similarity transform of `predicted` (T, K, 3)
+    onto `truth` (T, K, 3): the PA-MPJPE of monocular fits, which leave scale and rotation open."""
+    a, b = predicted - predicted.mean(1, keepdim=True), truth - truth.mean(1, keepdim=True)
+    u, s, vh = torch.linalg.svd(a.transpose(1, 2) @ b)
+    sign = torch.sign(torch.linalg.det(vh.transpose(1, 2) @ u.transpose(1, 2)))
+    flip = torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], -1))
+    rotation = vh.transpose(1, 2) @ flip @ u.transpose(1, 2)
+    scale = (s * flip.diagonal(dim1=1, dim2=2)).sum(1) / (a * a).sum((1, 2))
+    return (scale[:, None, None] * a @ rotation.transpose(1, 2) - b).norm(dim=-1)

@@ -34,23 +34,12 @@ for folder in (REPO, REPO / "scripts"):
 from eval_ik import converted_poses  # noqa: E402
 
 from core.body_model import BodyModel  # noqa: E402
-from core.fit2d import Fit2DOptions, fit_2d  # noqa: E402
+from core.fit2d import Fit2DOptions, fit_2d, procrustes_errors  # noqa: E402
 from core.ik import IKSolver  # noqa: E402
 from core.keypoints import NUM_BODY_JOINTS, KeypointSet  # noqa: E402
 from core.mocap.convert import find_mocap_files  # noqa: E402
 from core.synthetic_views import synthetic_views  # noqa: E402
 from core.vposer import default_vposer_path, load_vposer  # noqa: E402
-
-
-def pa_errors(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """(T, K) joint distances after each frame's best similarity transform of `predicted` (T, K, 3)."""
-    a, b = predicted - predicted.mean(1, keepdim=True), truth - truth.mean(1, keepdim=True)
-    u, s, vh = torch.linalg.svd(a.transpose(1, 2) @ b)
-    sign = torch.sign(torch.linalg.det(vh.transpose(1, 2) @ u.transpose(1, 2)))
-    flip = torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], -1))
-    rotation = vh.transpose(1, 2) @ flip @ u.transpose(1, 2)
-    scale = (s * flip.diagonal(dim1=1, dim2=2)).sum(1) / (a * a).sum((1, 2))
-    return (scale[:, None, None] * a @ rotation.transpose(1, 2) - b).norm(dim=-1)
 
 
 def pelvis_errors(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -117,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                       options=dataclasses.replace(options, pose_iterations=40))  # the baseline run to convergence
         both = fit_2d(solvers["prior"], two.cameras, two.pixels, two.confidence, sequence=True, options=options)
         errors["mpjpe"].append(pelvis_errors(fit.result.points, truth).flatten())
-        errors["pa"].append(pa_errors(fit.result.points, truth).flatten())
-        errors["noprior_pa"].append(pa_errors(bare.result.points, truth).flatten())
+        errors["pa"].append(procrustes_errors(fit.result.points, truth).flatten())
+        errors["noprior_pa"].append(procrustes_errors(bare.result.points, truth).flatten())
         errors["reproj"].append(fit.reproj_px)
         errors["two_view"].append(pelvis_errors(both.result.points, truth).flatten())
     mean = {name: float(torch.cat(values).double().mean()) for name, values in errors.items()}

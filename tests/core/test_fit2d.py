@@ -11,7 +11,7 @@ import torch
 from ik_testing import posed, small_body, smooth_prior
 
 from core.cameras import Cameras
-from core.fit2d import Fit2DError, Fit2DOptions, fit_2d
+from core.fit2d import Fit2DError, Fit2DOptions, fit_2d, procrustes_errors
 
 EXACT = Fit2DOptions(latent=1e-7)  # exact pixels: the prior only has to pick among exact fits
 from core.ik import IKError, IKSolver, IKState, Stage
@@ -58,17 +58,6 @@ def _cameras(eyes) -> Cameras:
     return Cameras.look_at(eyes, torch.zeros_like(eyes), 1500.0, (1920, 1080))
 
 
-def _pa_mpjpe(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """(T,) mean joint distance after the best similarity transform, metres."""
-    a, b = predicted - predicted.mean(1, keepdim=True), truth - truth.mean(1, keepdim=True)
-    u, s, vh = torch.linalg.svd(a.transpose(1, 2) @ b)
-    sign = torch.sign(torch.linalg.det(vh.transpose(1, 2) @ u.transpose(1, 2)))
-    flip = torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], -1))
-    rotation = vh.transpose(1, 2) @ flip @ u.transpose(1, 2)
-    scale = (s * flip.diagonal(dim1=1, dim2=2)).sum(1) / (a * a).sum((1, 2))
-    return (scale[:, None, None] * a @ rotation.transpose(1, 2) - b).norm(dim=-1).mean(1)
-
-
 def test_two_views_recover_a_known_pose(model, prior, keypoints):
     _, truth = _truth(model, prior, keypoints, 4, seed=5)
     cameras = _cameras([[0.0, 0.3, 4.0], [4.0, 0.3, 0.0]])  # 90 degrees apart
@@ -85,7 +74,7 @@ def test_one_view_fits_the_pixels_and_a_sensible_body(model, prior, keypoints):
     pixels = cameras.project(truth)
     fit = fit_2d(IKSolver(model, keypoints, prior), cameras, pixels, options=EXACT)
     assert float(fit.reproj_px.max()) < 1.0
-    assert float(_pa_mpjpe(fit.result.points, truth).max()) < 0.05
+    assert float(procrustes_errors(fit.result.points, truth).mean(1).max()) < 0.05
     assert fit.poses.shape == (4, 3 * model.num_joints) and fit.transl.shape == (4, 3)
 
 
@@ -156,4 +145,4 @@ def test_a_smooth_sequence_is_fitted_with_the_temporal_term(model, prior, keypoi
     fit = fit_2d(IKSolver(model, keypoints, prior), cameras, cameras.project(truth), sequence=True, options=options)
     assert fit.result.smoothness > 0
     assert float(fit.reproj_px.max()) < 1.0
-    assert float(_pa_mpjpe(fit.result.points, truth).max()) < 0.05
+    assert float(procrustes_errors(fit.result.points, truth).mean(1).max()) < 0.05
