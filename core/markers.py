@@ -230,8 +230,9 @@ def calibration_document(keypoints: KeypointSet, betas: Tensor, placements: Sequ
     }
 
 
-def read_calibration(document: Mapping, source: str = "calibration") -> np.ndarray:
-    """The subject's shape (num_betas,) from a calibration document; ValueError naming the field."""
+def read_calibration(document: Mapping, source: str = "calibration", num_betas: int | None = None) -> np.ndarray:
+    """The subject's shape (num_betas,) from a calibration document; ValueError naming the field.
+    With `num_betas`, the shape cut or zero-padded to that many (a body with another count)."""
     betas = document.get("betas")
     try:
         values = np.asarray(betas, dtype=np.float64) if isinstance(betas, (list, tuple)) else np.zeros((0, 0))
@@ -239,7 +240,12 @@ def read_calibration(document: Mapping, source: str = "calibration") -> np.ndarr
         values = np.zeros((0, 0))
     if values.ndim != 1 or not np.isfinite(values).all():
         raise ValueError(f"{source}: 'betas' must be a list of numbers (the subject's shape), got {betas!r}")
-    return values
+    if num_betas is None:
+        return values
+    fitted = np.zeros(num_betas)
+    count = min(len(values), num_betas)
+    fitted[:count] = values[:count]
+    return fitted
 
 
 def displaced_layout(keypoints: KeypointSet, seed: int, slide: tuple[float, float] = (0.01, 0.03),

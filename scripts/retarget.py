@@ -97,7 +97,8 @@ from core.vposer import VPoser, load_default_vposer, load_vposer  # noqa: E402
 DEFAULT_LAYOUT = REPO / "core" / "data" / "markers_plugin_gait_open.json"
 
 
-def load_targets(args: argparse.Namespace, model: BodyModel) -> ClipTargets:
+def load_targets(args: argparse.Namespace, model: BodyModel, calibration: dict[str, Any] | None = None) -> ClipTargets:
+    """The clip's targets; a C3D trial's markers placed by `calibration` (see load_calibration) when given."""
     path = Path(args.input)
     if path.suffix.lower() == ".bvh":
         motion = read_bvh(path)
@@ -110,7 +111,7 @@ def load_targets(args: argparse.Namespace, model: BodyModel) -> ClipTargets:
         clip = read_c3d(path, units=args.units)
         positions = to_model_space(clip.positions, args.up)
         frames = subsample_indices(clip.num_frames, clip.frame_rate, args.fps) if args.fps else np.arange(clip.num_frames)
-        layout = load_calibration(args.calibration) if args.calibration else args.markers or DEFAULT_LAYOUT
+        layout = calibration if calibration is not None else args.markers or DEFAULT_LAYOUT
         targets = marker_targets(model, layout, clip.labels, positions[frames],
                                  min(args.fps or clip.frame_rate, clip.frame_rate), source=str(path))
         targets.source_frames = frames[targets.source_frames]
@@ -181,14 +182,13 @@ def load_calibration(path: Path) -> dict[str, Any]:
     return document
 
 
-def retarget_options(args: argparse.Namespace, model: BodyModel) -> tuple[RetargetOptions, torch.Tensor | None]:
+def retarget_options(args: argparse.Namespace, model: BodyModel,
+                     calibration: dict[str, Any] | None = None) -> tuple[RetargetOptions, torch.Tensor | None]:
     """Options and a fixed shape: a saved calibration holds its layout and shape as they are."""
-    if args.calibration:
-        betas = read_calibration(load_calibration(args.calibration), str(args.calibration))
-        fixed = torch.zeros(model.num_betas, dtype=model.dtype)
-        count = min(len(betas), model.num_betas)
-        fixed[:count] = torch.as_tensor(betas[:count], dtype=model.dtype)
-        return RetargetOptions(batch_size=args.batch, fit_shape=False, calibrate=False), fixed.to(args.device)
+    if calibration is not None:
+        betas = read_calibration(calibration, str(args.calibration), model.num_betas)
+        fixed = torch.as_tensor(betas, dtype=model.dtype, device=args.device)
+        return RetargetOptions(batch_size=args.batch, fit_shape=False, calibrate=False), fixed
     return RetargetOptions(batch_size=args.batch, fit_shape=not args.no_shape), None
 
 
@@ -293,11 +293,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def solve(args: argparse.Namespace, model: BodyModel, progress: bool = True) -> tuple[RetargetResult, ClipTargets]:
     """Retarget the clip args.input onto `model` (with a progress bar over its frames)."""
-    targets = load_targets(args, model)
+    calibration = load_calibration(args.calibration) if args.calibration else None  # read once
+    targets = load_targets(args, model, calibration)
     prior = None
     if targets.init is None:
         prior = load_prior(args.prior, args.device)
-    options, betas = retarget_options(args, model)
+    options, betas = retarget_options(args, model, calibration)
     run = Retarget(model, targets, prior, options, betas=betas)
     with tqdm(total=targets.positions.shape[0], unit="frame", file=sys.stderr, leave=False, disable=not progress) as bar:
         for done, _ in run:

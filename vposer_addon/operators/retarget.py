@@ -207,9 +207,7 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         calibrate = self.source == "ARMATURE" or self.calibrate_markers
         if self.source == "MARKERS" and self.calibration_action:
             document = self._reused_calibration()
-            betas = np.zeros(model.num_betas)
-            values = read_calibration(document, f"action '{self.calibration_action}'")[: model.num_betas]
-            betas[: len(values)] = values
+            betas = read_calibration(document, f"action '{self.calibration_action}'", model.num_betas)
             return RetargetOptions(batch_size=BATCH_FRAMES, fit_shape=False, calibrate=False), betas, document
         betas = None if self.fit_shape else rig.vposer_body.betas_array()
         return RetargetOptions(batch_size=BATCH_FRAMES, fit_shape=self.fit_shape, calibrate=calibrate), betas, None
