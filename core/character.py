@@ -677,6 +677,12 @@ class _Plan:
     between: list[list[int]]
     tips: Tensor  # (J,) the last bone of each joint's chain, -1 unmapped
     needed: list[int]  # bones whose world rotation character_to_body needs (tips and their ancestors)
+    # `between` by depth, for one batched product per depth instead of one per bone (a Rigify rig has
+    # dozens of mechanism bones between its controls; Live Posing transfers on every update):
+    # (rows m (K,), bones (K,)) with between[m][depth] == bones[k] for rows[k] == m
+    between_levels: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    rest_mapped: Tensor | None = None  # (M, 3, 3) rest[mapped]
+    align_mapped: Tensor | None = None  # (M, 3, 3) align[joint]
 
 
 def _plan(binding: CharacterBinding) -> _Plan:
@@ -712,6 +718,12 @@ def _plan(binding: CharacterBinding) -> _Plan:
                  torch.tensor(share, dtype=binding.rest.dtype), torch.tensor(whole, dtype=torch.bool),
                  torch.stack(axis) if axis else torch.zeros(0, 3, dtype=binding.rest.dtype), torch.tensor(anchor),
                  between, torch.tensor(tips), sorted(needed))
+    depth = max((len(path) for path in between), default=0)
+    for level in range(depth):
+        rows = [m for m, path in enumerate(between) if len(path) > level]
+        plan.between_levels.append((torch.tensor(rows), torch.tensor([between[m][level] for m in rows])))
+    plan.rest_mapped = binding.rest[plan.mapped]
+    plan.align_mapped = binding.align[plan.joint]
     binding._plan_cache = plan
     return plan
 
@@ -733,17 +745,16 @@ def body_to_character(binding: CharacterBinding, poses, transl=None, current=Non
     G = torch.cat([G, eye], 1)  # index J: the identity, the root joint's parent
     Gp = G[:, plan.parent_joint]
     part = _shares(Gp.transpose(-1, -2) @ G[:, plan.joint], plan.axis, plan.share, plan.whole)
-    D = Gp @ part @ binding.align[plan.joint]  # (B, M, 3, 3) world deltas of the mapped bones
+    D = Gp @ part @ plan.align_mapped  # (B, M, 3, 3) world deltas of the mapped bones
     D_anchor = torch.cat([D, eye], 1)[:, plan.anchor]
     quaternions = (torch.tensor([1.0, 0, 0, 0], dtype=dtype).expand(B, N, 4) if current is None
                    else _batch_quaternions(current, B, N, dtype)).clone()
     cur = None if current is None else rest @ quaternion_to_matrix(quaternions) @ rest.transpose(-1, -2)
     D_parent = D_anchor.clone()
     if cur is not None:  # unmapped bones between a mapped bone and its mapped ancestor keep their rotation
-        for m, path in enumerate(plan.between):
-            for b in path:
-                D_parent[:, m] = D_parent[:, m] @ cur[:, b]
-    R = rest[plan.mapped]
+        for rows, bones in plan.between_levels:  # the same products as bone by bone down each path
+            D_parent[:, rows] = D_parent[:, rows] @ cur[:, bones]
+    R = plan.rest_mapped
     quaternions[:, plan.mapped] = matrix_to_quaternion(R.transpose(-1, -2) @ D_parent.transpose(-1, -2) @ D @ R)
     # Root location: the pelvis bone's head at scale x the body's pelvis joint.
     r = binding.root_bone

@@ -22,7 +22,8 @@ from mathutils import Matrix
 
 from ..core.errors import VPoserError
 from . import bridge
-from .character import Channels, CharacterPoser, channels_from_basis, posers, read_armature, show_body
+from .character import (Channels, CharacterPoser, channels_from_basis, pose_bone_positions, posers, read_armature,
+                        show_body)
 
 if TYPE_CHECKING:
     from ..core.character import CharacterBinding, CharacterSkeleton
@@ -197,6 +198,7 @@ def binding_of(character: bpy.types.Object, body: bpy.types.Object) -> Character
 def forget_bindings() -> None:
     """Drop the cached bindings (the add-on is unregistered, or a bind changed them)."""
     _bindings.clear()
+    _index[:] = [None, None, []]
 
 
 def poser_of(context: bpy.types.Context, character: bpy.types.Object, binding: CharacterBinding,
@@ -224,7 +226,7 @@ def body_to_character(context: bpy.types.Context, character: bpy.types.Object, b
     # The poser's bones are the mapped ones (the root bone among them): the transfer's own world
     # rotations serve, and only the located root bone's head counts (poser.basis), so no second FK.
     # A root bone below another posed bone (not seen in rigs) needs every head: character_fk then.
-    index = [binding.skeleton.index(name) for name in poser.bones]
+    index = _poser_index(binding, poser)
     root = index.index(binding.root_bone)
     if poser.anchors[root] >= 0:
         heads, world = character_fk(binding, pose.quaternions, pose.location)
@@ -237,6 +239,17 @@ def body_to_character(context: bpy.types.Context, character: bpy.types.Object, b
     return channels_from_basis(character, poser.bones, poser.basis(posed), poser.located)
 
 
+_index: list = [None, None, []]  # the last (binding, poser, index): Live Posing asks on every update
+
+
+def _poser_index(binding: CharacterBinding, poser: CharacterPoser) -> list[int]:
+    """The poser's bones' positions in the binding's skeleton."""
+    if _index[0] is not binding or _index[1] is not poser:
+        position = {name: i for i, name in enumerate(binding.skeleton.names)}
+        _index[:] = [binding, poser, [position[name] for name in poser.bones]]
+    return _index[2]
+
+
 def current_quaternions(character: bpy.types.Object, names: list[str]) -> np.ndarray:
     """(N, 4) the named pose bones' current rotations as quaternions (w, x, y, z), whatever their
     mode: every bone's matrix_basis in one read, converted at once."""
@@ -245,8 +258,7 @@ def current_quaternions(character: bpy.types.Object, names: list[str]) -> np.nda
     from ..core.rotations import matrix_to_quaternion
 
     pose_bones = character.pose.bones
-    position = {bone.name: i for i, bone in enumerate(pose_bones)}
-    basis = bridge.matrix_array(pose_bones, "matrix_basis")[[position[name] for name in names], :3, :3]
+    basis = bridge.matrix_array(pose_bones, "matrix_basis")[pose_bone_positions(character, names), :3, :3]
     basis /= np.linalg.norm(basis, axis=-2, keepdims=True)  # a bone's scale is no rotation
     return matrix_to_quaternion(torch.from_numpy(basis)).numpy()
 

@@ -442,6 +442,28 @@ def test_live_posing_follows_a_moved_target(rig):
     assert np.linalg.norm(_bone_world_head(rig, "right_wrist") - goal) < 0.005
 
 
+def test_live_posing_leaves_torch_thread_count_as_it_was(rig):
+    """A live step runs torch on one thread (a single frame gains nothing from more) and gives the
+    caller's count back, also when the step fails."""
+    import torch
+
+    targets = _add_targets(rig, "EFFECTORS")
+    bpy.context.scene.vposer_live = True
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(2, before))
+    try:
+        targets["right_wrist"].location.z += 0.1
+        bpy.context.view_layer.update()
+        assert torch.get_num_threads() == max(2, before)
+        targets["left_wrist"].vposer_target.joint = targets["right_wrist"].vposer_target.joint  # two on one joint
+        targets["right_wrist"].location.z += 0.1
+        bpy.context.view_layer.update()
+        assert not bpy.context.scene.vposer_live  # the failed step turned Live Posing off
+        assert torch.get_num_threads() == max(2, before)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_live_posing_ignores_other_objects_and_stays_off_when_off(rig):
     targets = _add_targets(rig, "EFFECTORS")
     other = bpy.data.objects.new("Other", None)
