@@ -271,7 +271,7 @@ class CharacterPoser:
         `located` count: their locations stay as they are."""
         anchors = np.maximum(self.anchors, 0)
         parent = np.where((self.anchors >= 0)[:, None, None], posed[:, anchors] @ self.offsets, self.offsets)
-        basis = self.relative_inverse @ np.linalg.inv(parent) @ posed
+        basis = self.relative_inverse @ _affine_inverse(parent) @ posed
         blended = np.flatnonzero(self.anchors == -2)
         if blended.size:
             basis[:, blended] = self._evaluated_basis(posed, basis, blended)
@@ -303,6 +303,20 @@ class CharacterPoser:
             _set_bases(self.obj, self.bones, saved)
             _update(self.obj)
         return out
+
+
+def _affine_inverse(matrix: np.ndarray) -> np.ndarray:
+    """(..., 4, 4) affine matrices (last row 0, 0, 0, 1) -> their inverses, in closed form (the 3x3
+    part's adjugate over its determinant). LAPACK's batched inverse of a live update's ~50 parents
+    took milliseconds on a busy machine (its thread pool waking up), this a few numpy operations."""
+    a, b, c = matrix[..., :3, 0], matrix[..., :3, 1], matrix[..., :3, 2]  # the 3x3 part's columns
+    rows = np.stack([np.cross(b, c), np.cross(c, a), np.cross(a, b)], axis=-2)
+    inverse3 = rows / (a * rows[..., 0, :]).sum(-1)[..., None, None]
+    out = np.zeros_like(matrix)
+    out[..., :3, :3] = inverse3
+    out[..., :3, 3] = -(inverse3 @ matrix[..., :3, 3:])[..., 0]
+    out[..., 3, 3] = 1.0
+    return out
 
 
 def _update(obj: bpy.types.Object) -> None:
@@ -468,24 +482,23 @@ def _channel_groups(obj: bpy.types.Object, keys: list[tuple[str, str, int]]
     return [(prop, positions[slots], index, columns) for prop, slots, index, columns in cached[1]]
 
 
-# (armature session id, bone names) -> (pose bone count, their positions in obj.pose.bones)
-_positions: dict[tuple[int, tuple[str, ...]], tuple[int, list[int]]] = {}
+# (armature session id, bone names) -> (every pose bone's name, the named ones' positions)
+_positions: dict[tuple[int, tuple[str, ...]], tuple[list[str], list[int]]] = {}
 
 
 def pose_bone_positions(obj: bpy.types.Object, names: list[str]) -> list[int]:
-    """Where the named bones sit in obj.pose.bones (for foreach_get / foreach_set arrays). A map of
-    every pose bone's name (706 in a generated Rigify rig) costs ~0.4 ms, which Live Posing paid
-    twice per update, so the positions are kept; they are checked against the bones' names on each
-    call, so a renamed, added or removed bone has them found again."""
-    pose_bones = obj.pose.bones
+    """Where the named bones sit in obj.pose.bones (for foreach_get / foreach_set arrays). The
+    names of all pose bones come in one keys() call; a name -> position map of them (706 in a
+    generated Rigify rig) is built again only when they changed, as Live Posing asks on every
+    update."""
+    every = obj.pose.bones.keys()
     key = (obj.session_uid, tuple(names))
     cached = _positions.get(key)
-    if cached is None or cached[0] != len(pose_bones) or \
-            any(pose_bones[i].name != name for i, name in zip(cached[1], names)):
-        position = {bone.name: i for i, bone in enumerate(pose_bones)}
+    if cached is None or cached[0] != every:
+        position = {name: i for i, name in enumerate(every)}
         if len(_positions) > 32:
             _positions.clear()
-        cached = _positions[key] = (len(pose_bones), [position[name] for name in names])
+        cached = _positions[key] = (every, [position[name] for name in names])
     return cached[1]
 
 
