@@ -269,10 +269,20 @@ def pull_pose(context: bpy.types.Context, character: bpy.types.Object, body: bpy
 
 
 # ------------------------------------------------------------------------------------- map files
-def save_map(path: str, mapping: dict[str, list[str]]) -> None:
-    """The map as core's bone-map JSON (a skeleton preset: {"joints": {joint: bone or [bones]}})."""
+def save_map(path: str, mapping: dict[str, list[str]], preset: str = "") -> None:
+    """The map as core's bone-map JSON (a skeleton preset: {"joints": {joint: bone or [bones]}}).
+    preset: the built-in map it was detected as; its name and `segments` are written too, so the
+    map loaded back binds as it did (a Rigify rig's FK spine needs its segments)."""
     with open(bpy.path.abspath(path), "w", encoding="utf-8") as file:
-        json.dump(_preset_from(mapping).to_dict(), file, indent=1)
+        json.dump(_preset_from(mapping, preset).to_dict(), file, indent=1)
+
+
+def map_preset_name(path: str) -> str:
+    """The built-in map a saved map file names (whose segments a bind then uses), else ""."""
+    from ..core.mocap.skeletons import PRESETS, load_preset
+
+    name = load_preset(bpy.path.abspath(path)).name
+    return name if name in PRESETS else ""
 
 
 def load_map(path: str, bone_names: list[str]) -> dict[str, list[str]]:

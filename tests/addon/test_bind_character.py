@@ -10,6 +10,7 @@ limbs must point where the body's limbs point.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 
 import addon_utils
@@ -527,6 +528,27 @@ def test_map_saves_loads_and_an_edited_map_rebinds(mixamo, tmp_path):
     with pytest.raises(RuntimeError, match="broken.json.*NoSuchBone"):
         bpy.ops.vposer.load_character_map(filepath=str(tmp_path / "broken.json"))
     assert settings.mapping() == saved
+
+
+def test_a_saved_rigify_map_keeps_its_segments_and_binds_as_detected(rigify_rig, tmp_path):
+    """A generated Rigify rig's map needs its preset's `segments` (the FK spine's rest directions):
+    Save Map writes them, Load Map brings the preset back, and a bind with the loaded map drives
+    the deform bones as the detected one does."""
+    assert _bind(rigify_rig) == {"FINISHED"}
+    path = tmp_path / "rigify_map.json"
+    assert bpy.ops.vposer.save_character_map(filepath=str(path)) == {"FINISHED"}
+    saved = json.loads(path.read_text())
+    assert saved["name"] == "rigify_fk" and saved["segments"]["pelvis"] == "spine_fk"
+    settings = rigify_rig.vposer_character
+    settings.preset = ""
+    assert bpy.ops.vposer.load_character_map(filepath=str(path)) == {"FINISHED"}
+    assert settings.preset == "rigify_fk"
+    assert bpy.ops.vposer.bind_character(map_source="CURRENT") == {"FINISHED"}
+    _add_targets_and_move(rigify_rig, {"left_wrist": (0.1, -0.3, 0.5), "right_ankle": (0.0, -0.4, 0.3)})
+    bpy.context.view_layer.objects.active = rigify_rig
+    assert bpy.ops.vposer.solve_pose() == {"FINISHED"}
+    angles = _deform_angles(rigify_rig)
+    assert max(angles.values()) < 3.0, angles
 
 
 def test_a_refused_job_leaves_the_character_and_its_body_as_they_were(mixamo):
