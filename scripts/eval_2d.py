@@ -13,6 +13,11 @@ JSON keys (stable): frames; mpjpe_mm (joints after moving the pelvis onto the tr
 pa_mpjpe_mm (after the best similarity transform); noprior_pa_mpjpe_mm (the same without the prior);
 reproj_px (mean distance to the noisy seen pixels); two_view_mpjpe_mm (pelvis-aligned, two views);
 frames_per_s (single-view fit with the prior, torch threads as given).
+
+--renders N: instead, N held-out poses rendered by Blender (Workbench) from two known cameras each,
+MediaPipe's landmarks detected in the pictures and each picture fitted as a single photo: a real
+detector on real pixels (needs bpy and the `detect` extra; see scripts/eval_2d_renders.py). Same
+keys, plus `detected` (the share of pictures where the detector found the body).
 """
 
 from __future__ import annotations
@@ -74,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="shoulder width / torso length below which both facings are tried")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--renders", type=int, default=0, metavar="N",
+                        help="N poses rendered by Blender and detected by MediaPipe instead of projected joints")
+    parser.add_argument("--renders-out", default=None, metavar="DIR",
+                        help="with --renders: keep the pictures and the detector's files there")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -87,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     rotations, translations, counts = converted_poses(model, files, args.fps)
     options = Fit2DOptions(pose_iterations=args.iterations, edge_on=args.edge_on, latent=args.latent,
                            smoothness=args.smoothness)
+    if args.renders:
+        return report(render_metrics(model, prior, rotations, translations, args, options), args.json)
     solvers = {"prior": IKSolver(model, keypoints, prior), "noprior": IKSolver(model, keypoints, None)}
     generator = torch.Generator().manual_seed(args.seed)
     errors: dict[str, list[torch.Tensor]] = {"mpjpe": [], "pa": [], "noprior_pa": [], "reproj": [], "two_view": []}
@@ -115,7 +126,27 @@ def main(argv: list[str] | None = None) -> int:
                "noprior_pa_mpjpe_mm": round(1000 * mean["noprior_pa"], 1), "reproj_px": round(mean["reproj"], 2),
                "two_view_mpjpe_mm": round(1000 * mean["two_view"], 1),
                "frames_per_s": round(frames / seconds, 1), "clips": len(files), "threads": torch.get_num_threads()}
-    if args.json:
+    return report(metrics, args.json)
+
+
+def render_metrics(model: BodyModel, prior, rotations: torch.Tensor, translations: torch.Tensor,
+                   args: argparse.Namespace, options: Fit2DOptions) -> dict:
+    """--renders: the metrics on pictures rendered by Blender and detected by MediaPipe."""
+    from detect_keypoints import import_detector
+    from eval_2d_renders import evaluate_renders
+
+    try:
+        import bpy  # noqa: F401
+    except ImportError:
+        raise SystemExit("error: --renders needs Blender as a module (bpy): pip install -e '.[dev]'") from None
+    import_detector()  # SystemExit with the install help when the extra is absent
+    return {**evaluate_renders(model, prior, rotations, translations, args.renders, options, args.seed,
+                                             args.renders_out),
+            "threads": torch.get_num_threads(), "renders": True}
+
+
+def report(metrics: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(metrics, indent=1))
     else:
         print(", ".join(f"{key} {value}" for key, value in metrics.items()))
