@@ -284,3 +284,29 @@ def test_fit_poses_a_bound_character(addon, empty_scene, adult, photo, tmp_path)
     assert not np.allclose(_pose_snapshot(body), before, atol=1e-3)
     angles = _limb_angles(body, character, bone_names("mixamo"))
     assert max(angles.values()) < 3.0, angles  # the character's limbs where the body's are
+
+
+@pytest.mark.parametrize("how", ["insert_keyframes", "auto_keying"])
+def test_a_picture_is_keyed_when_asked_or_auto_keying(camera, rig, adult, tmp_path, how):
+    scene = bpy.context.scene
+    scene.frame_set(12)
+    mapping = KeypointMap.load("openpose", adult)
+    _picture_of(rig, camera, adult, mapping, *_known_pose(), tmp_path / "pose.json")
+    settings = scene.vposer_pictures
+    settings.keypoints_path = str(tmp_path / "pose.json")
+    if how == "insert_keyframes":
+        settings.insert_keyframes = True
+    else:
+        scene.tool_settings.use_keyframe_insert_auto = True
+    try:
+        assert bpy.ops.vposer.fit_picture() == {"FINISHED"}
+    finally:
+        scene.tool_settings.use_keyframe_insert_auto = False
+    action = rig.animation_data.action
+    curves = [curve for layer in action.layers for strip in layer.strips for bag in strip.channelbags
+              for curve in bag.fcurves]
+    assert curves and all([point.co[0] for point in curve.keyframe_points] == [12.0] for curve in curves)
+    fitted = np.array(rig.pose.bones["left_elbow"].rotation_quaternion)
+    elbow = sorted((c for c in curves if c.data_path == 'pose.bones["left_elbow"].rotation_quaternion'),
+                   key=lambda c: c.array_index)
+    np.testing.assert_allclose([curve.evaluate(12) for curve in elbow], fitted, atol=1e-6)
