@@ -310,3 +310,36 @@ def test_a_picture_is_keyed_when_asked_or_auto_keying(camera, rig, adult, tmp_pa
     elbow = sorted((c for c in curves if c.data_path == 'pose.bones["left_elbow"].rotation_quaternion'),
                    key=lambda c: c.array_index)
     np.testing.assert_allclose([curve.evaluate(12) for curve in elbow], fitted, atol=1e-6)
+
+
+def _write_mediapipe(path, mapping, pixels: np.ndarray, size: tuple[int, int]) -> None:
+    """MediaPipe-33 landmarks normalised to a picture of `size` (W, H)."""
+    landmarks = [{"x": 0.0, "y": 0.0, "z": 0.0, "visibility": 0.0} for _ in range(COUNTS["mediapipe"])]
+    for column, (x, y) in zip(mapping.columns, pixels):
+        landmarks[column] = {"x": x / WIDTH, "y": y / HEIGHT, "z": 0.0, "visibility": 0.9}
+    path.write_text(json.dumps({"image_size": list(size), "people": [{"landmarks": landmarks}]}))
+
+
+def test_keypoints_of_a_larger_picture_are_scaled_and_another_shape_is_refused(camera, rig, adult, tmp_path):
+    """MediaPipe files say their picture's size: one twice the render's is scaled down to it; one of
+    another aspect ratio is refused (Set Up Camera makes the render the picture's size)."""
+    from tests.addon.test_refusals import refused
+
+    mapping = KeypointMap.load("mediapipe", adult)
+    pose, transl = _known_pose(seed=5)
+    points = _to_world(rig, _model_keypoints(adult, mapping, pose, transl))
+    pixels = _blender_pixels(bpy.context.scene, camera, points)
+    settings = bpy.context.scene.vposer_pictures
+    settings.keypoints_path = str(tmp_path / "wide.json")
+    _write_mediapipe(tmp_path / "wide.json", mapping, pixels, (2 * WIDTH, 2 * HEIGHT + 100))
+    before = _pose_snapshot(rig)
+    refused(bpy.ops.vposer.fit_picture, r"wide\.json: its picture is 1280 x 1060, the render 640 x 480: another shape")
+    np.testing.assert_array_equal(_pose_snapshot(rig), before)
+
+    settings.keypoints_path = str(tmp_path / "large.json")
+    _write_mediapipe(tmp_path / "large.json", mapping, pixels, (2 * WIDTH, 2 * HEIGHT))
+    assert bpy.ops.vposer.fit_picture() == {"FINISHED"}
+    rows, joints = _joint_rows(mapping, rig.vposer_body.joint_names())
+    error = np.linalg.norm(_blender_pixels(bpy.context.scene, camera, _evaluated_joints(rig, joints)) - pixels[rows],
+                           axis=1)
+    assert error.max() < 6.0, error
