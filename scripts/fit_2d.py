@@ -30,7 +30,7 @@ if str(REPO) not in sys.path:
 from core.body_model import BodyModel  # noqa: E402
 from core.cameras import Cameras, read_cameras  # noqa: E402
 from core.errors import VPoserError  # noqa: E402
-from core.fit2d import Fit2DOptions, fit_2d  # noqa: E402
+from core.fit2d import Fit2DOptions, fill_from_nearest, fit_2d  # noqa: E402
 from core.ik import IKSolver  # noqa: E402
 from core.keypoints2d import FORMATS, KeypointMap, read_keypoints  # noqa: E402
 from core.pose_files import PoseSequence, save_pose_file  # noqa: E402
@@ -77,13 +77,6 @@ def load_views(args: argparse.Namespace, model: BodyModel) -> tuple[KeypointMap,
             raise VPoserError(f"{args.inputs[0]}: the image size is unknown: give --image-size W H (or --cameras)")
         cameras = Cameras.for_image(*size, focal=args.focal).reshape(1)
     return mapping, pixels, confidence, cameras
-
-
-def fill_from_nearest(values: np.ndarray, usable: np.ndarray) -> np.ndarray:
-    """values (T, ...) with the rows where usable (T,) is False copied from the nearest usable row."""
-    index = np.flatnonzero(usable)
-    nearest = index[np.abs(np.arange(len(usable))[:, None] - index[None, :]).argmin(1)]
-    return values[nearest]
 
 
 def draw_overlay(path: str, cameras: Cameras, pixels: np.ndarray, points: np.ndarray) -> None:
