@@ -132,14 +132,18 @@ def main(argv: list[str] | None = None) -> int:
 def render_metrics(model: BodyModel, prior, rotations: torch.Tensor, translations: torch.Tensor,
                    args: argparse.Namespace, options: Fit2DOptions) -> dict:
     """--renders: the metrics on pictures rendered by Blender and detected by MediaPipe."""
-    from detect_keypoints import import_detector
     from eval_2d_renders import evaluate_renders
+
+    from core.detect2d import DetectError, import_detector
 
     try:
         import bpy  # noqa: F401
     except ImportError:
         raise SystemExit("error: --renders needs Blender as a module (bpy): pip install -e '.[dev]'") from None
-    import_detector()  # SystemExit with the install help when the extra is absent
+    try:
+        import_detector()
+    except DetectError as error:  # the extra is absent: how to install it
+        raise SystemExit(f"error: {error}") from None
     return {**evaluate_renders(model, prior, rotations, translations, args.renders, options, args.seed,
                                              args.renders_out),
             "threads": torch.get_num_threads(), "renders": True}

@@ -27,6 +27,7 @@ import torch
 
 from core.body_model import BodyModel
 from core.cameras import Cameras, to_blender
+from core.detect2d import MODEL_COMPLEXITY, import_detector, landmarks_json
 from core.fit2d import Fit2DOptions, fit_2d, procrustes_errors
 from core.ik import IKSolver
 from core.keypoints import NUM_BODY_JOINTS
@@ -130,7 +131,6 @@ def person_boxes(pixels: torch.Tensor, image_size: torch.Tensor, margin: float =
 def detect_crops(pictures: list[tuple[Path, Path]], boxes: np.ndarray) -> None:
     """MediaPipe Pose on each (image, json) picture's crop box; landmarks written in the whole
     picture's normalised coordinates (the format of scripts/detect_keypoints.py)."""
-    from detect_keypoints import MODEL_COMPLEXITY, import_detector, landmarks_json
 
     mediapipe, cv2 = import_detector()
     with mediapipe.solutions.pose.Pose(static_image_mode=True, model_complexity=MODEL_COMPLEXITY) as pose:
