@@ -38,8 +38,8 @@ from .mocap.transfer import skeleton_fk
 from .rotations import axis_angle_to_matrix
 
 __all__ = ["FOOT_JOINTS", "ContactRule", "FootContacts", "FootContactError", "FootLock", "detect_contacts",
-           "source_contacts", "body_foot_points", "character_foot_points", "lock_offsets", "lock_character_feet",
-           "foot_slide"]
+           "source_contacts", "body_contacts", "body_foot_points", "character_foot_points", "lock_offsets", "lock_character_feet",
+           "foot_slide", "slide_report"]
 
 FOOT_JOINTS = ("left_ankle", "left_foot", "right_ankle", "right_foot")  # body joints that touch the ground
 HORIZONTAL = (0, 2)  # model space x and z (Y up)
@@ -63,10 +63,12 @@ class ContactRule:
 
 @dataclass
 class FootContacts:
-    """Planted (T, K) bool per frame and foot point, for the body joints `names` (K of FOOT_JOINTS)."""
+    """Planted (T, K) bool per frame and foot point, for the body joints `names` (K of FOOT_JOINTS),
+    and the source's points (T, K, 3) they were found on (model-space metres), if known."""
 
     names: tuple[str, ...]
     planted: Tensor
+    points: Tensor | None = None
 
 
 @dataclass
@@ -133,7 +135,7 @@ def source_contacts(names, positions, fps: float, rule: ContactRule = ContactRul
                                "need left_ankle or right_ankle")
     positions = torch.as_tensor(positions, dtype=torch.float64)
     points = positions[:, [names.index(n) for n in found]]
-    return FootContacts(found, detect_contacts(points, fps, rule))
+    return FootContacts(found, detect_contacts(points, fps, rule), points)
 
 
 def body_foot_points(binding: CharacterBinding, poses, transl) -> tuple[list[str], Tensor]:
@@ -145,6 +147,13 @@ def body_foot_points(binding: CharacterBinding, poses, transl) -> tuple[list[str
     joints, _ = skeleton_fk(axis_angle_to_matrix(poses), binding.body_rest, binding.body_parents,
                             torch.as_tensor(transl, dtype=torch.float64))
     return list(binding.body_names), joints
+
+
+def body_contacts(binding: CharacterBinding, poses, transl, fps: float,
+                  rule: ContactRule = ContactRule()) -> FootContacts:
+    """Contacts detected on the bound body's own motion (poses (T, J, 3), transl (T, 3)): for
+    sources without joints (markers) or a body motion alone."""
+    return source_contacts(*body_foot_points(binding, poses, transl), fps, rule)
 
 
 def character_foot_points(binding: CharacterBinding, heads: Tensor, names) -> tuple[list[int], Tensor]:
@@ -213,3 +222,14 @@ def foot_slide(points: Tensor, planted: Tensor) -> float:
     both = planted[1:] & planted[:-1]
     step = (points[1:] - points[:-1])[..., list(HORIZONTAL)].norm(dim=-1)
     return float(step[both].mean()) if bool(both.any()) else float("nan")
+
+
+def slide_report(binding: CharacterBinding, contacts: FootContacts, heads: Tensor) -> dict[str, float]:
+    """Foot slide (mm/frame, `foot_slide`) over the contacts' planted frames: the source's points
+    and the character's (heads (T, N, 3)) at body size (divided by its scale)."""
+    columns, points = character_foot_points(binding, heads, contacts.names)
+    planted = contacts.planted[:, columns]
+    report = {"character": 1000 * foot_slide(points / binding.scale, planted)}
+    if contacts.points is not None:
+        report["source"] = 1000 * foot_slide(contacts.points[:, columns], planted)
+    return report
