@@ -140,11 +140,11 @@ def source_contacts(names, positions, fps: float, rule: ContactRule = ContactRul
 
 def body_foot_points(binding: CharacterBinding, poses, transl) -> tuple[list[str], Tensor]:
     """The bound body's joint names and positions (T, J, 3), model-space metres, in a motion
-    (poses (T, J, 3) axis-angle, transl (T, 3)): the source of contacts when the clip has no
+    (poses (T, J, 3) axis-angle or (T, J, 3, 3) rotations, transl (T, 3)): the source of contacts when the clip has no
     joints (markers)."""
     poses = torch.as_tensor(poses, dtype=torch.float64)
-    poses = poses.reshape(poses.shape[0], -1, 3)
-    joints, _ = skeleton_fk(axis_angle_to_matrix(poses), binding.body_rest, binding.body_parents,
+    local = poses if poses.shape[-2:] == (3, 3) else axis_angle_to_matrix(poses.reshape(poses.shape[0], -1, 3))
+    joints, _ = skeleton_fk(local, binding.body_rest, binding.body_parents,
                             torch.as_tensor(transl, dtype=torch.float64))
     return list(binding.body_names), joints
 
