@@ -761,9 +761,12 @@ def _heads(obj, bones: list[str], frames) -> np.ndarray:
 def test_retarget_foot_lock_holds_the_planted_feet_of_a_bound_character(addon, empty_scene, adult):
     """A CMU walk onto a character with long thighs and short shins: with Foot Lock (the default)
     its ankles stay put where the source's are planted, without it they slide; the lock moves only
-    the root (horizontally, in small steps), every bone turns the same."""
+    the root (horizontally, in small steps), every bone turns the same. The panel offers the option."""
     hero = build_character("Long", _long_thighed_rest(adult), list(adult.joint_names))
     assert _bind(hero) == {"FINISHED"}
+    drawn: list = []
+    bpy.types.VPOSER_PT_retarget.draw(type("Panel", (), {"layout": _Layout(drawn)})(), bpy.context)
+    assert ("prop", "foot_lock") in drawn  # offered for a bound character
     source = _select_walk_source(hero, 150)
     scene = bpy.context.scene
     frames = np.arange(1, 151)
