@@ -38,8 +38,8 @@ from .mocap.transfer import skeleton_fk
 from .rotations import axis_angle_to_matrix
 
 __all__ = ["FOOT_JOINTS", "ContactRule", "FootContacts", "FootContactError", "FootLock", "detect_contacts",
-           "source_contacts", "body_contacts", "body_foot_points", "character_foot_points", "lock_offsets", "lock_character_feet",
-           "foot_slide", "slide_report"]
+           "source_contacts", "body_contacts", "body_foot_points", "character_foot_points", "lock_offsets",
+           "lock_character_feet", "foot_slide", "slide_report"]
 
 FOOT_JOINTS = ("left_ankle", "left_foot", "right_ankle", "right_foot")  # body joints that touch the ground
 HORIZONTAL = (0, 2)  # model space x and z (Y up)

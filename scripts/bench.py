@@ -502,8 +502,9 @@ def _held_out(ctx: Context, model) -> Table:
     """The held-out pairs (HELD_OUT_CLIPS x HELD_OUT_CHARACTERS), driven as retarget.py does by default."""
     table = Table("Held-out clips onto held-out characters (30 fps, up to 600 frames; transfer + foot lock, the "
                   "defaults)", ["clip -> character", "frames", "limb (deg, mean)", "worst limb (deg, mean)",
-                                "hands/feet (deg, mean)", "worst hand/foot (deg, mean)", "foot slide, source (mm/frame)",
-                                "foot slide, without foot lock", "foot slide, with foot lock"])
+                                "hands/feet (deg, mean)", "worst hand/foot (deg, mean)",
+                                "foot slide, source (mm/frame)", "foot slide, without foot lock",
+                                "foot slide, with foot lock"])
     for clip, preset in HELD_OUT_CLIPS:
         solved = _solve_clip(ctx.mocap, clip, preset, model)
         for character, rest_frame in HELD_OUT_CHARACTERS:

@@ -153,7 +153,8 @@ def write_character(args: argparse.Namespace, model: BodyModel, result, targets:
         frames = armature_bvh_channels(binding, character, keep, pose)
     write_bvh(out, character, frames, 1.0 / result.fps)
     if contacts == "body":
-        contacts = body_contacts(binding, torch.as_tensor(poses).detach().cpu(), result.transl.detach().cpu(), result.fps)
+        contacts = body_contacts(binding, torch.as_tensor(poses).detach().cpu(), result.transl.detach().cpu(),
+                                 result.fps)
     report = {"character": str(args.character), "character_map": binding.character_map(),
               "character_scale": round(binding.scale, 4), "character_from": args.character_from,
               "foot_lock": not args.no_foot_lock,
