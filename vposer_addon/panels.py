@@ -169,6 +169,8 @@ class VPOSER_PT_retarget(_VPoserSubPanel, bpy.types.Panel):
                 layout.prop(retarget, "calibrate_markers")
         layout.prop(retarget, "use_scene_range")
         layout.prop(retarget, "fit_shape")
+        if rig is not None and rig.vposer_character.character is not None:  # a bound character's body
+            layout.prop(retarget, "foot_lock")
         layout.operator("vposer.retarget", icon="ARMATURE_DATA")
 
 

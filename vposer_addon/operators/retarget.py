@@ -128,6 +128,13 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         "(off: keep the body's current shape)",
         default=True,
     )
+    foot_lock: bpy.props.BoolProperty(
+        name="Foot Lock",
+        description="On a bound character: move its root so its feet stay put where the source's are planted "
+        "(the character's legs are proportioned unlike the source's, so they would slide); off: the root follows "
+        "the body's path, scaled",
+        default=True,
+    )
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -201,6 +208,8 @@ class VPOSER_OT_retarget(bpy.types.Operator):
 
     def _finish(self, job: RetargetJob) -> set[str]:
         report, warning = job.write()
+        # read by character.drives_character when it writes the new action onto a bound character
+        self._vposer_foot_contacts = job.foot_contacts() if self.foot_lock else None
         self.report({"WARNING"} if warning else {"INFO"}, report)
         return {"FINISHED"}
 
@@ -303,9 +312,21 @@ class RetargetJob(ProgressSteps):
         self.rig, self.source, self.started, self.reused = rig, source, started, reused
         self.set_shape = options.fit_shape or reused is not None
         self.unused_labels = clip.unused_labels
+        self.clip = clip
         self.frames = frames[clip.source_frames]  # marker frames with too few markers are left out
         self.skipped = len(frames) - len(self.frames)
         super().__init__(self.run, len(self.frames))  # step(): solve the next batch
+
+    def foot_contacts(self):
+        """The source's foot contacts, a row per solved frame (core.foot_contact.FootContacts), or
+        "body" (detected on the solved body) for markers, whose labels are no joints."""
+        from ...core.foot_contact import source_contacts
+
+        names = self.clip.keypoints.names
+        if not any(name.endswith("_ankle") for name in names):
+            return "body"
+        positions = self.clip.positions.detach().cpu().double()
+        return source_contacts(names, positions, self.clip.fps)
 
     def write(self) -> tuple[str, bool]:
         """Key the result as a new action (the previous one kept), set the shape; returns the report
