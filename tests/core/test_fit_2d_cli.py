@@ -128,10 +128,13 @@ def _fake_detector(monkeypatch, size, heading: float) -> list:
         landmarks = [{"x": 0.0, "y": 0.0, "z": 0.0, "visibility": 0.0} for _ in range(33)]
         for column, (x, y) in zip(mapping.columns, pixels):
             landmarks[column] = {"x": x / size[0], "y": y / size[1], "z": 0.0, "visibility": 0.95}
-        record = {"format": "mediapipe33", "source": source.stem, "frame": 0, "image_size": list(size),
-                  "people": [{"landmarks": landmarks}]}
-        (out / f"{source.stem}_000000.json").write_text(json.dumps(record))
-        return {"frames": 1, "frames_with_person": 1, "out": str(out)}
+        pictures = sorted(source.iterdir()) if source.is_dir() else [source]
+        video = source.suffix == ".mp4"  # a video: four frames at 25 fps
+        for picture, frame in [(source, i) for i in range(4)] if video else [(p, 0) for p in pictures]:
+            record = {"format": "mediapipe33", "source": picture.stem, "frame": frame, "image_size": list(size),
+                      "people": [{"landmarks": landmarks}], **({"fps": 25.0} if video else {})}
+            (out / f"{picture.stem}_{frame:06d}.json").write_text(json.dumps(record))
+        return {"frames": len(pictures), "frames_with_person": len(pictures), "out": str(out)}
 
     monkeypatch.setattr(detect_keypoints, "import_detector", lambda: (None, None))
     monkeypatch.setattr(detect_keypoints, "detect", detect)
@@ -165,6 +168,35 @@ def test_a_photo_goes_through_the_detector_and_the_overlay_draws_the_body_on_it(
         assert np.abs(drawn[y, x] - gradient[y, x]).sum() > 60, model.joint_names[joint]
     for y, x in ((2, 2), (2, size[0] - 3), (size[1] - 3, 2), (size[1] - 3, size[0] - 3)):
         assert np.array_equal(drawn[y, x], gradient[y, x])
+
+
+def test_a_folder_of_images_is_a_sequence_and_the_overlay_shows_its_first_frame(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    size, folder = (320, 240), tmp_path / "shots"
+    folder.mkdir()
+    for name, shade in (("b_second", 200), ("a_first", 40), ("c_third", 120)):
+        Image.new("RGB", size, (shade, shade, shade)).save(folder / f"{name}.jpg")
+    calls = _fake_detector(monkeypatch, size, heading=-0.2)
+    out, overlay = tmp_path / "poses.npz", tmp_path / "overlay.png"
+    assert fit_2d.main([str(folder), "--focal", "500", "--smoothness", "0", "--out", str(out),
+                        "--overlay", str(overlay)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert calls == [folder] and report["frames"] == report["fitted_frames"] == 3
+    poses = load_pose_file(out)
+    assert poses.poses.shape[0] == 3 and poses.framerate == 30.0
+    drawn = np.asarray(Image.open(overlay).convert("RGB")).astype(int)
+    assert drawn.shape == (size[1], size[0], 3) and np.abs(drawn[1, 1] - 40).max() <= 3  # a_first.jpg behind
+
+
+def test_a_video_gives_its_frame_rate_to_the_pose_file(tmp_path, capsys, monkeypatch):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not decoded: the detector is a fake")
+    calls = _fake_detector(monkeypatch, (320, 240), heading=0.1)
+    out = tmp_path / "poses.npz"
+    assert fit_2d.main([str(video), "--focal", "500", "--smoothness", "0", "--out", str(out)]) == 0
+    assert calls == [video] and json.loads(capsys.readouterr().out)["frames"] == 4
+    assert load_pose_file(out).framerate == 25.0
 
 
 def test_pictures_without_the_detector_extra_say_how_to_install_it(tmp_path):
