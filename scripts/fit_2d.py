@@ -12,7 +12,7 @@ Python 3.11 or 3.12); their JSON files go to a temporary folder, or --keypoints-
 Camera: with --cameras, one camera per input (same frame count). Without, one photo or video seen by
 an upright camera at the origin (core.cameras.Cameras.for_image) with --focal pixels; without
 --focal, the focal length is estimated (core.fit2d.estimate_focal: a search over 0.5x..2x the
-image's longer side, judged on up to 8 frames; a single view shows the focal only weakly, so give it
+image's longer side, judged on up to 30 frames; a single view shows the focal only weakly, so give it
 when you know it). Frames where fewer than 3 keypoints are seen take the nearest fitted frame's pose.
 
 Prints a JSON report (frames, fitted_frames, reproj_px: mean reprojection error in pixels, seconds,
