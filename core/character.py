@@ -34,7 +34,8 @@ Contract (the Blender side and scripts/retarget.py build on it; shapes are batch
 * `rig_points_to_body(binding, points)` / `body_points_to_rig`: positions between the rig's space
   (units) and the body's model space (targets placed on the character, and back).
 * `CharacterBinding.character_map()`: body joint -> bone names, as reports and map editors show it.
-* Headless helpers: `character_motion` (a solved body motion on a character), `bvh_channels` /
+* Headless helpers: `character_motion` (a solved body motion on a character, its planted feet
+  held by core.foot_contact's root pass unless contacts=None), `bvh_channels` /
   `armature_bvh` + `armature_bvh_channels` (BVH output), `source_agreement` / `clip_agreement`
   (limb directions and hand/foot rotations against a mocap source).
 
@@ -876,18 +877,31 @@ def source_agreement(binding: CharacterBinding, setup: TransferSetup, source_wor
     return out
 
 
-def character_motion(skeleton: CharacterSkeleton, bone_map, model, poses, transl, betas=None):
+def character_motion(skeleton: CharacterSkeleton, bone_map, model, poses, transl, betas=None, contacts="body",
+                     fps: float = 30.0):
     """A solved body motion (poses (T, J, 3) or (T, 3 J) axis-angle, transl (T, 3), the body's betas)
     on a character bound to that body shape (its scale from the leg lengths): returns
-    (binding, CharacterPose, heads (T, N, 3), D (T, N, 3, 3)) as character_fk gives them."""
+    (binding, CharacterPose, heads (T, N, 3), D (T, N, 3, 3)) as character_fk gives them.
+    contacts: the foot lock (core.foot_contact) keeps the character's feet still where these are
+    planted: "body" detects them on the body motion itself (at `fps`), a FootContacts gives the
+    source's (one row per frame), None turns the lock off (the root follows the body's, scaled)."""
     like = {"dtype": model.dtype, "device": model.device}
     with torch.no_grad():
         shape = None if betas is None else torch.as_tensor(betas).to(**like).reshape(1, -1)
         body_rest = model.rest_joints(shape)[0].detach().cpu().double()
     binding = bind_character(skeleton, bone_map, body_rest, model.parents.cpu(), list(model.joint_names))
     poses = torch.as_tensor(poses).detach().cpu().double()
-    pose = body_to_character(binding, poses.reshape(poses.shape[0], -1, 3), torch.as_tensor(transl).cpu().double())
+    poses = poses.reshape(poses.shape[0], -1, 3)
+    transl = torch.as_tensor(transl).detach().cpu().double()
+    pose = body_to_character(binding, poses, transl)
     heads, D = character_fk(binding, pose.quaternions, pose.location)
+    if contacts is not None:
+        from .foot_contact import body_contacts, lock_character_feet  # it builds on this module
+
+        if isinstance(contacts, str) and contacts == "body":
+            contacts = body_contacts(binding, poses, transl, fps)
+        lock = lock_character_feet(binding, poses, transl, heads, contacts, fps)
+        pose, heads, D = lock.pose, lock.heads, lock.D
     return binding, pose, heads, D
 
 

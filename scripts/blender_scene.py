@@ -181,3 +181,60 @@ def _source_points(source, depsgraph) -> np.ndarray:
         return np.array([evaluated.matrix_world @ bone.head for bone in evaluated.pose.bones])
     empties = [obj for obj in depsgraph.view_layer.objects if obj.type == "EMPTY" and "vposer_marker" in obj]
     return np.array([obj.evaluated_get(depsgraph).matrix_world.translation for obj in empties]).reshape(-1, 3)
+
+
+def save_fit_scene(poses: Path, blend: Path, cameras, picture: Path | None, frames: int) -> str:
+    """The Blender half of scripts/fit_2d.py --blend: the body (Add Body) keyed with the fitted
+    `poses` (Import Poses), one camera per view of `cameras` (core.cameras.Cameras (C,), set through
+    the extension's Blender camera conversion; the first is the scene's camera) and, behind the
+    first, `picture` as its background: an image, a video as a movie clip, or a folder's images as an
+    image sequence. Returns the .blend's path."""
+    with blender_output_to_stderr():
+        return _save_fit_scene(poses, blend, cameras, picture, frames)
+
+
+def _save_fit_scene(poses: Path, blend: Path, cameras, picture: Path | None, frames: int) -> str:
+    bpy = start_blender()
+    from core.pose_files import load_pose_file
+
+    bridge = importlib.import_module(f"{EXTENSION_ID}.vposer_addon.bridge")
+    blender_cameras = importlib.import_module(f"{EXTENSION_ID}.vposer_addon.cameras")
+    bpy.ops.wm.read_homefile(use_empty=True)
+    scene = bpy.context.scene
+    bridge.set_scene_frame_rate(scene, load_pose_file(poses).framerate)
+    scene.frame_start = scene.frame_current = 1
+    scene.frame_end = frames
+    bpy.ops.vposer.add_body("EXEC_DEFAULT", source="ADULT")
+    rig = bpy.context.view_layer.objects.active
+    bpy.ops.vposer.import_poses("EXEC_DEFAULT", filepath=str(poses), set_scene_fps=False, use_betas=True)
+    views = []
+    for index in range(cameras.batch_shape[0]):
+        name = cameras.names[index] if index < len(cameras.names) and cameras.names[index] else f"Camera{index + 1}"
+        views.append(blender_cameras.create_blender_camera(scene.collection, scene, cameras[index], name, body=rig))
+    scene.camera = views[0]
+    if picture is not None and picture.exists():
+        _background(bpy, views[0].data, picture, frames)
+    blend.parent.mkdir(parents=True, exist_ok=True)
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend.resolve()))
+    return str(blend)
+
+
+def _background(bpy, camera, picture: Path, frames: int) -> None:
+    """`picture` behind the camera's view: an image, a video (movie clip) or a folder's first image
+    as the start of an image sequence of `frames` frames."""
+    from core.detect2d import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    camera.show_background_images = True
+    background = camera.background_images.new()
+    if picture.suffix.lower() in VIDEO_SUFFIXES:
+        background.source = "MOVIE_CLIP"
+        background.clip = bpy.data.movieclips.load(str(picture.resolve()))
+        return
+    sequence = picture.is_dir()
+    if sequence:
+        picture = sorted(p for p in picture.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[0]
+    background.image = bpy.data.images.load(str(picture.resolve()))
+    if sequence and frames > 1:
+        background.image.source = "SEQUENCE"
+        background.image_user.frame_duration = frames
+        background.image_user.frame_start = 1

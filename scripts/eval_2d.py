@@ -12,7 +12,16 @@ iterations: the baseline converged). Then the same frames from two cameras 90 de
 JSON keys (stable): frames; mpjpe_mm (joints after moving the pelvis onto the truth's, single view);
 pa_mpjpe_mm (after the best similarity transform); noprior_pa_mpjpe_mm (the same without the prior);
 reproj_px (mean distance to the noisy seen pixels); two_view_mpjpe_mm (pelvis-aligned, two views);
-frames_per_s (single-view fit with the prior, torch threads as given).
+frames_per_s (single-view fit with the prior, torch threads as given). With --focal-search, each
+clip's focal length is also estimated from the default guess (1920 px; core.fit2d.estimate_focal)
+and the single view fitted again with it: focal_median_error_pct and focal_within_15pct (over the
+clips), focal_guess_median_error_pct (the default guess's, for comparison), focal_pa_mpjpe_mm (the
+fit with the estimated focal).
+
+--renders N: instead, N held-out poses rendered by Blender (Workbench) from two known cameras each,
+MediaPipe's landmarks detected in the pictures and each picture fitted as a single photo: a real
+detector on real pixels (needs bpy and the `detect` extra; see scripts/eval_2d_renders.py). Same
+keys, plus `detected` (the share of pictures where the detector found the body).
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ for folder in (REPO, REPO / "scripts"):
 from eval_ik import converted_poses  # noqa: E402
 
 from core.body_model import BodyModel  # noqa: E402
-from core.fit2d import Fit2DOptions, fit_2d, procrustes_errors  # noqa: E402
+from core.cameras import Cameras  # noqa: E402
+from core.fit2d import Fit2DOptions, estimate_focal, fit_2d, procrustes_errors  # noqa: E402
 from core.ik import IKSolver  # noqa: E402
 from core.keypoints import NUM_BODY_JOINTS, KeypointSet  # noqa: E402
 from core.mocap.convert import find_mocap_files  # noqa: E402
@@ -74,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="shoulder width / torso length below which both facings are tried")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--renders", type=int, default=0, metavar="N",
+                        help="N poses rendered by Blender and detected by MediaPipe instead of projected joints")
+    parser.add_argument("--renders-out", default=None, metavar="DIR",
+                        help="with --renders: keep the pictures and the detector's files there")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--focal-search", action="store_true", help="also estimate each clip's focal length")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -87,10 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     rotations, translations, counts = converted_poses(model, files, args.fps)
     options = Fit2DOptions(pose_iterations=args.iterations, edge_on=args.edge_on, latent=args.latent,
                            smoothness=args.smoothness)
+    if args.renders:
+        return report(render_metrics(model, prior, rotations, translations, args, options), args.json)
     solvers = {"prior": IKSolver(model, keypoints, prior), "noprior": IKSolver(model, keypoints, None)}
     generator = torch.Generator().manual_seed(args.seed)
     errors: dict[str, list[torch.Tensor]] = {"mpjpe": [], "pa": [], "noprior_pa": [], "reproj": [], "two_view": []}
-    seconds, frames = 0.0, 0
+    seconds, frames, focal_errors, guess_errors, focal_pa = 0.0, 0, [], [], []
     for start, stop in stretches(counts, args.frames):
         with torch.no_grad():
             truth = keypoints.evaluate(rotations[start:stop], None, translations[start:stop])
@@ -110,12 +127,51 @@ def main(argv: list[str] | None = None) -> int:
         errors["noprior_pa"].append(procrustes_errors(bare.result.points, truth).flatten())
         errors["reproj"].append(fit.reproj_px)
         errors["two_view"].append(pelvis_errors(both.result.points, truth).flatten())
+        if args.focal_search:
+            camera = one.cameras[0]
+            guess = Cameras(torch.full_like(camera.focal, float(camera.image_size.max())), camera.principal,
+                            camera.image_size, camera.rotation, camera.translation)
+            found = estimate_focal(solvers["prior"], guess, one.pixels[:, 0], one.confidence[:, 0], options=options)
+            focal_errors.append(abs(found.focal / float(camera.focal[0]) - 1))
+            guess_errors.append(abs(float(guess.focal[0]) / float(camera.focal[0]) - 1))
+            refit = fit_2d(solvers["prior"], found.camera, one.pixels[:, 0], one.confidence[:, 0], sequence=True,
+                           options=options)
+            focal_pa.append(procrustes_errors(refit.result.points, truth).flatten())
     mean = {name: float(torch.cat(values).double().mean()) for name, values in errors.items()}
     metrics = {"frames": frames, "mpjpe_mm": round(1000 * mean["mpjpe"], 1), "pa_mpjpe_mm": round(1000 * mean["pa"], 1),
                "noprior_pa_mpjpe_mm": round(1000 * mean["noprior_pa"], 1), "reproj_px": round(mean["reproj"], 2),
                "two_view_mpjpe_mm": round(1000 * mean["two_view"], 1),
                "frames_per_s": round(frames / seconds, 1), "clips": len(files), "threads": torch.get_num_threads()}
-    if args.json:
+    if args.focal_search:
+        metrics["focal_median_error_pct"] = round(100 * float(torch.tensor(focal_errors).median()), 1)
+        metrics["focal_within_15pct"] = round(sum(e < 0.15 for e in focal_errors) / len(focal_errors), 2)
+        metrics["focal_guess_median_error_pct"] = round(100 * float(torch.tensor(guess_errors).median()), 1)
+        metrics["focal_pa_mpjpe_mm"] = round(1000 * float(torch.cat(focal_pa).double().mean()), 1)
+    return report(metrics, args.json)
+
+
+def render_metrics(model: BodyModel, prior, rotations: torch.Tensor, translations: torch.Tensor,
+                   args: argparse.Namespace, options: Fit2DOptions) -> dict:
+    """--renders: the metrics on pictures rendered by Blender and detected by MediaPipe."""
+    from eval_2d_renders import evaluate_renders
+
+    from core.detect2d import DetectError, import_detector
+
+    try:
+        import bpy  # noqa: F401
+    except ImportError:
+        raise SystemExit("error: --renders needs Blender as a module (bpy): pip install -e '.[dev]'") from None
+    try:
+        import_detector()
+    except DetectError as error:  # the extra is absent: how to install it
+        raise SystemExit(f"error: {error}") from None
+    return {**evaluate_renders(model, prior, rotations, translations, args.renders, options, args.seed,
+                                             args.renders_out),
+            "threads": torch.get_num_threads(), "renders": True}
+
+
+def report(metrics: dict, as_json: bool) -> int:
+    if as_json:
         print(json.dumps(metrics, indent=1))
     else:
         print(", ".join(f"{key} {value}" for key, value in metrics.items()))

@@ -42,6 +42,10 @@ landmarks (limbs a few degrees off the source's where the two skeletons place jo
 On the benchmark clips transfer follows the source's limbs and hands within 1 degree (ik: 2.6-5
 and 2.7-9.7) and slides the feet no more than ik does (docs/benchmarks.md). C3D markers always
 drive the character through the solved body (ik).
+The foot lock (core.foot_contact, on unless --no-foot-lock) finds where the source's ankles and toes
+are planted (the solved body's for markers) and moves the character's root horizontally so its
+planted feet stay put; foot_slide_mm_per_frame reports the source's and the character's (at body
+size) mean horizontal ankle and toe travel on those frames.
 
 With --out-dir it converts a library (folders, searched recursively, clips or glob patterns): one
 OUT_DIR/<relative path>/<name>_poses.npz per clip, OUT_DIR/report.jsonl with one line per clip
@@ -82,6 +86,7 @@ from core.character import (  # noqa: E402
     clip_agreement,
     limb_direction_errors,
 )
+from core.foot_contact import body_contacts, slide_report, source_contacts  # noqa: E402
 from core.markers import read_calibration  # noqa: E402
 from core.mocap.bvh import read_bvh, write_bvh  # noqa: E402
 from core.mocap.c3d import read_c3d, to_model_space  # noqa: E402
@@ -138,18 +143,33 @@ def write_character(args: argparse.Namespace, model: BodyModel, result, targets:
         args.character_from = "ik"
     if args.character_from == "transfer":
         poses = matrix_to_axis_angle(targets.init.rotations.double())
+    contacts = foot_contacts(targets, result)
     binding, pose, heads, D = character_motion(skeleton, args.character_map, model, poses, result.transl,
-                                               result.betas)
+                                               result.betas, None if args.no_foot_lock else contacts, result.fps)
     if path.suffix.lower() == ".bvh":
         frames = bvh_channels(binding, character, pose)
     else:  # an armature: a BVH of its bone tree, Y up, in its units
         character, keep = armature_bvh(binding)
         frames = armature_bvh_channels(binding, character, keep, pose)
     write_bvh(out, character, frames, 1.0 / result.fps)
+    if contacts == "body":
+        contacts = body_contacts(binding, torch.as_tensor(poses).detach().cpu(), result.transl.detach().cpu(),
+                                 result.fps)
     report = {"character": str(args.character), "character_map": binding.character_map(),
-              "character_scale": round(binding.scale, 4), "character_from": args.character_from}
+              "character_scale": round(binding.scale, 4), "character_from": args.character_from,
+              "foot_lock": not args.no_foot_lock,
+              "foot_slide_mm_per_frame": {k: round(v, 3) for k, v in slide_report(binding, contacts, heads).items()}}
     report.update(_limb_agreement(args, binding, targets, result, heads, D))
     return report
+
+
+def foot_contacts(targets: ClipTargets, result: RetargetResult):
+    """The source's foot contacts: a skeleton's ankle and toe landmarks (at body size), or "body"
+    (detected on the solved body) for markers, whose labels are no joints."""
+    names = targets.keypoints.names
+    if not any(name.endswith("_ankle") for name in names):
+        return "body"
+    return source_contacts(names, targets.positions.detach().cpu().double(), result.fps)
 
 
 def _limb_agreement(args, binding, targets, result, heads, D) -> dict:
@@ -235,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "joints on the calibrated landmarks); C3D: always ik")
     parser.add_argument("--character-rest-frame", type=int,
                         help="frame of the character file holding its bind pose (default: its OFFSET pose)")
+    parser.add_argument("--no-foot-lock", action="store_true",
+                        help="--character: let the root follow the body's path scaled (default: the root moves so "
+                             "the character's feet stay put where the source's are planted)")
     add_runner_arguments(parser)
     return parser
 

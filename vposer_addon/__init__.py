@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import bpy
 
-from . import character, character_panel, operators, panels, preferences, properties, targets
+from . import character, character_panel, operators, panels, pictures, preferences, properties, targets
 
 _CLASSES: tuple[type, ...] = (
-    *preferences.CLASSES, *properties.CLASSES, *targets.CLASSES, *character.CLASSES, *operators.CLASSES,
+    *preferences.CLASSES, *properties.CLASSES, *targets.CLASSES, *character.CLASSES, *pictures.CLASSES,
+    *operators.CLASSES,
     *panels.CLASSES,
     *character_panel.CLASSES,
 )
@@ -19,10 +20,12 @@ def register() -> None:
     properties.attach()
     targets.attach()
     character.attach()
+    pictures.attach()
     preferences.register_extra_site_packages()
 
 
 def unregister() -> None:
+    pictures.detach()
     character.detach()
     targets.detach()
     properties.detach()

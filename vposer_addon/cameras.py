@@ -10,6 +10,7 @@ Importing this module needs PyTorch (core.cameras); the add-on imports it only f
 from __future__ import annotations
 
 import bpy
+import numpy as np
 from mathutils import Matrix
 
 from ..core.cameras import BODY_MATRIX, BlenderCamera, CameraError, Cameras, from_blender, to_blender
@@ -35,9 +36,20 @@ def camera_from_object(camera: bpy.types.Object, scene: bpy.types.Scene,
                        body: bpy.types.Object | None = None) -> Cameras:
     """Core's camera (batch shape ()) for a camera object, its extrinsics in the model space of
     `body` (an object whose world matrix carries the model -> scene transform; None: the default
-    +90 degree X rotation at the origin)."""
-    body_matrix = BODY_MATRIX if body is None else [list(row) for row in body.matrix_world]
-    return from_blender(read_blender_camera(camera, scene), body_matrix)
+    +90 degree X rotation at the origin).
+
+    A uniformly scaled body (one bound to a character is parented with the character's size) is
+    seen through its rigid part with the translation divided by the scale s: a model point X sits
+    at s R X + t' in the camera, which projects where R X + t' / s does. Other scales are refused."""
+    if body is None:
+        return from_blender(read_blender_camera(camera, scene), BODY_MATRIX)
+    matrix = np.array(body.matrix_world, dtype=np.float64)
+    scales = np.linalg.norm(matrix[:3, :3], axis=0)
+    scale = float(scales.mean())
+    if scale > 0 and np.abs(scales / scale - 1).max() < 1e-5:
+        matrix[:3, :3] /= scale
+    ours = from_blender(read_blender_camera(camera, scene), matrix)
+    return Cameras(ours.focal, ours.principal, ours.image_size, ours.rotation, ours.translation / scale, ours.names)
 
 
 def set_blender_camera(camera: bpy.types.Object, scene: bpy.types.Scene, cameras: Cameras,

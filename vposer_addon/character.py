@@ -602,7 +602,7 @@ def drives_character(cls: type[bpy.types.Operator]) -> type[bpy.types.Operator]:
                 bridge.set_pose(body, body.vposer_body.joint_names(), *shown)
             return result
         try:
-            message = follow_body(context, body, before)
+            message = follow_body(context, body, before, getattr(self, "_vposer_foot_contacts", None))
         except ValueError as error:  # CharacterError, and core's for a map or pose it cannot use
             self.report({"ERROR"}, str(error))
             return {"CANCELLED"}
@@ -634,10 +634,12 @@ def drives_character(cls: type[bpy.types.Operator]) -> type[bpy.types.Operator]:
     return cls
 
 
-def follow_body(context: bpy.types.Context, body: bpy.types.Object, before: BodyState) -> str:
+def follow_body(context: bpy.types.Context, body: bpy.types.Object, before: BodyState, contacts=None) -> str:
     """Write what a job changed on the body onto its character; returns a line for the report.
     A job that refitted the body's shape (Retarget's Fit Shape) gets the shape fitted to the
-    character back once its motion is written."""
+    character back once its motion is written. contacts: foot contacts of a new action's frames
+    (core.foot_contact.FootContacts, a row per keyed frame, or "body"): the character's feet are
+    held where they are planted (Retarget's Foot Lock); None: the root follows the body's."""
     from .character_transfer import body_to_character
 
     character = bound_character(body)
@@ -652,7 +654,8 @@ def follow_body(context: bpy.types.Context, body: bpy.types.Object, before: Body
     if after.action is not None and after.action != before.action:
         frames = _keyed_frames(after)
         if frames.size:
-            clip = body_to_character(context, character, body, *bridge.read_action(body, names, frames), fresh)
+            clip = body_to_character(context, character, body, *bridge.read_action(body, names, frames), fresh,
+                                     contacts)
             fresh = False
             action_name = after.action.name.replace(body.name, character.name)
             if action_name == after.action.name:

@@ -209,9 +209,12 @@ def poser_of(context: bpy.types.Context, character: bpy.types.Object, binding: C
 
 
 def body_to_character(context: bpy.types.Context, character: bpy.types.Object, body: bpy.types.Object,
-                      quaternions: np.ndarray, translations: np.ndarray, fresh: bool = True) -> Channels:
+                      quaternions: np.ndarray, translations: np.ndarray, fresh: bool = True,
+                      contacts=None) -> Channels:
     """Body poses ((T, J, 4) local quaternions, (T, 3) root locations) -> the character's channels
-    for them (its mapped bones, each in its own rotation mode; the root bone's location too)."""
+    for them (its mapped bones, each in its own rotation mode; the root bone's location too).
+    contacts: foot contacts, a row per pose (or "body"), whose planted feet the character keeps
+    still (core.foot_contact); None: none held."""
     import torch
 
     from ..core.character import body_to_character as transfer
@@ -221,8 +224,10 @@ def body_to_character(context: bpy.types.Context, character: bpy.types.Object, b
     binding = binding_of(character, body)
     poser = poser_of(context, character, binding, fresh)
     local = quaternion_to_matrix(torch.as_tensor(quaternions, dtype=torch.float64))
-    pose = transfer(binding, local, torch.as_tensor(translations, dtype=torch.float64),
-                    current=current_quaternions(character, binding.skeleton.names))
+    current = current_quaternions(character, binding.skeleton.names)
+    pose = transfer(binding, local, torch.as_tensor(translations, dtype=torch.float64), current=current)
+    if contacts is not None and len(quaternions) > 1:
+        pose = _lock_feet(context, binding, local, translations, pose, contacts, current)
     # The poser's bones are the mapped ones (the root bone among them): the transfer's own world
     # rotations serve, and only the located root bone's head counts (poser.basis), so no second FK.
     # A root bone below another posed bone (not seen in rigs) needs every head: character_fk then.
@@ -248,6 +253,25 @@ def _poser_index(binding: CharacterBinding, poser: CharacterPoser) -> list[int]:
         position = {name: i for i, name in enumerate(binding.skeleton.names)}
         _index[:] = [binding, poser, [position[name] for name in poser.bones]]
     return _index[2]
+
+
+def _lock_feet(context: bpy.types.Context, binding: CharacterBinding, local, translations: np.ndarray, pose,
+               contacts, current: np.ndarray):
+    """The character pose with its root moved so its feet stay where `contacts` are planted (see
+    core.foot_contact); contacts that do not cover the frames leave the pose as it is."""
+    import torch
+
+    from ..core.character import character_fk
+    from ..core.foot_contact import body_contacts, lock_character_feet
+
+    fps = bridge.scene_frame_rate(context.scene)
+    transl = torch.as_tensor(translations, dtype=torch.float64)
+    if isinstance(contacts, str) and contacts == "body":
+        contacts = body_contacts(binding, local, transl, fps)
+    if contacts.planted.shape[0] != len(transl):
+        return pose
+    heads, _ = character_fk(binding, pose.quaternions, pose.location)
+    return lock_character_feet(binding, local, transl, heads, contacts, fps, current=current).pose
 
 
 def current_quaternions(character: bpy.types.Object, names: list[str]) -> np.ndarray:
@@ -281,10 +305,20 @@ def pull_pose(context: bpy.types.Context, character: bpy.types.Object, body: bpy
 
 
 # ------------------------------------------------------------------------------------- map files
-def save_map(path: str, mapping: dict[str, list[str]]) -> None:
-    """The map as core's bone-map JSON (a skeleton preset: {"joints": {joint: bone or [bones]}})."""
+def save_map(path: str, mapping: dict[str, list[str]], preset: str = "") -> None:
+    """The map as core's bone-map JSON (a skeleton preset: {"joints": {joint: bone or [bones]}}).
+    preset: the built-in map it was detected as; its name and `segments` are written too, so the
+    map loaded back binds as it did (a Rigify rig's FK spine needs its segments)."""
     with open(bpy.path.abspath(path), "w", encoding="utf-8") as file:
-        json.dump(_preset_from(mapping).to_dict(), file, indent=1)
+        json.dump(_preset_from(mapping, preset).to_dict(), file, indent=1)
+
+
+def map_preset_name(path: str) -> str:
+    """The built-in map a saved map file names (whose segments a bind then uses), else ""."""
+    from ..core.mocap.skeletons import PRESETS, load_preset
+
+    name = load_preset(bpy.path.abspath(path)).name
+    return name if name in PRESETS else ""
 
 
 def load_map(path: str, bone_names: list[str]) -> dict[str, list[str]]:

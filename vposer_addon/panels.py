@@ -169,6 +169,8 @@ class VPOSER_PT_retarget(_VPoserSubPanel, bpy.types.Panel):
                 layout.prop(retarget, "calibrate_markers")
         layout.prop(retarget, "use_scene_range")
         layout.prop(retarget, "fit_shape")
+        if rig is not None and rig.vposer_character.character is not None:  # a bound character's body
+            layout.prop(retarget, "foot_lock")
         layout.operator("vposer.retarget", icon="ARMATURE_DATA")
 
 
@@ -202,4 +204,36 @@ class VPOSER_PT_generate(_VPoserSubPanel, bpy.types.Panel):
         layout.operator("vposer.inbetweens", icon="IPO_EASE_IN_OUT")
 
 
-CLASSES: tuple[type, ...] = (VPOSER_PT_main, VPOSER_PT_body, VPOSER_PT_pose, VPOSER_PT_retarget, VPOSER_PT_generate)
+class VPOSER_PT_pictures(_VPoserSubPanel, bpy.types.Panel):
+    bl_label = "From Image / Video"
+    bl_idname = "VPOSER_PT_pictures"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        """The picture and its camera, where the keypoints come from (a detector greyed out with the
+        install help as its tooltip when the extra is missing), then Fit."""
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        settings = context.scene.vposer_pictures
+        layout.prop(settings, "media_path")
+        layout.prop(settings, "camera")
+        layout.prop(settings, "focal")
+        layout.operator("vposer.picture_camera", icon="CAMERA_DATA")
+        layout.separator()
+        layout.operator("vposer.detect_keypoints", icon="VIEWZOOM")
+        layout.prop(settings, "keypoints_path")
+        layout.prop(settings, "format")
+        row = layout.row(align=True)
+        row.prop(settings, "person")
+        if settings.person == "INDEX":
+            row.prop(settings, "person_index", text="")
+        layout.prop(settings, "smoothness")
+        layout.prop(settings, "insert_keyframes")
+        if context.scene.camera is None:
+            layout.label(text="The scene has no camera: Set Up Camera", icon="INFO")
+        layout.operator("vposer.fit_picture", icon="ARMATURE_DATA")
+
+
+CLASSES: tuple[type, ...] = (VPOSER_PT_main, VPOSER_PT_body, VPOSER_PT_pose, VPOSER_PT_retarget, VPOSER_PT_generate,
+                             VPOSER_PT_pictures)

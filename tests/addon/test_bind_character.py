@@ -10,6 +10,7 @@ limbs must point where the body's limbs point.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 
 import addon_utils
@@ -331,22 +332,32 @@ def test_rigify_rig_binds_to_its_fk_controls_and_solve_pose_drives_its_deform_bo
     assert abs(upper_arm.rotation_quaternion[0]) < 0.999  # the FK control itself moved
 
 
-def test_retarget_writes_a_new_action_on_a_rigify_rig(rigify_rig):
-    """A CMU walk retargeted onto the bound rig: a new action keyed on the FK controls, the rig's
-    previous action kept, the deform bones following the body's limbs on a sampled frame."""
+def _select_walk_source(character, last_frame: int):
+    """The shipped CMU walk imported (metres) and selected with the character active, the scene's
+    range 1-last_frame; returns the walk's armature."""
     from core.body_model import DATA_DIR
 
-    old = bpy.data.actions.new("Old")
-    rigify_rig.animation_data_create().action = old
-    assert _bind(rigify_rig) == {"FINISHED"}
     walk = DATA_DIR.parents[1] / "examples" / "cmu_02_01_walk.bvh"
     assert bpy.ops.import_anim.bvh(filepath=str(walk), global_scale=0.05644) == {"FINISHED"}
     source = bpy.context.active_object
-    scene = bpy.context.scene
-    scene.frame_start, scene.frame_end = 1, 60
+    bpy.context.scene.frame_start, bpy.context.scene.frame_end = 1, last_frame
+    _select_source(character, source)
+    return source
+
+
+def _select_source(character, source) -> None:
     for obj in bpy.context.scene.objects:
-        obj.select_set(obj in (rigify_rig, source))
-    bpy.context.view_layer.objects.active = rigify_rig
+        obj.select_set(obj in (character, source))
+    bpy.context.view_layer.objects.active = character
+
+
+def test_retarget_writes_a_new_action_on_a_rigify_rig(rigify_rig):
+    """A CMU walk retargeted onto the bound rig: a new action keyed on the FK controls, the rig's
+    previous action kept, the deform bones following the body's limbs on a sampled frame."""
+    old = bpy.data.actions.new("Old")
+    rigify_rig.animation_data_create().action = old
+    assert _bind(rigify_rig) == {"FINISHED"}
+    _select_walk_source(rigify_rig, 60)
     fitted = np.array(_body_of(rigify_rig).vposer_body.betas)
     assert bpy.ops.vposer.retarget(source="ARMATURE", preset="CMU", use_scene_range=True) == {"FINISHED"}
     np.testing.assert_array_equal(np.array(_body_of(rigify_rig).vposer_body.betas), fitted)  # Fit Shape: solve only
@@ -527,6 +538,27 @@ def test_map_saves_loads_and_an_edited_map_rebinds(mixamo, tmp_path):
     with pytest.raises(RuntimeError, match="broken.json.*NoSuchBone"):
         bpy.ops.vposer.load_character_map(filepath=str(tmp_path / "broken.json"))
     assert settings.mapping() == saved
+
+
+def test_a_saved_rigify_map_keeps_its_segments_and_binds_as_detected(rigify_rig, tmp_path):
+    """A generated Rigify rig's map needs its preset's `segments` (the FK spine's rest directions):
+    Save Map writes them, Load Map brings the preset back, and a bind with the loaded map drives
+    the deform bones as the detected one does."""
+    assert _bind(rigify_rig) == {"FINISHED"}
+    path = tmp_path / "rigify_map.json"
+    assert bpy.ops.vposer.save_character_map(filepath=str(path)) == {"FINISHED"}
+    saved = json.loads(path.read_text())
+    assert saved["name"] == "rigify_fk" and saved["segments"]["pelvis"] == "spine_fk"
+    settings = rigify_rig.vposer_character
+    settings.preset = ""
+    assert bpy.ops.vposer.load_character_map(filepath=str(path)) == {"FINISHED"}
+    assert settings.preset == "rigify_fk"
+    assert bpy.ops.vposer.bind_character(map_source="CURRENT") == {"FINISHED"}
+    _add_targets_and_move(rigify_rig, {"left_wrist": (0.1, -0.3, 0.5), "right_ankle": (0.0, -0.4, 0.3)})
+    bpy.context.view_layer.objects.active = rigify_rig
+    assert bpy.ops.vposer.solve_pose() == {"FINISHED"}
+    angles = _deform_angles(rigify_rig)
+    assert max(angles.values()) < 3.0, angles
 
 
 def test_a_refused_job_leaves_the_character_and_its_body_as_they_were(mixamo):
@@ -723,3 +755,65 @@ def test_pinning_character_bones_pins_their_body_joints(metarig):
     _select_character_bones(metarig, ["forearm.R"])
     assert bpy.ops.vposer.pin_bones(pin=False) == {"FINISHED"}
     assert {bone.name for bone in body.pose.bones if bone.vposer_pinned} == pinned - {"right_elbow"}
+
+
+def _long_thighed_rest(adult) -> np.ndarray:
+    """The body's rest joints with each thigh 1.3 times and each shin 0.75 times as long (the leg
+    proportioned unlike any body the fit can give)."""
+    names = list(adult.joint_names)
+    rest = adult.rest_joints()[0].detach().double().numpy().copy()
+    original = rest.copy()
+    for side in ("left", "right"):
+        hip, knee, ankle, foot = (names.index(f"{side}_{j}") for j in ("hip", "knee", "ankle", "foot"))
+        rest[knee] = original[hip] + 1.3 * (original[knee] - original[hip])
+        rest[ankle] = rest[knee] + 0.75 * (original[ankle] - original[knee])
+        rest[foot] = original[foot] + rest[ankle] - original[ankle]
+    return rest
+
+
+def _heads(obj, bones: list[str], frames) -> np.ndarray:
+    """(F, B, 3) world heads of pose bones as Blender evaluates them at each frame."""
+    out = []
+    for frame in frames:
+        bpy.context.scene.frame_set(int(frame))
+        out.append([np.array(obj.matrix_world @ obj.pose.bones[name].head) for name in bones])
+    return np.array(out)
+
+
+def test_retarget_foot_lock_holds_the_planted_feet_of_a_bound_character(addon, empty_scene, adult):
+    """A CMU walk onto a character with long thighs and short shins: with Foot Lock (the default)
+    its ankles stay put where the source's are planted, without it they slide; the lock moves only
+    the root (horizontally, in small steps), every bone turns the same. The panel offers the option."""
+    hero = build_character("Long", _long_thighed_rest(adult), list(adult.joint_names))
+    assert _bind(hero) == {"FINISHED"}
+    drawn: list = []
+    bpy.types.VPOSER_PT_retarget.draw(type("Panel", (), {"layout": _Layout(drawn)})(), bpy.context)
+    assert ("prop", "foot_lock") in drawn  # offered for a bound character
+    source = _select_walk_source(hero, 150)
+    scene = bpy.context.scene
+    frames = np.arange(1, 151)
+    ankles = ["mixamorig:LeftFoot", "mixamorig:RightFoot"]
+    src = _heads(source, ["LeftFoot", "RightFoot"], frames)
+    step_src = np.linalg.norm(src[1:] - src[:-1], axis=-1)
+    planted = (src[1:, :, 2] < src[:, :, 2].min(0) + 0.03) & (step_src < 0.005)  # the benchmark's rule
+    assert planted.sum() > 20
+
+    def retarget(lock: bool) -> tuple[np.ndarray, np.ndarray]:
+        _select_source(hero, source)
+        assert bpy.ops.vposer.retarget(source="ARMATURE", preset="CMU", use_scene_range=True,
+                                       foot_lock=lock) == {"FINISHED"}
+        heads = _heads(hero, ankles + ["mixamorig:Hips"], frames)
+        scene.frame_set(40)
+        return heads, np.array([np.array(bone.matrix.to_3x3()) for bone in hero.pose.bones])
+
+    (locked, turns_locked), (free, turns_free) = retarget(True), retarget(False)
+
+    def slide(heads: np.ndarray) -> float:
+        step = np.linalg.norm((heads[1:, :2] - heads[:-1, :2])[..., :2], axis=-1)
+        return float(step[planted].mean())
+
+    assert slide(free) > 0.001 and slide(locked) < 0.5 * slide(free)
+    np.testing.assert_allclose(turns_locked, turns_free, atol=1e-4)
+    offset = locked[:, 2] - free[:, 2]  # the hips
+    assert np.abs(offset[:, 2]).max() < 1e-4
+    assert np.linalg.norm(offset[1:] - offset[:-1], axis=-1).max() < 0.5 / scene.render.fps + 1e-4

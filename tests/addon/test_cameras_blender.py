@@ -59,12 +59,12 @@ def _blender_pixels(scene, camera, world_points):
     return np.array(out)
 
 
-def _body(scene, location=(0.3, 0.2, -0.1), turn=0.4):
+def _body(scene, location=(0.3, 0.2, -0.1), turn=0.4, scale=1.0):
     """An object carrying the model -> scene transform: +90 degrees about X, then a turn about Z and a move."""
     body = bpy.data.objects.new("Body", None)
     scene.collection.objects.link(body)
     body.matrix_world = Matrix.Translation(location) @ Matrix.Rotation(turn, 4, "Z") @ \
-        Matrix.Rotation(math.pi / 2, 4, "X")
+        Matrix.Rotation(math.pi / 2, 4, "X") @ Matrix.Scale(scale, 4)
     bpy.context.view_layer.update()
     return body
 
@@ -81,6 +81,17 @@ def test_blender_and_core_project_to_the_same_pixel(cameras_module, empty_scene,
     ours = cameras_module.camera_from_object(camera, empty_scene, body)
     pixels = ours.project(torch.as_tensor(model_points)).numpy()
     assert np.abs(pixels - expected).max() < 1e-3  # pixels
+
+
+@pytest.mark.parametrize("scale", [1.3, 0.01])
+def test_a_uniformly_scaled_body_projects_as_blender_does(cameras_module, empty_scene, scale):
+    """A body bound to a character is parented with the character's size."""
+    camera = _scene_camera(empty_scene, CASES[2])
+    body = _body(empty_scene, scale=scale)
+    model_points = np.random.default_rng(2).uniform(-0.8, 0.8, (12, 3)) + [0.0, 0.9, 0.0]
+    expected = _blender_pixels(empty_scene, camera, [body.matrix_world @ Vector(p) for p in model_points])
+    ours = cameras_module.camera_from_object(camera, empty_scene, body)
+    assert np.abs(ours.project(torch.as_tensor(model_points)).numpy() - expected).max() < 1e-3
 
 
 def test_default_body_matrix_is_the_plus_90_x_rotation(cameras_module, empty_scene):

@@ -119,16 +119,26 @@ def test_c3d_trial_onto_a_character(tmp_path):
     assert written.names == read_bvh(character).names
 
 
-def test_character_from_transfer_by_default_follows_the_source_limbs(walk_on_character, tmp_path):
+def _transfer(character: Path, out: Path, *extra: str) -> dict:
+    result = subprocess.run([sys.executable, "scripts/retarget.py", str(CLIP), "--fps", "30", "--character",
+                             str(character), "--character-rest-frame", "0", "--out", str(out), *extra],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def transfer_on_character(walk_on_character, tmp_path_factory):
+    """The default run (transfer, foot lock on) onto the same character: (out, report)."""
+    out = tmp_path_factory.mktemp("transfer") / "walk_transfer.bvh"
+    return out, _transfer(walk_on_character[0], out)
+
+
+def test_character_from_transfer_by_default_follows_the_source_limbs(walk_on_character, transfer_on_character):
     """By default a BVH source's rotations drive the character (the solved root path): its limbs read
     back along the clip's, closer than with --character-from ik, which follows the solved body."""
     character, _, ik_report = walk_on_character
-    out = tmp_path / "walk_transfer.bvh"
-    result = subprocess.run([sys.executable, "scripts/retarget.py", str(CLIP), "--fps", "30", "--character",
-                             str(character), "--character-rest-frame", "0", "--out", str(out)],
-                            capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    out, report = transfer_on_character
     assert report["character_from"] == "transfer" and ik_report["character_from"] == "ik"
     assert report["limb_direction_deg"] < 1.0 and report["limb_direction_deg"] < ik_report["limb_direction_deg"] / 2
     clip, written = read_bvh(CLIP), read_bvh(out)
@@ -140,3 +150,22 @@ def test_character_from_transfer_by_default_follows_the_source_limbs(walk_on_cha
         v = dst[:, written.index(d)] - dst[:, written.index(c)]
         cos = torch.nn.functional.cosine_similarity(u, v, dim=-1).clamp(-1, 1)
         assert float(torch.rad2deg(torch.acos(cos)).mean()) < 2.0, (a, b)
+
+
+def test_the_foot_lock_keeps_planted_feet_and_leaves_the_limbs(walk_on_character, transfer_on_character, tmp_path):
+    """On by default: on the source's planted frames the character's feet (at body size) slide no
+    more than the source's, less than with --no-foot-lock; the limbs are the same either way, and
+    the root path differs by a smooth offset only."""
+    out, report = transfer_on_character
+    loose_out = tmp_path / "walk_loose.bvh"
+    loose = _transfer(walk_on_character[0], loose_out, "--no-foot-lock")
+    assert report["foot_lock"] is True and loose["foot_lock"] is False
+    slide, loose_slide = report["foot_slide_mm_per_frame"], loose["foot_slide_mm_per_frame"]
+    assert slide["source"] == loose_slide["source"]
+    assert slide["character"] < loose_slide["character"] and slide["character"] <= slide["source"] + 0.5
+    assert report["limb_direction_deg"] == pytest.approx(loose["limb_direction_deg"], abs=1e-3)
+    _, locked = forward_kinematics(read_bvh(out))
+    _, free = forward_kinematics(read_bvh(loose_out))
+    offset = (locked[:, 0] - free[:, 0]) * 0.01  # the hip, centimetres -> metres
+    assert float(offset[:, 1].abs().max()) < 1e-6  # horizontal only
+    assert float((offset[1:] - offset[:-1]).norm(dim=-1).max()) <= 0.5 / 30 + 1e-6  # no pops

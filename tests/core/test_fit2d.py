@@ -11,7 +11,7 @@ import torch
 from ik_testing import posed, small_body, smooth_prior
 
 from core.cameras import Cameras
-from core.fit2d import Fit2DError, Fit2DOptions, fit_2d, procrustes_errors
+from core.fit2d import Fit2DError, Fit2DOptions, Fit2DRun, fit_2d, procrustes_errors
 
 EXACT = Fit2DOptions(latent=1e-7)  # exact pixels: the prior only has to pick among exact fits
 from core.ik import IKError, IKSolver, IKState, Stage
@@ -146,3 +146,57 @@ def test_a_smooth_sequence_is_fitted_with_the_temporal_term(model, prior, keypoi
     assert fit.result.smoothness > 0
     assert float(fit.reproj_px.max()) < 1.0
     assert float(procrustes_errors(fit.result.points, truth).mean(1).max()) < 0.05
+
+
+def test_a_sequence_in_steps_gives_what_one_fit_gives(model, prior, keypoints):
+    """Fit2DRun (the add-on's modal Fit) in chunks of 2 frames: one step per chunk and one for the
+    temporal stage, and the same poses as fit_2d over the whole sequence at once."""
+    heading = torch.linspace(0.2, 0.5, 5)
+    state, truth = _truth(model, prior, keypoints, 5, seed=19, heading=heading)
+    cameras = _cameras([0.0, 0.3, 4.0])
+    options = Fit2DOptions(latent=1e-7, smoothness=0.02)
+    solver = IKSolver(model, keypoints, prior)
+    whole = fit_2d(solver, cameras, cameras.project(truth), sequence=True, options=options)
+    run = Fit2DRun(solver, cameras, cameras.project(truth), options=options, batch_size=2)
+    with pytest.raises(Fit2DError, match="stopped after 0 of 5"):
+        run.result()
+    assert list(run) == [(2, 6), (4, 6), (5, 6), (6, 6)]
+    stepped = run.result()
+    assert stepped.result.smoothness > 0
+    assert torch.allclose(stepped.poses, whole.poses, atol=1e-5)
+    assert torch.allclose(stepped.transl, whole.transl, atol=1e-6)
+
+
+def test_the_shape_given_is_the_shape_fitted(model, prior, keypoints):
+    """A body of another shape seen exactly: given its betas, the fit lands on the pixels with them."""
+    betas = torch.linspace(-1.0, 1.0, model.num_betas, dtype=model.dtype)
+    state, _ = _truth(model, prior, keypoints, 2, seed=23)
+    with torch.no_grad():
+        truth = keypoints.evaluate(state.rotations, betas.expand(2, -1), state.transl)
+    cameras = _cameras([0.0, 0.3, 4.0])
+    fit = fit_2d(IKSolver(model, keypoints, prior), cameras, cameras.project(truth), options=EXACT, betas=betas)
+    assert torch.equal(fit.result.state.betas, betas.expand(2, -1))
+    assert float(fit.reproj_px.max()) < 1.0
+
+
+def test_the_focal_search_finds_a_video_s_focal_length(model, prior, keypoints):
+    """Four frames seen at 1500 px in a 1920 x 1080 image, searched from the default guess (1920 px):
+    the estimate lands within 15 % (one view shows the focal only through perspective), and the
+    camera it returns is the start camera with that focal."""
+    from core.fit2d import FocalSearch, estimate_focal
+
+    _, truth = _truth(model, prior, keypoints, 4, seed=23)
+    truth = truth + torch.tensor([0.0, 0.0, -3.5], dtype=truth.dtype)
+    pixels = Cameras.for_image(1920, 1080, focal=1500.0).project(truth)
+    start = Cameras.for_image(1920, 1080)
+    estimate = estimate_focal(IKSolver(model, keypoints, prior), start, pixels, options=EXACT)
+    assert abs(estimate.focal - 1500.0) < 0.15 * 1500.0, estimate.focal
+    assert estimate.candidates.shape == estimate.costs.shape == (FocalSearch.candidates,)
+    assert float(estimate.candidates.min()) == pytest.approx(0.5 * 1920) and \
+        float(estimate.candidates.max()) == pytest.approx(2.0 * 1920)
+    assert torch.allclose(estimate.camera.focal, torch.full((2,), estimate.focal, dtype=torch.float64))
+    assert torch.equal(estimate.camera.rotation, start.rotation.to(estimate.camera.rotation.dtype))
+    with pytest.raises(Fit2DError, match="one camera"):
+        estimate_focal(IKSolver(model, keypoints, prior), _cameras([[0.0, 0.3, 4.0], [4.0, 0.3, 0.0]]), pixels)
+    with pytest.raises(Fit2DError, match="low < 1 < high"):
+        estimate_focal(IKSolver(model, keypoints, prior), start, pixels, search=FocalSearch(low=1.2))

@@ -128,8 +128,9 @@ class VPOSER_OT_save_character_map(bpy.types.Operator, ExportHelper):
     def execute(self, context: bpy.types.Context) -> set[str]:
         from ..character_transfer import save_map
 
-        mapping = context.active_object.vposer_character.mapping()
-        save_map(self.filepath, mapping)
+        settings = context.active_object.vposer_character
+        mapping = settings.mapping()
+        save_map(self.filepath, mapping, settings.preset)
         self.report({"INFO"}, f"Saved {len(mapping)} map entries to {self.filepath}")
         return {"FINISHED"}
 
@@ -150,11 +151,12 @@ class VPOSER_OT_load_character_map(bpy.types.Operator, ImportHelper):
 
     @reports_errors("Cannot load the bone map")
     def execute(self, context: bpy.types.Context) -> set[str]:
-        from ..character_transfer import load_map
+        from ..character_transfer import load_map, map_preset_name
 
         character = context.active_object
         mapping = load_map(self.filepath, [bone.name for bone in character.data.bones])
         character.vposer_character.set_mapping(mapping)
+        character.vposer_character.preset = map_preset_name(self.filepath)
         bound = " (bind again with 'Current Map' to use it)" if binding.character_body(character) else ""
         self.report({"INFO"}, f"Loaded {len(mapping)} map entries from {self.filepath}{bound}")
         return {"FINISHED"}

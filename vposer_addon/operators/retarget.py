@@ -43,6 +43,7 @@ from ..properties import MAX_BETAS, active_body
 from ..reporting import reports_errors
 from .io import poll_body
 from .markers import LABEL, VISIBLE
+from ..stepping import ProgressSteps, end_modal, modal_step, run_all, start_modal
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -127,6 +128,13 @@ class VPOSER_OT_retarget(bpy.types.Operator):
         "(off: keep the body's current shape)",
         default=True,
     )
+    foot_lock: bpy.props.BoolProperty(
+        name="Foot Lock",
+        description="On a bound character: move its root so its feet stay put where the source's are planted "
+        "(the character's legs are proportioned unlike the source's, so they would slide); off: the root follows "
+        "the body's path, scaled",
+        default=True,
+    )
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -140,49 +148,22 @@ class VPOSER_OT_retarget(bpy.types.Operator):
     @reports_errors(FAILURE)
     def execute(self, context: bpy.types.Context) -> set[str]:
         job = self._prepare(context)
-        window_manager = context.window_manager
-        window_manager.progress_begin(0, job.total)
-        try:
-            while job.step():
-                window_manager.progress_update(job.done)
-        finally:
-            window_manager.progress_end()
+        run_all(context, job)
         return self._finish(job)
 
     @reports_errors(FAILURE)
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        job = self._prepare(context)
-        self._job = job
-        window_manager = context.window_manager
-        self._timer = window_manager.event_timer_add(0.001, window=context.window)
-        window_manager.modal_handler_add(self)
-        window_manager.progress_begin(0, job.total)
-        return {"RUNNING_MODAL"}
+        return start_modal(self, context, self._prepare(context))
 
     @reports_errors(FAILURE)
     def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         """One batch per timer event; Esc stops before anything was written."""
-        if event.type == "ESC":
-            self.cancel(context)
-            self.report({"WARNING"}, "Retarget cancelled: the scene is unchanged")
-            return {"CANCELLED"}
-        if event.type != "TIMER":
-            return {"RUNNING_MODAL"}  # the scene must not change under the solve
-        try:
-            if self._job.step():
-                context.window_manager.progress_update(self._job.done)
-                return {"RUNNING_MODAL"}
-        except BaseException:
-            self.cancel(context)
-            raise
-        self.cancel(context)
-        return self._finish(self._job)
+        return modal_step(self, context, event, lambda: self._finish(self._job),
+                          "Retarget cancelled: the scene is unchanged")
 
     def cancel(self, context: bpy.types.Context) -> None:
-        """Blender calls this too when it ends the modal run itself (e.g. a file is loaded)."""
-        window_manager = context.window_manager
-        window_manager.event_timer_remove(self._timer)
-        window_manager.progress_end()
+        """Blender calls this when it ends the modal run itself (e.g. a file is loaded)."""
+        end_modal(self, context)
 
     def _prepare(self, context: bpy.types.Context) -> RetargetJob:
         """Sample the source and set up the solve; changes nothing (raises what reports_errors reports)."""
@@ -227,6 +208,8 @@ class VPOSER_OT_retarget(bpy.types.Operator):
 
     def _finish(self, job: RetargetJob) -> set[str]:
         report, warning = job.write()
+        # read by character.drives_character when it writes the new action onto a bound character
+        self._vposer_foot_contacts = job.foot_contacts() if self.foot_lock else None
         self.report({"WARNING"} if warning else {"INFO"}, report)
         return {"FINISHED"}
 
@@ -315,7 +298,7 @@ class VPOSER_OT_retarget(bpy.types.Operator):
             raise SourceError(f"{path}: not a skeleton preset ({error.args[0] if error.args else error})") from None
 
 
-class RetargetJob:
+class RetargetJob(ProgressSteps):
     """A prepared retarget: the solve as steps (step), then the result written onto the body (write)."""
 
     def __init__(self, context: bpy.types.Context, rig: bpy.types.Object, model: BodyModel, source: str,
@@ -326,21 +309,24 @@ class RetargetJob:
 
         prior = load_prior(context, like=model) if clip.init is None else None  # only markers need it
         self.run: Retarget = Retarget(model, clip, prior, options, betas=betas)
-        self._steps = iter(self.run)
         self.rig, self.source, self.started, self.reused = rig, source, started, reused
         self.set_shape = options.fit_shape or reused is not None
         self.unused_labels = clip.unused_labels
+        self.clip = clip
         self.frames = frames[clip.source_frames]  # marker frames with too few markers are left out
         self.skipped = len(frames) - len(self.frames)
-        self.total, self.done = len(self.frames), 0
+        super().__init__(self.run, len(self.frames))  # step(): solve the next batch
 
-    def step(self) -> bool:
-        """Solve the next batch; False once every frame is solved."""
-        progress = next(self._steps, None)
-        if progress is None:
-            return False
-        self.done = progress[0]
-        return True
+    def foot_contacts(self):
+        """The source's foot contacts, a row per solved frame (core.foot_contact.FootContacts), or
+        "body" (detected on the solved body) for markers, whose labels are no joints."""
+        from ...core.foot_contact import source_contacts
+
+        names = self.clip.keypoints.names
+        if not any(name.endswith("_ankle") for name in names):
+            return "body"
+        positions = self.clip.positions.detach().cpu().double()
+        return source_contacts(names, positions, self.clip.fps)
 
     def write(self) -> tuple[str, bool]:
         """Key the result as a new action (the previous one kept), set the shape; returns the report
