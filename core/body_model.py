@@ -10,6 +10,7 @@ Three paths share the same kinematics:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,21 @@ class BodyOutput:
 
 
 _JUMPING_MAX_TRANSFORMS = 256  # batch x joints up to which forward kinematics jumps pointers
+
+
+@functools.lru_cache(maxsize=64)
+def jumping_rounds(parents: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """The rounds of forward kinematics by pointer jumping over a tree given by `parents` (-1 for a
+    root; any order): in each round every joint that still has an ancestor left composes its
+    transform with that ancestor's, then points at the ancestor's ancestor, so a tree of depth d
+    takes ceil(log2(d + 1)) rounds. Each round is (joints, their current ancestors). Shared by the
+    body model and core.mocap.transfer.skeleton_fk."""
+    ancestor, rounds = list(parents), []
+    while any(a >= 0 for a in ancestor):
+        ids = [j for j, a in enumerate(ancestor) if a >= 0]
+        rounds.append((ids, [ancestor[j] for j in ids]))
+        ancestor = [ancestor[a] if a >= 0 else -1 for a in ancestor]
+    return rounds
 
 
 class BodyModel(nn.Module):
@@ -272,14 +288,8 @@ class BodyModel(nn.Module):
         key = (count, self.parents.device)
         if key not in self._jumps:
             self._check_prefix(count)
-            parents = self.parents[:count].tolist()
-            ancestor, rounds = list(parents), []
-            while any(a >= 0 for a in ancestor):
-                joint_ids = [j for j, a in enumerate(ancestor) if a >= 0]
-                rounds.append((torch.tensor(joint_ids, device=key[1]),
-                               torch.tensor([ancestor[j] for j in joint_ids], device=key[1])))
-                ancestor = [ancestor[a] if a >= 0 else -1 for a in ancestor]
-            self._jumps[key] = rounds
+            self._jumps[key] = [(torch.tensor(ids, device=key[1]), torch.tensor(ancestors, device=key[1]))
+                                for ids, ancestors in jumping_rounds(tuple(self.parents[:count].tolist()))]
         return self._jumps[key]
 
     def _check_prefix(self, count: int) -> None:

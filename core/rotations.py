@@ -64,47 +64,80 @@ def axis_angle_to_quaternion(axis_angle: Tensor) -> Tensor:
     return torch.cat([torch.cos(angle / 2), axis_angle * scale], dim=-1)
 
 
+# A rotation matrix is linear in the outer product q q^T of its unit quaternion q = (w, x, y, z):
+# R = I + 2 * (sum of the products below), entry by entry (row-major), written out.
+_R_TERMS = (  # (matrix entry, {(i, j) of q q^T: coefficient})
+    (0, {(2, 2): -2, (3, 3): -2}), (1, {(1, 2): 2, (0, 3): -2}), (2, {(1, 3): 2, (0, 2): 2}),
+    (3, {(1, 2): 2, (0, 3): 2}), (4, {(1, 1): -2, (3, 3): -2}), (5, {(2, 3): 2, (0, 1): -2}),
+    (6, {(1, 3): 2, (0, 2): -2}), (7, {(2, 3): 2, (0, 1): 2}), (8, {(1, 1): -2, (2, 2): -2}),
+)
+_R_CACHE: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+
+
+def _r_linear(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(16, 9) coefficients on q q^T (row-major) and the (9,) identity, cached per dtype/device."""
+    key = (dtype, device)
+    if key not in _R_CACHE:
+        coefficients = torch.zeros(16, 9, dtype=torch.float64)
+        for entry, products in _R_TERMS:
+            for (i, j), value in products.items():
+                coefficients[4 * i + j, entry] = value
+        eye = torch.eye(3, dtype=torch.float64).flatten()
+        _R_CACHE[key] = (coefficients.to(dtype=dtype, device=device), eye.to(dtype=dtype, device=device))
+    return _R_CACHE[key]
+
+
 def quaternion_to_matrix(quaternion: Tensor) -> Tensor:
-    """(..., 4) (w, x, y, z), normalised here -> (..., 3, 3)."""
-    w, x, y, z = torch.nn.functional.normalize(quaternion, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).unflatten(-1, (3, 3))
+    """(..., 4) (w, x, y, z), normalised here -> (..., 3, 3).
+
+    One product of q q^T with a constant matrix (see _R_TERMS): a handful of tensor operations
+    whatever the batch, as interactive solves call this many times per update on a few joints.
+    """
+    coefficients, eye = _r_linear(quaternion.dtype, quaternion.device)
+    q = torch.nn.functional.normalize(quaternion, dim=-1)
+    outer = (q.unsqueeze(-1) * q.unsqueeze(-2)).flatten(-2)
+    return (outer @ coefficients + eye).unflatten(-1, (3, 3))
+
+
+# K = 4 q q^T of a rotation's quaternion q = (w, x, y, z) is linear in the matrix's entries (Shepperd):
+# K = offset + coefficients @ (m00, m01, m02, m10, m11, m12, m20, m21, m22), written out row by row.
+_K_TERMS = (  # (entry of K, constant, {matrix entry: coefficient})
+    ((0, 0), 1, {0: 1, 4: 1, 8: 1}), ((1, 1), 1, {0: 1, 4: -1, 8: -1}),
+    ((2, 2), 1, {0: -1, 4: 1, 8: -1}), ((3, 3), 1, {0: -1, 4: -1, 8: 1}),
+    ((0, 1), 0, {7: 1, 5: -1}), ((0, 2), 0, {2: 1, 6: -1}), ((0, 3), 0, {3: 1, 1: -1}),
+    ((1, 2), 0, {1: 1, 3: 1}), ((1, 3), 0, {2: 1, 6: 1}), ((2, 3), 0, {5: 1, 7: 1}),
+)
+_K_CACHE: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+
+
+def _k_linear(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(9, 16) coefficients and (16,) offset of K's entries (row-major 4x4), cached per dtype/device."""
+    key = (dtype, device)
+    if key not in _K_CACHE:
+        coefficients, offset = torch.zeros(9, 16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64)
+        for (i, j), constant, entries in _K_TERMS:
+            for cell in {4 * i + j, 4 * j + i}:
+                offset[cell] = constant
+                for entry, value in entries.items():
+                    coefficients[entry, cell] = value
+        _K_CACHE[key] = (coefficients.to(dtype=dtype, device=device), offset.to(dtype=dtype, device=device))
+    return _K_CACHE[key]
 
 
 def matrix_to_quaternion(matrix: Tensor) -> Tensor:
     """(..., 3, 3) -> (..., 4) (w, x, y, z) with w >= 0.
 
-    Computes the four candidate solutions and keeps, per rotation, the one with the largest
-    denominator (Shepperd's method), which is stable for every angle.
+    Shepperd's method, stable for every angle: K = 4 q q^T is linear in the matrix, and its row with
+    the largest diagonal entry (4 q_i^2 >= 1, as the diagonal sums to 4) is q scaled by 4 q_i, so
+    normalising that row gives q up to sign. Written as one matrix product and a gather, a few
+    operations whatever the batch: interactive solves convert a handful of rotations many times per
+    update, where the count of tensor operations, not their size, sets the cost.
     """
-    m = matrix
-    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
-    trace_terms = torch.stack(
-        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], dim=-1
-    )
-    denom = trace_terms.clamp_min(1e-12).sqrt() * 2  # 4 * |component|
-    candidates = torch.stack(
-        [
-            torch.stack([denom[..., 0] / 4, (m[..., 2, 1] - m[..., 1, 2]) / denom[..., 0],
-                         (m[..., 0, 2] - m[..., 2, 0]) / denom[..., 0], (m[..., 1, 0] - m[..., 0, 1]) / denom[..., 0]], -1),
-            torch.stack([(m[..., 2, 1] - m[..., 1, 2]) / denom[..., 1], denom[..., 1] / 4,
-                         (m[..., 0, 1] + m[..., 1, 0]) / denom[..., 1], (m[..., 0, 2] + m[..., 2, 0]) / denom[..., 1]], -1),
-            torch.stack([(m[..., 0, 2] - m[..., 2, 0]) / denom[..., 2], (m[..., 0, 1] + m[..., 1, 0]) / denom[..., 2],
-                         denom[..., 2] / 4, (m[..., 1, 2] + m[..., 2, 1]) / denom[..., 2]], -1),
-            torch.stack([(m[..., 1, 0] - m[..., 0, 1]) / denom[..., 3], (m[..., 0, 2] + m[..., 2, 0]) / denom[..., 3],
-                         (m[..., 1, 2] + m[..., 2, 1]) / denom[..., 3], denom[..., 3] / 4], -1),
-        ],
-        dim=-2,
-    )
-    best = trace_terms.argmax(dim=-1, keepdim=True)
-    q = torch.gather(candidates, -2, best.unsqueeze(-1).expand(*best.shape[:-1], 1, 4)).squeeze(-2)
-    q = torch.nn.functional.normalize(q, dim=-1)
+    coefficients, offset = _k_linear(matrix.dtype, matrix.device)
+    k = (matrix.flatten(-2) @ coefficients + offset).unflatten(-1, (4, 4))
+    best = k.diagonal(dim1=-2, dim2=-1).argmax(dim=-1, keepdim=True)
+    row = torch.gather(k, -2, best.unsqueeze(-1).expand(*best.shape[:-1], 1, 4)).squeeze(-2)
+    q = torch.nn.functional.normalize(row, dim=-1)
     return torch.where(q[..., :1] < 0, -q, q)
 
 

@@ -28,6 +28,7 @@ Everything is batched over frames; tensors are float64 unless given otherwise.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,7 @@ from .skeletons import (
     default_target_names,
     load_preset,
 )
+from ..body_model import _JUMPING_MAX_TRANSFORMS, jumping_rounds
 from ..rotations import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_quaternion, quaternion_to_matrix
 
 __all__ = [
@@ -409,10 +411,14 @@ def skeleton_fk(local: Tensor, rest_joints: Tensor, parents, trans: Tensor | Non
     """Joint positions (T, J, 3) and global rotations (T, J, 3, 3) of an SMPL-style skeleton.
 
     local: (T, J, 3, 3) local rotations; rest_joints: (J, 3); the root rotates about its rest
-    position and moves by trans (T, 3) (SMPL's LBS convention).
+    position and moves by trans (T, 3) (SMPL's LBS convention). Parents in any order (-1: a root).
+    Few frames (a live update) compose by pointer jumping (core.body_model.jumping_rounds: a few
+    rounds over all joints, fewest tensor operations); many frames joint by joint (least arithmetic).
     """
     parents = [int(p) for p in (parents.tolist() if hasattr(parents, "tolist") else parents)]
-    rest = torch.as_tensor(rest_joints, dtype=local.dtype)
+    rest = torch.as_tensor(rest_joints, dtype=local.dtype, device=local.device)
+    if local.shape[0] * len(parents) <= _JUMPING_MAX_TRANSFORMS:
+        return _skeleton_fk_jumping(local, rest, parents, trans)
     J = rest.shape[0]
     glob: list[Tensor | None] = [None] * J
     pos: list[Tensor | None] = [None] * J
@@ -427,6 +433,30 @@ def skeleton_fk(local: Tensor, rest_joints: Tensor, parents, trans: Tensor | Non
             glob[j] = glob[p] @ local[:, j]
             pos[j] = pos[p] + (glob[p] @ (rest[j] - rest[p]).unsqueeze(-1)).squeeze(-1)
     return torch.stack(pos, 1), torch.stack(glob, 1)
+
+
+@functools.lru_cache(maxsize=32)
+def _jump_plan(parents: tuple[int, ...], device: torch.device) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
+    """jumping_rounds as index tensors on `device`, and the parents as one."""
+    rounds = [(torch.tensor(ids, device=device), torch.tensor(ancestors, device=device))
+              for ids, ancestors in jumping_rounds(parents)]
+    return rounds, torch.tensor(parents, device=device)
+
+
+def _skeleton_fk_jumping(local: Tensor, rest: Tensor, parents: list[int], trans: Tensor | None) -> tuple[Tensor, Tensor]:
+    """skeleton_fk by pointer jumping: each joint's (rotation, offset) relative to its current
+    ancestor, composed with the ancestor's in synchronous rounds (the gathers read the round's inputs)."""
+    rounds, index = _jump_plan(tuple(parents), rest.device)
+    roots = index < 0
+    glob = local.clone()
+    pos = torch.where(roots[:, None], rest, rest - rest[index.clamp(min=0)]).expand(local.shape[0], -1, -1).clone()
+    if trans is not None:
+        pos[:, roots] += trans[:, None]
+    for ids_t, anc_t in rounds:
+        rotations, positions = glob[:, anc_t], pos[:, anc_t]
+        pos[:, ids_t] = (rotations @ pos[:, ids_t].unsqueeze(-1)).squeeze(-1) + positions
+        glob[:, ids_t] = rotations @ glob[:, ids_t]
+    return pos, glob
 
 
 # ----------------------------------------------------------------------------------------------
