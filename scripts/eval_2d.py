@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=30.0, help="frame rate the clips are read at")
     parser.add_argument("--smoothness", type=float, default=Fit2DOptions.smoothness,
                         help="the temporal term's weight (0: off)")
-    parser.add_argument("--latent", type=float, default=Fit2DOptions.latent, help="the prior's weight")
+    parser.add_argument("--latent", type=float, default=None,
+                        help="the prior's weight (default: core.fit2d.Fit2DOptions' for one view / several)")
+    parser.add_argument("--robust-scale", type=float, default=None,
+                        help="Geman-McClure scale in pixels (default: core.fit2d.Fit2DOptions' for one view / several)")
     parser.add_argument("--iterations", type=int, default=Fit2DOptions.pose_iterations,
                         help="LM iterations of the prior stage")
     parser.add_argument("--edge-on", type=float, default=Fit2DOptions.edge_on,
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     keypoints = KeypointSet.from_joints(model, model.joint_names[:NUM_BODY_JOINTS])
     rotations, translations, counts = converted_poses(model, files, args.fps)
     options = Fit2DOptions(pose_iterations=args.iterations, edge_on=args.edge_on, latent=args.latent,
-                           smoothness=args.smoothness)
+                           robust_scale=args.robust_scale, smoothness=args.smoothness)
     if args.renders:
         return report(render_metrics(model, prior, rotations, translations, args, options), args.json)
     solvers = {"prior": IKSolver(model, keypoints, prior), "noprior": IKSolver(model, keypoints, None)}

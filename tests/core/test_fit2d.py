@@ -200,3 +200,12 @@ def test_the_focal_search_finds_a_video_s_focal_length(model, prior, keypoints):
         estimate_focal(IKSolver(model, keypoints, prior), _cameras([[0.0, 0.3, 4.0], [4.0, 0.3, 0.0]]), pixels)
     with pytest.raises(Fit2DError, match="low < 1 < high"):
         estimate_focal(IKSolver(model, keypoints, prior), start, pixels, search=FocalSearch(low=1.2))
+
+
+def test_prior_weight_and_robust_scale_follow_the_number_of_views_unless_given():
+    single, several = Fit2DOptions().for_views(True), Fit2DOptions().for_views(False)
+    assert (single.latent, single.robust_scale) == Fit2DOptions.SINGLE_VIEW
+    assert (several.latent, several.robust_scale) == Fit2DOptions.SEVERAL_VIEWS
+    assert single.latent > several.latent and single.robust_scale < several.robust_scale  # one view leans on the prior
+    given = Fit2DOptions(latent=5e-4, robust_scale=70.0)
+    assert given.for_views(True) == given.for_views(False) == given

@@ -64,7 +64,8 @@ def test_fits_an_openpose_file(tmp_path, capsys):
     assert fit_2d.main([str(source), "--image-size", *map(str, SIZE), "--focal", str(max(SIZE)), "--out", str(out),
                         "--overlay", str(overlay)]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["frames"] == 1 and report["reproj_px"] < 2.0 and report["frames_per_s"] > 0
+    # exact keypoints of a reaching pose: a few pixels at most (one view's prior pulls towards likely poses)
+    assert report["frames"] == 1 and report["reproj_px"] < 3.0 and report["frames_per_s"] > 0
     assert report["focal_px"] == max(SIZE) and report["focal_estimated"] is False
     poses = load_pose_file(out)
     assert poses.poses.shape[0] == 1 and abs(poses.trans[0, 2] + 4.0) < 0.3  # about 4 m in front
