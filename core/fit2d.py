@@ -436,12 +436,15 @@ def _select(result: IKResult, keep: Tensor) -> IKResult:
 
 def _pixel_error(cameras: Cameras, pixels: Tensor, confidence: Tensor, single: bool,
                  result: IKResult) -> Tensor:
-    """(T,) mean pixel distance over the seen keypoints of every view."""
+    """(T,) pixel distance over the seen keypoints of every view, weighted by their confidence as
+    the fit weighs them: a detector's guesses for parts the picture cuts off (a portrait's legs,
+    visibility ~0) would otherwise dominate a mean of plain distances."""
     projected = cameras.project(result.points if single else result.points.unsqueeze(1))
     error = (projected - pixels).norm(dim=-1)
     seen = (confidence > 0) & torch.isfinite(error)
+    weight = torch.where(seen, confidence, torch.zeros_like(confidence)).reshape(len(error), -1)
     error = torch.where(seen, error, torch.zeros_like(error)).reshape(len(error), -1)
-    return error.sum(1) / seen.reshape(len(error), -1).sum(1).clamp_min(1)
+    return (weight * error).sum(1) / weight.sum(1).clamp_min(1e-12)
 
 
 def procrustes_errors(predicted: Tensor, truth: Tensor) -> Tensor:

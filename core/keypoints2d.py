@@ -181,6 +181,12 @@ def _read_coco(data: object, path: Path, image_size) -> tuple[list[np.ndarray], 
     return people, None, _size(image_size, path)
 
 
+# Normalised landmarks of a person cut off by the picture reach a few image sizes beyond it (a
+# portrait's feet ~3 heights below, guessed, with visibility ~0 that weights them out of the fit);
+# pixel coordinates of any real picture are far larger.
+_NORMALISED_REACH = 10.0
+
+
 def _read_mediapipe(data: object, path: Path, image_size) -> tuple[list[np.ndarray], list | None, tuple | None]:
     if not isinstance(data, dict):
         raise KeypointFileError(f"{path}: expected a MediaPipe object with 'people' or 'landmarks'")
@@ -198,7 +204,7 @@ def _read_mediapipe(data: object, path: Path, image_size) -> tuple[list[np.ndarr
             raise KeypointFileError(f"{place}: missing 'landmarks'")
         rows = _landmarks(entry["landmarks"], f"{place}.landmarks")
         seen = rows[:, 2] > 0
-        if seen.any() and np.abs(rows[seen, :2]).max() > 2:
+        if seen.any() and np.abs(rows[seen, :2]).max() > _NORMALISED_REACH:
             raise KeypointFileError(f"{place}.landmarks: x, y look like pixels (up to {np.abs(rows[seen, :2]).max():.0f})"
                                     f"; MediaPipe's are normalised to the image (0..1)")
         if size is None:

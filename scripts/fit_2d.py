@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     fit_start = time.perf_counter()
     estimated = single and args.focal is None and args.cameras is None
     if estimated:
-        cameras = estimate_focal(solver, cameras[0], view_pixels, view_confidence, options=options).camera.reshape(1)
+        found = estimate_focal(solver, cameras[0], view_pixels, view_confidence, options=options).camera
+        cameras = found.reshape(1).to(torch.float64)  # the search runs in the body's dtype; the views are float64
     chosen = cameras[0] if single else cameras
     fit = fit_2d(solver, chosen, view_pixels, view_confidence, sequence=len(view_pixels) > 1, options=options)
     seconds = time.perf_counter() - fit_start

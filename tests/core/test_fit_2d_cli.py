@@ -58,6 +58,18 @@ def _openpose_file(path: Path, heading: float, size=SIZE, focal: float | None = 
     path.write_text(json.dumps({"people": [{"pose_keypoints_2d": rows.ravel().tolist()}]}))
 
 
+def test_an_estimated_focal_draws_the_overlay(tmp_path, capsys):
+    """No --focal: the focal is searched, and the overlay drawn with the camera found."""
+    source, out, overlay = tmp_path / "frame.json", tmp_path / "poses.npz", tmp_path / "overlay.png"
+    _openpose_file(source, heading=0.4)
+    assert fit_2d.main([str(source), "--image-size", *map(str, SIZE), "--out", str(out), "--overlay", str(overlay)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["focal_estimated"] is True and report["overlay"] == str(overlay)
+    from PIL import Image
+
+    assert Image.open(overlay).size == SIZE
+
+
 def test_fits_an_openpose_file(tmp_path, capsys):
     source, out, overlay = tmp_path / "frame.json", tmp_path / "poses.npz", tmp_path / "overlay.png"
     _openpose_file(source, heading=0.4)

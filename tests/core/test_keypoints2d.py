@@ -117,6 +117,20 @@ def test_mediapipe_normalised_to_pixels_with_world_landmarks(tmp_path):
     assert np.allclose(read_keypoints(path, image_size=(100, 200)).pixels[0], normalised[:, :2] * [100, 200])
 
 
+def test_mediapipe_landmarks_guessed_outside_the_picture_are_read_with_their_visibility(tmp_path):
+    """A portrait: MediaPipe guesses the cut-off legs below the picture (y up to ~3, visibility near
+    0). They are normalised coordinates all the same (not pixels: no error), and their visibility
+    is their confidence, so they barely weigh in the fit."""
+    normalised = _person(33, centre=(0.5, 0.4), spread=0.2, seed=5)
+    normalised[:, 2] = 0.9
+    normalised[23:, 1], normalised[23:, 2] = np.linspace(1.2, 3.0, 10), 0.01  # hips down: below the picture
+    path = tmp_path / "portrait.json"
+    path.write_text(json.dumps({"image_size": [600, 800], "landmarks": _mediapipe_entry(normalised)}))
+    read = read_keypoints(path)
+    assert np.allclose(read.pixels[0], normalised[:, :2] * [600, 800])
+    assert np.allclose(read.confidence[0], normalised[:, 2])
+
+
 @pytest.mark.parametrize("format, content, message", [
     ("coco", [{"image_id": 1, "keypoints": [1.0] * 50}], "expected 51 numbers"),
     ("coco", [{"image_id": 1, "keypoints": _person(17).ravel().tolist()},
