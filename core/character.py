@@ -22,7 +22,9 @@ Contract (the Blender side and scripts/retarget.py build on it; shapes are batch
   location (B, 3) of `binding.root_bone` in its rest frame, rig units, and what it computed on the
   way: world (B, N, 3, 3) the mapped bones' D, root_head (B, 3))`. Unmapped bones keep
   `current` (B, N, 4) or (N, 4) quaternions, else their rest.
-* `character_to_body(binding, quaternions (B, N, 4), location (B, 3))` -> (poses (B, J, 3), transl (B, 3)).
+* `character_to_body(binding, quaternions (B, N, 4), location (B, 3))` -> (poses (B, J, 3), transl (B, 3));
+  `posed_character_to_body(binding, rotations (B, N, 3, 3), root_head (B, 3))` the same from the
+  bones' posed orientations as the host evaluates them (rigs whose parents move by constraints).
 * `character_fk(binding, quaternions, location)` -> heads (B, N, 3) model-space metres and world
   rotation deltas D (B, N, 3, 3) (posed world orientation = D @ rest, model space);
   `rig_world_rotations(binding, D)` -> the bones' posed orientations in rig space (a BVH joint's
@@ -42,8 +44,8 @@ Contract (the Blender side and scripts/retarget.py build on it; shapes are batch
 The parents are the rig's own bone parents. A bone whose parent is driven by constraints (a
 generated Rigify rig's FK controls sit under MCH- bones) has a pose-bone rotation relative to that
 parent's rest as computed here (unmapped parents keep `current`), not to its evaluated pose: such
-rigs need the parents' evaluated matrices passed as `current`-equivalent or a map of unconstrained
-bones (the DEF- bones).
+rigs are read back with `posed_character_to_body` from the host's evaluated bones (the Blender
+side does), and written through a poser that knows what each parent follows (vposer_addon).
 
 The math (DESIGN.md "Characters"). All in model space after the rig's axes and units. The body's
 joints are world-aligned at rest (R_j0 = I) and its posed world rotations are G_j. A character
@@ -128,6 +130,7 @@ __all__ = [
     "bind_character",
     "body_to_character",
     "character_to_body",
+    "posed_character_to_body",
     "character_fk",
     "rig_world_rotations",
     "rig_points_to_body",
@@ -798,9 +801,43 @@ def _body_bone_axis(binding: CharacterBinding, j: int) -> Tensor | None:
 
 def character_to_body(binding: CharacterBinding, quaternions, location=None) -> tuple[Tensor, Tensor]:
     """Character pose (quaternions (B, N, 4), root location (B, 3)) -> body local axis-angles
-    (B, J, 3) and transl (B, 3). Body joints without bones follow their parent."""
+    (B, J, 3) and transl (B, 3). Body joints without bones follow their parent. The bones' posed
+    orientations come from FK along the rig's parents (unmapped bones keep their rest relation
+    to them, rotated by their own quaternions); for a rig whose parents move by constraints use
+    `posed_character_to_body` with the host's evaluated bones."""
     plan = _plan(binding)
     heads, D = character_fk(binding, quaternions, location, bones=plan.needed)
+    return _body_from_world(binding, D, heads[:, binding.root_bone])
+
+
+def posed_character_to_body(binding: CharacterBinding, rotations, root_head) -> tuple[Tensor, Tensor]:
+    """The body pose of a character posed as its host evaluates it -> body local axis-angles
+    (B, J, 3) and transl (B, 3), as `character_to_body` gives them.
+
+    rotations (B, N, 3, 3): the bones' posed orientations in rig axes (a Blender pose bone's
+    armature-space `matrix` rotation; `rig_world_rotations`' output); only the last bone of each
+    mapped joint's chain is read. root_head (B, 3): the root bone's posed head, rig units.
+    Why: in a generated Rigify rig the finger controls hang from ORG/MCH bones that constraints
+    move with the hand control, and the FK controls of the upper arms from bones that follow the
+    shoulders; FK from pose-bone rotations along the rig's parents leaves those parents at rest,
+    so `character_to_body` would give the fingers the whole arm's turn and the upper arms the
+    collars'. The evaluated orientations carry what the constraints did."""
+    dtype = binding.rest.dtype
+    M = torch.as_tensor(rotations, dtype=dtype)
+    N = binding.skeleton.num_bones
+    if M.ndim != 4 or M.shape[1:] != (N, 3, 3):
+        raise CharacterError(f"rotations have shape {tuple(M.shape)}, expected (B, {N}, 3, 3)")
+    head = torch.as_tensor(root_head, dtype=dtype).reshape(M.shape[0], 3)
+    C = binding.to_model.to(dtype)
+    D = C @ M @ binding.rest.transpose(-1, -2)  # rig_world_rotations' inverse (M = C^T D R0)
+    return _body_from_world(binding, D, binding.unit_scale * head @ C.T)
+
+
+def _body_from_world(binding: CharacterBinding, D: Tensor, root_head: Tensor) -> tuple[Tensor, Tensor]:
+    """Body local axis-angles (B, J, 3) and transl (B, 3) from the bones' world rotation deltas D
+    (B, N, 3, 3; the tips of the mapped chains are read) and the root bone's posed head (B, 3),
+    model-space metres: G_j = D_tip A_j^T, joints without bones follow their parent."""
+    plan = _plan(binding)
     B = D.shape[0]
     eye = torch.eye(3, dtype=D.dtype).expand(B, 3, 3)
     G: list[Tensor] = []
@@ -815,7 +852,7 @@ def character_to_body(binding: CharacterBinding, quaternions, location=None) -> 
     G_p = torch.cat([G_t, eye.unsqueeze(1)], 1)[:, torch.where(parents >= 0, parents, len(G))]
     local = G_p.transpose(-1, -2) @ G_t
     pelvis = binding.body_names.index("pelvis")
-    transl = heads[:, binding.root_bone] / binding.scale - binding.body_rest[pelvis]
+    transl = root_head / binding.scale - binding.body_rest[pelvis]
     return matrix_to_axis_angle(local), transl
 
 

@@ -288,17 +288,20 @@ def current_quaternions(character: bpy.types.Object, names: list[str]) -> np.nda
 
 
 def pull_pose(context: bpy.types.Context, character: bpy.types.Object, body: bpy.types.Object) -> None:
-    """Give the body the character's current pose, so solving starts from what the user sees."""
-    import torch
-
-    from ..core.character import character_to_body
+    """Give the body the character's current pose, so solving starts from what the user sees: the
+    mapped bones as Blender evaluates them (a generated Rigify rig's fingers and upper arms hang
+    from bones its constraints move, which the pose channels alone do not tell)."""
+    from ..core.character import posed_character_to_body
     from ..core.rotations import axis_angle_to_quaternion
 
     binding = binding_of(character, body)
     names = binding.skeleton.names
-    root = character.pose.bones[names[binding.root_bone]]
-    poses, transl = character_to_body(binding, current_quaternions(character, names)[None],
-                                      torch.as_tensor(np.array(root.location), dtype=torch.float64)[None])
+    character.update_tag()  # a switch set from Python (Bind's FK switches) tags nothing
+    posed = character.evaluated_get(context.evaluated_depsgraph_get()).pose.bones
+    position = {bone.name: i for i, bone in enumerate(posed)}
+    matrices = bridge.matrix_array(posed, "matrix")[[position[name] for name in names]]
+    rotations = matrices[:, :3, :3] / np.linalg.norm(matrices[:, :3, :3], axis=-2, keepdims=True)  # no bone scale
+    poses, transl = posed_character_to_body(binding, rotations[None], matrices[binding.root_bone, :3, 3][None])
     joint_names = body.vposer_body.joint_names()
     quaternions = axis_angle_to_quaternion(poses[0]).numpy()
     bridge.set_pose(body, joint_names[: len(quaternions)], quaternions, transl[0].numpy())

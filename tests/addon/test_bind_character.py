@@ -332,6 +332,83 @@ def test_rigify_rig_binds_to_its_fk_controls_and_solve_pose_drives_its_deform_bo
     assert abs(upper_arm.rotation_quaternion[0]) < 0.999  # the FK control itself moved
 
 
+RIGIFY_FINGERS = {"index": "f_index", "middle": "f_middle", "ring": "f_ring", "pinky": "f_pinky", "thumb": "thumb"}
+
+
+def _evaluated_bones(rig, names) -> dict[str, np.ndarray]:
+    """The named pose bones' evaluated world matrices (4, 4), after an update."""
+    bpy.context.view_layer.update()
+    posed = rig.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    return {name: np.array(posed.matrix_world @ posed.pose.bones[name].matrix) for name in names}
+
+
+def _fingertips_in_hands(rig) -> dict[str, np.ndarray]:
+    """The deform fingers' tails (DEF-<finger>.03.<side>) in their DEF-hand's frame, rig units."""
+    tips = [f"DEF-{finger}.03.{side}" for finger in RIGIFY_FINGERS.values() for side in "LR"]
+    matrices = _evaluated_bones(rig, tips + ["DEF-hand.L", "DEF-hand.R"])
+    out = {}
+    for tip in tips:
+        tail = matrices[tip] @ np.array([0.0, rig.data.bones[tip].length, 0.0, 1.0])
+        out[tip] = (np.linalg.inv(matrices[f"DEF-hand.{tip[-1]}"]) @ tail)[:3]
+    return out
+
+
+def _finger_angles(rig) -> dict[str, float]:
+    """Degrees between the body's finger segments (joint k -> k+1) and the rig's deform fingers
+    spanning them (DEF-<finger>.0k -> .0k+1 heads), both as evaluated."""
+    body = _body_of(rig)
+    out = {}
+    for side, suffix in (("left", "L"), ("right", "R")):
+        for finger, bone in RIGIFY_FINGERS.items():
+            for k in (1, 2):
+                body_dir = _world_head(body, f"{side}_{finger}{k + 1}") - _world_head(body, f"{side}_{finger}{k}")
+                rig_dir = (_world_head(rig, f"DEF-{bone}.0{k + 1}.{suffix}")
+                           - _world_head(rig, f"DEF-{bone}.0{k}.{suffix}"))
+                cos = body_dir @ rig_dir / np.linalg.norm(body_dir) / np.linalg.norm(rig_dir)
+                out[f"{side}_{finger}{k}"] = math.degrees(math.acos(np.clip(cos, -1, 1)))
+    return out
+
+
+def test_solving_a_rigify_rig_again_leaves_its_fingers_on_its_hands(rigify_rig):
+    """Solve Pose starts from the rig's pose as Blender shows it: the fingers hang from ORG/MCH
+    bones that constraints carry with the hand control, so once a solve has turned the arms, a
+    second solve with untouched targets (which solves no finger) keeps every deform fingertip
+    where it was on its hand, and the fingers still point along the body's."""
+    assert _bind(rigify_rig) == {"FINISHED"}
+    _add_targets_and_move(rigify_rig, {})
+    bpy.context.view_layer.objects.active = rigify_rig
+    assert bpy.ops.vposer.solve_pose() == {"FINISHED"}  # the prior turns the arms and hands
+    before = _fingertips_in_hands(rigify_rig)
+    bpy.context.view_layer.objects.active = rigify_rig
+    assert bpy.ops.vposer.solve_pose() == {"FINISHED"}
+    after = _fingertips_in_hands(rigify_rig)
+    moved = {tip: float(np.linalg.norm(after[tip] - before[tip])) for tip in before}
+    assert max(moved.values()) < 0.002, moved  # rig units are metres here
+    angles = _finger_angles(rigify_rig)
+    assert max(angles.values()) < 2.0, angles
+
+
+def test_a_fist_on_a_posed_rigify_rig_moves_only_its_fingers_along_the_body(rigify_rig):
+    """Set Hand Pose on a bound rig whose arms a solve has turned: its arms and hands stay where
+    they were (to a millimetre) and its deform fingers curl along the body's fingers."""
+    assert _bind(rigify_rig) == {"FINISHED"}
+    _add_targets_and_move(rigify_rig, {"left_wrist": (0.1, -0.3, 0.4)})
+    bpy.context.view_layer.objects.active = rigify_rig
+    assert bpy.ops.vposer.solve_pose() == {"FINISHED"}
+    arms = [f"DEF-{bone}.{side}" for bone in ("upper_arm", "forearm", "hand") for side in "LR"]
+    before = _evaluated_bones(rigify_rig, arms)
+    open_tips = _fingertips_in_hands(rigify_rig)
+    bpy.context.view_layer.objects.active = rigify_rig
+    assert bpy.ops.vposer.set_hand_pose(pose="FIST", side="BOTH") == {"FINISHED"}
+    after = _evaluated_bones(rigify_rig, arms)
+    shifted = {bone: float(np.abs(after[bone] - before[bone]).max()) for bone in arms}
+    assert max(shifted.values()) < 1e-3, shifted
+    closed = _fingertips_in_hands(rigify_rig)
+    assert min(np.linalg.norm(closed[tip] - open_tips[tip]) for tip in closed) > 0.01  # the fingers did curl
+    angles = _finger_angles(rigify_rig)
+    assert max(angles.values()) < 2.0, angles
+
+
 def _select_walk_source(character, last_frame: int):
     """The shipped CMU walk imported (metres) and selected with the character active, the scene's
     range 1-last_frame; returns the walk's armature."""

@@ -20,6 +20,7 @@ from core.character import (
     character_fk,
     character_to_body,
     limb_direction_errors,
+    posed_character_to_body,
     rig_points_to_body,
     rig_world_rotations,
 )
@@ -117,6 +118,31 @@ def test_a_pose_rig_with_rolls_other_axes_and_scale_follows_the_body(body, sampl
                                atol=1e-4)
     poses, transl = samples
     _check_follows(binding, names, parents, rest, poses, transl, built.joint_bone, built.t_rest)
+
+
+def test_the_body_pose_read_from_posed_bones_is_the_one_that_posed_them(body, samples):
+    """posed_character_to_body reads the bones' posed orientations in rig axes (as Blender
+    evaluates them, here from FK) and the root's head in rig units: the body's world rotations of
+    every mapped joint and its translation come back, as character_to_body gives them; a wrong
+    shape is refused naming the expected one."""
+    _, rest, names, parents = body
+    built = build_character("rigify_def", rest, names, parents, seed=4)
+    world = axis_angle_to_matrix(torch.tensor([-0.2, 0.5, 0.9], dtype=torch.float64)).numpy()
+    binding = bind_character(built.skeleton(world, 0.01), "auto", rest, parents, names)
+    poses, transl = samples
+    pose = body_to_character(binding, poses, transl)
+    heads, D = character_fk(binding, pose.quaternions, pose.location)
+    rig_heads = heads[:, binding.root_bone] @ binding.to_model / binding.unit_scale
+    back, back_transl = posed_character_to_body(binding, rig_world_rotations(binding, D), rig_heads)
+    _, G = skeleton_fk(axis_angle_to_matrix(poses), rest, parents, transl)
+    _, G_back = skeleton_fk(axis_angle_to_matrix(back), rest, parents, back_transl)
+    mapped = [j for j, chain in enumerate(binding.joint_bones) if chain]
+    assert float(_angle_deg(G_back[:, mapped], G[:, mapped]).max()) < 0.5
+    torch.testing.assert_close(back_transl, transl, atol=1e-6, rtol=0)
+    fk_back, _ = character_to_body(binding, pose.quaternions, pose.location)
+    assert float(_angle_deg(axis_angle_to_matrix(back), axis_angle_to_matrix(fk_back)).max()) < 1e-3
+    with pytest.raises(ValueError, match=r"expected \(B, \d+, 3, 3\)"):
+        posed_character_to_body(binding, torch.eye(3).expand(1, 2, 3, 3), rig_heads[:1])
 
 
 def test_rest_pose_of_the_body_puts_an_a_pose_rig_in_t_pose(body):
