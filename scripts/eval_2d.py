@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds += time.perf_counter() - began
         frames += stop - start
         bare = fit_2d(solvers["noprior"], one.cameras[0], one.pixels[:, 0], one.confidence[:, 0], sequence=True,
-                      options=dataclasses.replace(options, pose_iterations=40))  # the baseline run to convergence
+                      options=dataclasses.replace(options, pose_iterations=40, sequence_pose_iterations=40))  # run to convergence
         both = fit_2d(solvers["prior"], two.cameras, two.pixels, two.confidence, sequence=True, options=options)
         errors["mpjpe"].append(pelvis_errors(fit.result.points, truth).flatten())
         errors["pa"].append(procrustes_errors(fit.result.points, truth).flatten())
