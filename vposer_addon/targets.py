@@ -23,10 +23,11 @@ pose instead of re-solving it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import bpy
 import numpy as np
@@ -116,9 +117,8 @@ def solve(
     """
     import torch
 
-    from ..core.ik import LIVE_ITERATIONS, IKSolver, IKState
-    from ..core.keypoints import NUM_BODY_JOINTS, KeypointSet
-    from ..core.lm import LMOptions
+    from ..core.ik import IKState
+    from ..core.keypoints import NUM_BODY_JOINTS
     from ..core.rotations import matrix_to_quaternion, quaternion_to_matrix
     from .prior import load_prior
 
@@ -141,12 +141,11 @@ def solve(
         torch.as_tensor(transl, dtype=model.dtype)[None],
         latent=_remembered_latent(rig, quaternions[:NUM_BODY_JOINTS], transl),
     )
-    options = {"lm_options": LMOptions(max_iterations=LIVE_ITERATIONS), "retry": None} if live else {}
     keypoints = {obj.vposer_target.joint: {"joint": obj.vposer_target.joint} for obj in targets}
     for obj in targets:  # a target placed on a character's bone pulls that point (Add Targets sets it)
         if any(obj.vposer_target.joint_offset):
             keypoints[obj.vposer_target.joint]["local"] = list(obj.vposer_target.joint_offset)
-    solver = IKSolver(model, KeypointSet.from_dict(model, keypoints, source=f"{rig.name}'s targets"), prior, **options)
+    solver = _solver(model, prior, keypoints, f"{rig.name}'s targets", live)
     result = solver.solve(
         torch.as_tensor(positions, dtype=model.dtype),
         torch.as_tensor(weights, dtype=model.dtype),
@@ -164,6 +163,30 @@ def solve(
     matrix = np.array(rig.matrix_world)
     reached = result.points[0].double().cpu().numpy() @ matrix[:3, :3].T + matrix[:3, 3]
     return np.where(weights > 0, np.linalg.norm(reached - world, axis=1), np.nan)
+
+
+# (targets' keypoints, their source, live) -> the IKSolver last made for them: Live Posing solves the
+# same targets on every update, and building the keypoint set and the solver cost ~0.6 ms of it.
+_solvers: dict[tuple[str, str, bool], Any] = {}
+
+
+def _solver(model, prior, keypoints: dict[str, dict], source: str, live: bool):
+    """The IK solver for these keypoints (core.keypoints.KeypointSet.from_dict's layout) on this
+    model and prior; live: core.ik.LIVE_ITERATIONS LM iterations and no retries. Made again when the
+    model or the prior is another object (reloaded, moved to another device)."""
+    from ..core.ik import LIVE_ITERATIONS, IKSolver
+    from ..core.keypoints import KeypointSet
+    from ..core.lm import LMOptions
+
+    key = (json.dumps(keypoints, sort_keys=True), source, live)
+    solver = _solvers.get(key)
+    if solver is None or solver.model is not model or solver.prior is not prior:
+        options = {"lm_options": LMOptions(max_iterations=LIVE_ITERATIONS), "retry": None} if live else {}
+        solver = IKSolver(model, KeypointSet.from_dict(model, keypoints, source=source), prior, **options)
+        if len(_solvers) >= 16:
+            _solvers.clear()
+        _solvers[key] = solver
+    return solver
 
 
 def _target_joints(rig: bpy.types.Object, targets: list[bpy.types.Object]) -> list[str]:
@@ -397,6 +420,7 @@ def detach() -> None:
         bpy.app.timers.unregister(_finish_timer)
     _latents.clear()
     _unfinished.clear()
+    _solvers.clear()
     del bpy.types.Scene.vposer_live
     del bpy.types.PoseBone.vposer_pinned
     del bpy.types.Object.vposer_target
