@@ -140,7 +140,7 @@ def _fake_detector(monkeypatch, size, heading: float) -> list:
         out.mkdir(parents=True, exist_ok=True)
         landmarks = [{"x": 0.0, "y": 0.0, "z": 0.0, "visibility": 0.0} for _ in range(33)]
         for column, (x, y) in zip(mapping.columns, pixels):
-            landmarks[column] = {"x": x / size[0], "y": y / size[1], "z": 0.0, "visibility": 0.95}
+            landmarks[column] = {"x": float(x) / size[0], "y": float(y) / size[1], "z": 0.0, "visibility": 0.95}
         pictures = sorted(source.iterdir()) if source.is_dir() else [source]
         video = source.suffix == ".mp4"  # a video: four frames at 25 fps
         for picture, frame in [(source, i) for i in range(4)] if video else [(p, 0) for p in pictures]:
