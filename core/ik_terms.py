@@ -368,7 +368,9 @@ class JointLimits(Term):
         active = (bend > 1e-9).to(rotations.dtype)
         root = self.weight ** 0.5
         derivative = None
-        if at.jacobian:  # d w / d w_local via dR = R [e_c]x
+        if at.jacobian and not bool(active.any()):  # no joint bent the wrong way (the usual case)
+            derivative = at.local.new_zeros(batch, len(ids), at.local.shape[-1])
+        elif at.jacobian:  # d w / d w_local via dR = R [e_c]x
             slopes = skew_part(rotation_tangents(rotations)).gather(
                 -1, axes.view(1, -1, 1, 1).expand(batch, -1, 3, 1)).squeeze(-1)  # (b, n, 3)
             derivative = root * (signs.unsqueeze(-1) * slopes * active.unsqueeze(-1)).unsqueeze(-2)
