@@ -39,18 +39,32 @@ _JUMPING_MAX_TRANSFORMS = 256  # batch x joints up to which forward kinematics j
 
 
 @functools.lru_cache(maxsize=64)
-def jumping_rounds(parents: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+def jumping_plan(parents: tuple[int, ...], device: torch.device) -> list[tuple[Tensor, Tensor]]:
     """The rounds of forward kinematics by pointer jumping over a tree given by `parents` (-1 for a
     root; any order): in each round every joint that still has an ancestor left composes its
     transform with that ancestor's, then points at the ancestor's ancestor, so a tree of depth d
-    takes ceil(log2(d + 1)) rounds. Each round is (joints, their current ancestors). Shared by the
-    body model and core.mocap.transfer.skeleton_fk."""
+    takes ceil(log2(d + 1)) rounds. Each round is (joints, their current ancestors) as index
+    tensors on `device`. For `compose_by_jumping`."""
     ancestor, rounds = list(parents), []
     while any(a >= 0 for a in ancestor):
         ids = [j for j, a in enumerate(ancestor) if a >= 0]
-        rounds.append((ids, [ancestor[j] for j in ids]))
+        rounds.append((torch.tensor(ids, device=device), torch.tensor([ancestor[j] for j in ids], device=device)))
         ancestor = [ancestor[a] if a >= 0 else -1 for a in ancestor]
     return rounds
+
+
+def compose_by_jumping(rotations: Tensor, offsets: Tensor, plan: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Forward kinematics by pointer jumping (`jumping_plan`'s rounds): local rotations (B, J, 3, 3)
+    and offsets (B, J, 3), each joint's rest position relative to its parent's (a root's: its
+    position) -> world rotations (B, J, 3, 3) and joint positions (B, J, 3). Each round composes
+    every joint's transform with its current ancestor's, synchronously (the gathers read the
+    round's inputs). The body model and core.mocap.transfer.skeleton_fk share it."""
+    world_rotations, joints = rotations.clone(), offsets.clone()
+    for joint_ids, ancestor_ids in plan:
+        ancestor_rotations, ancestor_positions = world_rotations[:, ancestor_ids], joints[:, ancestor_ids]
+        joints[:, joint_ids] = (ancestor_rotations @ joints[:, joint_ids].unsqueeze(-1)).squeeze(-1) + ancestor_positions
+        world_rotations[:, joint_ids] = ancestor_rotations @ world_rotations[:, joint_ids]
+    return world_rotations, joints
 
 
 class BodyModel(nn.Module):
@@ -271,25 +285,18 @@ class BodyModel(nn.Module):
         return world_rotations, joints
 
     def _forward_kinematics_jumping(self, rotations: Tensor, rest_joints: Tensor) -> tuple[Tensor, Tensor]:
-        """Each round composes every joint's transform with its current ancestor's, then skips that
-        ancestor (synchronously: the gathers read the round's inputs)."""
+        """compose_by_jumping over the first `count` joints."""
         count = rotations.shape[1]
-        world_rotations = rotations.clone()
-        joints = rest_joints.clone()  # relative to the parent until composed; the root's is its position
-        joints[:, 1:] -= rest_joints[:, self.parents[1:count]]
-        for joint_ids, ancestor_ids in self._jumps_below(count):
-            ancestor_rotations, ancestor_positions = world_rotations[:, ancestor_ids], joints[:, ancestor_ids]
-            joints[:, joint_ids] = (ancestor_rotations @ joints[:, joint_ids].unsqueeze(-1)).squeeze(-1) + ancestor_positions
-            world_rotations[:, joint_ids] = ancestor_rotations @ world_rotations[:, joint_ids]
-        return world_rotations, joints
+        offsets = rest_joints.clone()  # relative to the parent; the root's is its position
+        offsets[:, 1:] -= rest_joints[:, self.parents[1:count]]
+        return compose_by_jumping(rotations, offsets, self._jumps_below(count))
 
     def _jumps_below(self, count: int) -> list[tuple[Tensor, Tensor]]:
         """Pointer-jumping rounds for the first `count` joints: (joints, their current ancestor) each."""
         key = (count, self.parents.device)
         if key not in self._jumps:
             self._check_prefix(count)
-            self._jumps[key] = [(torch.tensor(ids, device=key[1]), torch.tensor(ancestors, device=key[1]))
-                                for ids, ancestors in jumping_rounds(tuple(self.parents[:count].tolist()))]
+            self._jumps[key] = jumping_plan(tuple(self.parents[:count].tolist()), key[1])
         return self._jumps[key]
 
     def _check_prefix(self, count: int) -> None:

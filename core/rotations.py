@@ -7,6 +7,8 @@ differentiable, including at the identity (where a naive Rodrigues formula divid
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -71,20 +73,25 @@ _R_TERMS = (  # (matrix entry, {(i, j) of q q^T: coefficient})
     (3, {(1, 2): 2, (0, 3): 2}), (4, {(1, 1): -2, (3, 3): -2}), (5, {(2, 3): 2, (0, 1): -2}),
     (6, {(1, 3): 2, (0, 2): -2}), (7, {(2, 3): 2, (0, 1): 2}), (8, {(1, 1): -2, (2, 2): -2}),
 )
-_R_CACHE: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+_CONSTANTS: dict[tuple[str, torch.dtype, torch.device], tuple[Tensor, ...]] = {}
 
 
-def _r_linear(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(16, 9) coefficients on q q^T (row-major) and the (9,) identity, cached per dtype/device."""
-    key = (dtype, device)
-    if key not in _R_CACHE:
-        coefficients = torch.zeros(16, 9, dtype=torch.float64)
-        for entry, products in _R_TERMS:
-            for (i, j), value in products.items():
-                coefficients[4 * i + j, entry] = value
-        eye = torch.eye(3, dtype=torch.float64).flatten()
-        _R_CACHE[key] = (coefficients.to(dtype=dtype, device=device), eye.to(dtype=dtype, device=device))
-    return _R_CACHE[key]
+def _constants(name: str, build: Callable[[], tuple[Tensor, ...]], dtype: torch.dtype,
+               device: torch.device) -> tuple[Tensor, ...]:
+    """`build()`'s float64 tensors in `dtype` on `device`, made once per name, dtype and device."""
+    key = (name, dtype, device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = tuple(value.to(dtype=dtype, device=device) for value in build())
+    return _CONSTANTS[key]
+
+
+def _r_linear() -> tuple[Tensor, Tensor]:
+    """(16, 9) coefficients on q q^T (row-major) and the (9,) identity."""
+    coefficients = torch.zeros(16, 9, dtype=torch.float64)
+    for entry, products in _R_TERMS:
+        for (i, j), value in products.items():
+            coefficients[4 * i + j, entry] = value
+    return coefficients, torch.eye(3, dtype=torch.float64).flatten()
 
 
 def quaternion_to_matrix(quaternion: Tensor) -> Tensor:
@@ -93,7 +100,7 @@ def quaternion_to_matrix(quaternion: Tensor) -> Tensor:
     One product of q q^T with a constant matrix (see _R_TERMS): a handful of tensor operations
     whatever the batch, as interactive solves call this many times per update on a few joints.
     """
-    coefficients, eye = _r_linear(quaternion.dtype, quaternion.device)
+    coefficients, eye = _constants("R", _r_linear, quaternion.dtype, quaternion.device)
     q = torch.nn.functional.normalize(quaternion, dim=-1)
     outer = (q.unsqueeze(-1) * q.unsqueeze(-2)).flatten(-2)
     return (outer @ coefficients + eye).unflatten(-1, (3, 3))
@@ -107,21 +114,15 @@ _K_TERMS = (  # (entry of K, constant, {matrix entry: coefficient})
     ((0, 1), 0, {7: 1, 5: -1}), ((0, 2), 0, {2: 1, 6: -1}), ((0, 3), 0, {3: 1, 1: -1}),
     ((1, 2), 0, {1: 1, 3: 1}), ((1, 3), 0, {2: 1, 6: 1}), ((2, 3), 0, {5: 1, 7: 1}),
 )
-_K_CACHE: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
-
-
-def _k_linear(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(9, 16) coefficients and (16,) offset of K's entries (row-major 4x4), cached per dtype/device."""
-    key = (dtype, device)
-    if key not in _K_CACHE:
-        coefficients, offset = torch.zeros(9, 16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64)
-        for (i, j), constant, entries in _K_TERMS:
-            for cell in {4 * i + j, 4 * j + i}:
-                offset[cell] = constant
-                for entry, value in entries.items():
-                    coefficients[entry, cell] = value
-        _K_CACHE[key] = (coefficients.to(dtype=dtype, device=device), offset.to(dtype=dtype, device=device))
-    return _K_CACHE[key]
+def _k_linear() -> tuple[Tensor, Tensor]:
+    """(9, 16) coefficients and (16,) offset of K's entries (row-major 4x4)."""
+    coefficients, offset = torch.zeros(9, 16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64)
+    for (i, j), constant, entries in _K_TERMS:
+        for cell in {4 * i + j, 4 * j + i}:
+            offset[cell] = constant
+            for entry, value in entries.items():
+                coefficients[entry, cell] = value
+    return coefficients, offset
 
 
 def matrix_to_quaternion(matrix: Tensor) -> Tensor:
@@ -133,7 +134,7 @@ def matrix_to_quaternion(matrix: Tensor) -> Tensor:
     operations whatever the batch: interactive solves convert a handful of rotations many times per
     update, where the count of tensor operations, not their size, sets the cost.
     """
-    coefficients, offset = _k_linear(matrix.dtype, matrix.device)
+    coefficients, offset = _constants("K", _k_linear, matrix.dtype, matrix.device)
     k = (matrix.flatten(-2) @ coefficients + offset).unflatten(-1, (4, 4))
     best = k.diagonal(dim1=-2, dim2=-1).argmax(dim=-1, keepdim=True)
     row = torch.gather(k, -2, best.unsqueeze(-1).expand(*best.shape[:-1], 1, 4)).squeeze(-2)

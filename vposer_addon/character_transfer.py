@@ -297,9 +297,8 @@ def pull_pose(context: bpy.types.Context, character: bpy.types.Object, body: bpy
     binding = binding_of(character, body)
     names = binding.skeleton.names
     character.update_tag()  # a switch set from Python (Bind's FK switches) tags nothing
-    posed = character.evaluated_get(context.evaluated_depsgraph_get()).pose.bones
-    position = {bone.name: i for i, bone in enumerate(posed)}
-    matrices = bridge.matrix_array(posed, "matrix")[[position[name] for name in names]]
+    posed = character.evaluated_get(context.evaluated_depsgraph_get()).pose.bones  # the original's order
+    matrices = bridge.matrix_array(posed, "matrix")[pose_bone_positions(character, names)]
     rotations = matrices[:, :3, :3] / np.linalg.norm(matrices[:, :3, :3], axis=-2, keepdims=True)  # no bone scale
     poses, transl = posed_character_to_body(binding, rotations[None], matrices[binding.root_bone, :3, 3][None])
     joint_names = body.vposer_body.joint_names()

@@ -28,7 +28,6 @@ Everything is batched over frames; tensors are float64 unless given otherwise.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +42,7 @@ from .skeletons import (
     default_target_names,
     load_preset,
 )
-from ..body_model import _JUMPING_MAX_TRANSFORMS, jumping_rounds
+from ..body_model import _JUMPING_MAX_TRANSFORMS, compose_by_jumping, jumping_plan
 from ..rotations import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_quaternion, quaternion_to_matrix
 
 __all__ = [
@@ -412,7 +411,7 @@ def skeleton_fk(local: Tensor, rest_joints: Tensor, parents, trans: Tensor | Non
 
     local: (T, J, 3, 3) local rotations; rest_joints: (J, 3); the root rotates about its rest
     position and moves by trans (T, 3) (SMPL's LBS convention). Parents in any order (-1: a root).
-    Few frames (a live update) compose by pointer jumping (core.body_model.jumping_rounds: a few
+    Few frames (a live update) compose by pointer jumping (core.body_model.compose_by_jumping: a few
     rounds over all joints, fewest tensor operations); many frames joint by joint (least arithmetic).
     """
     parents = [int(p) for p in (parents.tolist() if hasattr(parents, "tolist") else parents)]
@@ -435,27 +434,14 @@ def skeleton_fk(local: Tensor, rest_joints: Tensor, parents, trans: Tensor | Non
     return torch.stack(pos, 1), torch.stack(glob, 1)
 
 
-@functools.lru_cache(maxsize=32)
-def _jump_plan(parents: tuple[int, ...], device: torch.device) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
-    """jumping_rounds as index tensors on `device`, and the parents as one."""
-    rounds = [(torch.tensor(ids, device=device), torch.tensor(ancestors, device=device))
-              for ids, ancestors in jumping_rounds(parents)]
-    return rounds, torch.tensor(parents, device=device)
-
-
 def _skeleton_fk_jumping(local: Tensor, rest: Tensor, parents: list[int], trans: Tensor | None) -> tuple[Tensor, Tensor]:
-    """skeleton_fk by pointer jumping: each joint's (rotation, offset) relative to its current
-    ancestor, composed with the ancestor's in synchronous rounds (the gathers read the round's inputs)."""
-    rounds, index = _jump_plan(tuple(parents), rest.device)
+    """skeleton_fk by core.body_model.compose_by_jumping (its plan cached per parents and device)."""
+    index = torch.tensor(parents, device=rest.device)
     roots = index < 0
-    glob = local.clone()
-    pos = torch.where(roots[:, None], rest, rest - rest[index.clamp(min=0)]).expand(local.shape[0], -1, -1).clone()
-    if trans is not None:
-        pos[:, roots] += trans[:, None]
-    for ids_t, anc_t in rounds:
-        rotations, positions = glob[:, anc_t], pos[:, anc_t]
-        pos[:, ids_t] = (rotations @ pos[:, ids_t].unsqueeze(-1)).squeeze(-1) + positions
-        glob[:, ids_t] = rotations @ glob[:, ids_t]
+    offsets = torch.where(roots[:, None], rest, rest - rest[index.clamp(min=0)]).expand(local.shape[0], -1, -1)
+    if trans is not None:  # the roots move by trans
+        offsets = offsets + trans[:, None] * roots[None, :, None].to(rest.dtype)
+    glob, pos = compose_by_jumping(local, offsets, jumping_plan(tuple(parents), rest.device))
     return pos, glob
 
 
