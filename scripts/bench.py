@@ -295,9 +295,8 @@ def _ik_errors(result) -> tuple[float, float, float]:
 
 @section("ik", "IK: interactive single frames (warm/cold), 1,000-frame retargets, LM vs LBFGS vs Adam")
 def bench_ik(ctx: Context) -> list[Table]:
-    from core.ik import LIVE_ITERATIONS, IKSolver
+    from core.ik import IKSolver, live_lm_options
     from core.keypoints import KeypointSet, sample_surface
-    from core.lm import LMOptions
 
     model, prior, body, prior_name, notes = _ik_setup(ctx)
     effectors = KeypointSet.named(model, "effectors")
@@ -312,7 +311,7 @@ def bench_ik(ctx: Context) -> list[Table]:
     frames = _ik_targets(model, prior, effectors, 20, seed=1)
     drag = torch.tensor([0.05, 0.03, 0.0], device=ctx.device)
     full, capped = IKSolver(model, effectors, prior), IKSolver(model, effectors, prior,
-                                                                lm_options=LMOptions(LIVE_ITERATIONS), retry=None)
+                                                                lm_options=live_lm_options(), retry=None)
     starts = [full.solve(frame) for frame in frames]
     cases = [("cold (T-pose)", full, lambda i: (frames[i], None)),
              ("warm, after a 6 cm drag", full, lambda i: (_dragged(frames[i], drag), starts[i])),
@@ -645,7 +644,7 @@ def bench_blender(ctx: Context) -> list[Table]:
         table.notes.append(f"Blender {bpy.app.version_string} (bpy module) on Python {platform.python_version()}, "
                            f"numpy {np.__version__}.")
         table.notes.append("Open adult body, float32 on the CPU; Live Posing runs "
-                           "core.ik.LIVE_ITERATIONS LM iterations per update, warm-started.")
+                           "core.ik.live_lm_options() per update (4 LM iterations), warm-started.")
         characters = _bench_characters(bpy, ctx, clip)
     return [table, characters]
 

@@ -19,7 +19,7 @@ Every clip is read at --fps (30 by default, as the prior's training data).
       full_mpjpe_mm / sparse_mpjpe_mm: joint positions can be right with the limbs wrongly twisted;
       sparse_noprior_geodesic_deg likewise without the prior
   interactive_ms, interactive_error_mm  median time of a warm-started single-frame solve with those
-      6 effectors (the previous frame's solution as the start, capped at core.ik.LIVE_ITERATIONS LM
+      6 effectors (the previous frame's solution as the start, with core.ik.live_lm_options(): 4 LM
       iterations and without retries, as a Live Posing step runs), and the effectors' mean distance
       to their targets after it
 
@@ -42,9 +42,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.body_model import BodyModel  # noqa: E402
-from core.ik import LIVE_ITERATIONS, IKSolver  # noqa: E402
+from core.ik import IKSolver, live_lm_options  # noqa: E402
 from core.keypoints import EFFECTORS, NUM_BODY_JOINTS, KeypointSet  # noqa: E402
-from core.lm import LMOptions  # noqa: E402
 from core.mocap.bvh import read_bvh  # noqa: E402
 from core.mocap.convert import convert_file, find_mocap_files, load_target, subsample_indices  # noqa: E402
 from core.mocap.skeletons import load_preset  # noqa: E402
@@ -133,7 +132,7 @@ def interactive_latency(model: BodyModel, prior, effectors: KeypointSet, targets
                         solves: int = 200) -> dict:
     """Median ms of single-frame solves, each warm-started from the previous frame's solution
     along the clips (one cold solve per clip to start, not timed), and their mean effector error."""
-    solver = IKSolver(model, effectors, prior, lm_options=LMOptions(max_iterations=LIVE_ITERATIONS), retry=None)
+    solver = IKSolver(model, effectors, prior, lm_options=live_lm_options(), retry=None)
     per_clip = max(2, solves // len(counts) + 1)
     times, errors, start = [], [], 0
     for frames in counts:

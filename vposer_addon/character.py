@@ -163,15 +163,18 @@ def character_body(obj: bpy.types.Object) -> bpy.types.Object | None:
 
 
 def show_body(body: bpy.types.Object, display: str) -> None:
-    """Hide the body, show it as a wireframe ghost, or as it is. Hidden bodies stay evaluated (a
-    hidden object is left out of the view, not out of the dependency graph's pose evaluation)."""
-    objects = [body] + ([body.vposer_body.mesh] if body.vposer_body.mesh else [])
-    for obj in objects:
-        obj.hide_viewport = False
+    """Hide the body, show it as a wireframe ghost, or as it is. A hidden body's armature stays
+    evaluated (Add Targets reads its posed joints), but its mesh is left out of the viewport's
+    evaluation, so Live Posing does not deform a skin nobody sees on every update; neither a
+    hidden nor a ghost body renders (the character does)."""
+    mesh = body.vposer_body.mesh
+    for obj in [body] + ([mesh] if mesh else []):
+        obj.hide_viewport = obj is mesh and display == "HIDDEN"
         obj.hide_set(display == "HIDDEN")
         obj.hide_select = display != "SOLID"
-    if body.vposer_body.mesh:
-        body.vposer_body.mesh.display_type = "WIRE" if display == "GHOST" else "TEXTURED"
+        obj.hide_render = display != "SOLID"
+    if mesh:
+        mesh.display_type = "WIRE" if display == "GHOST" else "TEXTURED"
 
 
 # ----------------------------------------------------------------------------- reading an armature
@@ -398,20 +401,22 @@ class Channels:
 def channels_from_basis(obj: bpy.types.Object, bones: list[str], basis: np.ndarray, located: Iterable[str]) -> Channels:
     """(T, B, 4, 4) matrix_basis of the bones -> their rotation channels in each bone's own rotation
     mode (quaternions continuous in sign, Euler angles continuous with the bone's current angles and
-    from frame to frame, so nothing flips), plus the location of the bones in `located` (the root)."""
+    from frame to frame, so nothing flips), plus the location of the bones in `located` (the root).
+    The quaternion-mode bones are converted together (Live Posing does this on every update)."""
     import torch
 
     from ..core.rotations import matrix_to_quaternion
 
     quaternions = matrix_to_quaternion(torch.from_numpy(np.ascontiguousarray(basis[..., :3, :3]))).numpy()
+    pose_bones = obj.pose.bones
+    modes = [pose_bones[name].rotation_mode for name in bones]
+    located = set(located)
+    rotations = _rotation_values(pose_bones, bones, modes, quaternions, basis[..., :3, :3])
     keys: list[tuple[str, str, int]] = []
     columns: list[np.ndarray] = []
-    located = set(located)
-    for i, name in enumerate(bones):
-        pose_bone = obj.pose.bones[name]
-        mode = pose_bone.rotation_mode
+    for i, (name, mode, values) in enumerate(zip(bones, modes, rotations)):
+        pose_bone = pose_bones[name]
         path = pose_bone.path_from_id(ROTATION_PATHS.get(mode, "rotation_euler"))
-        values = _rotation_values(pose_bone, quaternions[:, i], basis[:, i, :3, :3])
         keys += [(name, path, c) for c in range(values.shape[1])]
         columns.append(values)
         if name in located:
@@ -420,24 +425,31 @@ def channels_from_basis(obj: bpy.types.Object, bones: list[str], basis: np.ndarr
     return Channels(keys, np.concatenate(columns, axis=1))
 
 
-def _rotation_values(pose_bone: bpy.types.PoseBone, quaternions: np.ndarray, rotations: np.ndarray) -> np.ndarray:
-    """One bone's rotations ((T, 4) quaternions and the (T, 3, 3) matrices) -> (T, 4) quaternions /
-    axis-angles or (T, 3) Euler angles in the bone's mode."""
-    mode = pose_bone.rotation_mode
-    if mode in ("QUATERNION", "AXIS_ANGLE"):
-        quaternions = quaternions.copy()
-        if quaternions[0] @ np.array(pose_bone.rotation_quaternion) < 0:
-            quaternions[0] *= -1
-        quaternions = bridge.continuous_quaternions(quaternions[:, None])[:, 0]
-        if mode == "QUATERNION":
-            return quaternions
-        return np.array([[angle, *axis] for axis, angle in (Quaternion(q).to_axis_angle() for q in quaternions)])
-    previous = pose_bone.rotation_euler.copy()
-    angles = np.empty((len(rotations), 3))
-    for t, rotation in enumerate(rotations):
-        previous = Matrix(rotation).to_euler(mode, previous)
-        angles[t] = previous
-    return angles
+def _rotation_values(pose_bones, bones: list[str], modes: list[str], quaternions: np.ndarray,
+                     rotations: np.ndarray) -> list[np.ndarray]:
+    """Each bone's rotations ((T, B, 4) quaternions and the (T, B, 3, 3) matrices) -> a (T, 4)
+    array of quaternions / axis-angles or a (T, 3) one of Euler angles in the bone's mode."""
+    out: list[np.ndarray | None] = [None] * len(bones)
+    by_quaternion = [i for i, mode in enumerate(modes) if mode in ("QUATERNION", "AXIS_ANGLE")]
+    if by_quaternion:
+        chosen = quaternions[:, by_quaternion].copy()
+        current = np.array([tuple(pose_bones[bones[i]].rotation_quaternion) for i in by_quaternion])
+        chosen[0] *= np.where(np.sum(chosen[0] * current, axis=-1) < 0, -1.0, 1.0)[:, None]
+        chosen = bridge.continuous_quaternions(chosen)
+        for k, i in enumerate(by_quaternion):
+            if modes[i] == "QUATERNION":
+                out[i] = chosen[:, k]
+            else:
+                out[i] = np.array([[angle, *axis] for axis, angle in (Quaternion(q).to_axis_angle() for q in chosen[:, k])])
+    for i, mode in enumerate(modes):
+        if out[i] is None:
+            previous = pose_bones[bones[i]].rotation_euler.copy()
+            angles = np.empty((len(rotations), 3))
+            for t, rotation in enumerate(rotations[:, i]):
+                previous = Matrix(rotation).to_euler(mode, previous)
+                angles[t] = previous
+            out[i] = angles
+    return out
 
 
 def set_channels(obj: bpy.types.Object, channels: Channels, row: int = 0) -> None:
@@ -453,7 +465,11 @@ def set_channels(obj: bpy.types.Object, channels: Channels, row: int = 0) -> Non
         values = values.reshape(-1, size)
         values[bones, index] = row_values[columns]
         pose_bones.foreach_set(prop, values.ravel())
-    obj.update_tag()  # foreach_set tags nothing: without this the pose would not be evaluated again
+    # foreach_set tags nothing: without a tag the pose would not be evaluated again. The transform tag
+    # re-evaluates the pose and what hangs from it (constraints, skinned meshes) without copying
+    # the whole armature into the evaluated scene again, as a bare update_tag() does: on a generated
+    # Rigify rig (706 bones) that copy was 2-3.5 ms of each Live Posing update.
+    obj.update_tag(refresh={"OBJECT"})
 
 
 # (armature session id, channel keys) -> (the keys' bones, per property (name, bone slots, channel
@@ -478,30 +494,11 @@ def _channel_groups(obj: bpy.types.Object, keys: list[tuple[str, str, int]]
         if len(_groups) > 32:  # jobs with other bone lists leave theirs: keep a few
             _groups.clear()
         cached = _groups[key] = (names, [(prop, *np.array(entries, dtype=np.int64).T) for prop, entries in by_prop.items()])
-    positions = np.asarray(pose_bone_positions(obj, cached[0]), dtype=np.int64)
+    positions = np.asarray(bridge.pose_bone_positions(obj, cached[0]), dtype=np.int64)
     return [(prop, positions[slots], index, columns) for prop, slots, index, columns in cached[1]]
 
 
 # (armature session id, bone names) -> (every pose bone's name, the named ones' positions)
-_positions: dict[tuple[int, tuple[str, ...]], tuple[list[str], list[int]]] = {}
-
-
-def pose_bone_positions(obj: bpy.types.Object, names: list[str]) -> list[int]:
-    """Where the named bones sit in obj.pose.bones (for foreach_get / foreach_set arrays). The
-    names of all pose bones come in one keys() call; a name -> position map of them (706 in a
-    generated Rigify rig) is built again only when they changed, as Live Posing asks on every
-    update."""
-    every = obj.pose.bones.keys()
-    key = (obj.session_uid, tuple(names))
-    cached = _positions.get(key)
-    if cached is None or cached[0] != every:
-        position = {name: i for i, name in enumerate(every)}
-        if len(_positions) > 32:
-            _positions.clear()
-        cached = _positions[key] = (every, [position[name] for name in names])
-    return cached[1]
-
-
 def write_new_action(obj: bpy.types.Object, channels: Channels, frames: np.ndarray, name: str) -> bpy.types.Action:
     """Key the channels at `frames` into a new action assigned to the character; its previous action
     keeps a fake user so it stays in the file."""
@@ -708,7 +705,7 @@ class _Posers:
     def clear(self) -> None:
         self._cache.clear()
         _groups.clear()
-        _positions.clear()
+        bridge.forget_positions()
 
 
 posers = _Posers()

@@ -22,7 +22,7 @@ from mathutils import Matrix
 
 from ..core.errors import VPoserError
 from . import bridge
-from .character import (Channels, CharacterPoser, channels_from_basis, pose_bone_positions, posers, read_armature,
+from .character import (Channels, CharacterPoser, channels_from_basis, posers, read_armature,
                         show_body)
 
 if TYPE_CHECKING:
@@ -282,7 +282,7 @@ def current_quaternions(character: bpy.types.Object, names: list[str]) -> np.nda
     from ..core.rotations import matrix_to_quaternion
 
     pose_bones = character.pose.bones
-    basis = bridge.matrix_array(pose_bones, "matrix_basis")[pose_bone_positions(character, names), :3, :3]
+    basis = bridge.matrix_array(pose_bones, "matrix_basis")[bridge.pose_bone_positions(character, names), :3, :3]
     basis /= np.linalg.norm(basis, axis=-2, keepdims=True)  # a bone's scale is no rotation
     return matrix_to_quaternion(torch.from_numpy(basis)).numpy()
 
@@ -298,7 +298,7 @@ def pull_pose(context: bpy.types.Context, character: bpy.types.Object, body: bpy
     names = binding.skeleton.names
     character.update_tag()  # a switch set from Python (Bind's FK switches) tags nothing
     posed = character.evaluated_get(context.evaluated_depsgraph_get()).pose.bones  # the original's order
-    matrices = bridge.matrix_array(posed, "matrix")[pose_bone_positions(character, names)]
+    matrices = bridge.matrix_array(posed, "matrix")[bridge.pose_bone_positions(character, names)]
     rotations = matrices[:, :3, :3] / np.linalg.norm(matrices[:, :3, :3], axis=-2, keepdims=True)  # no bone scale
     poses, transl = posed_character_to_body(binding, rotations[None], matrices[binding.root_bone, :3, 3][None])
     joint_names = body.vposer_body.joint_names()

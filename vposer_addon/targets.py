@@ -110,7 +110,7 @@ def solve(
     """Pose the rig's body joints so its joints reach the targets, and write the pose bones.
 
     Returns the distances (metres, in the scene) from each target to its joint, NaN for targets of
-    weight 0. live: a Live Posing step (core.ik.LIVE_ITERATIONS iterations, no retries: the step
+    weight 0. live: a Live Posing step (core.ik.live_lm_options(), no retries: the step
     after goes on from it, and a full solve finishes once the targets stop). Raises TargetError for bad
     mappings and core's IKError / BodyModelError / VPoserLoadError when the solve cannot run; the
     pose is only written once the solve succeeded.
@@ -172,16 +172,15 @@ _solvers: dict[tuple[str, str, bool], Any] = {}
 
 def _solver(model, prior, keypoints: dict[str, dict], source: str, live: bool):
     """The IK solver for these keypoints (core.keypoints.KeypointSet.from_dict's layout) on this
-    model and prior; live: core.ik.LIVE_ITERATIONS LM iterations and no retries. Made again when the
+    model and prior; live: core.ik.live_lm_options() and no retries. Made again when the
     model or the prior is another object (reloaded, moved to another device)."""
-    from ..core.ik import LIVE_ITERATIONS, IKSolver
+    from ..core.ik import IKSolver, live_lm_options
     from ..core.keypoints import KeypointSet
-    from ..core.lm import LMOptions
 
     key = (json.dumps(keypoints, sort_keys=True), source, live)
     solver = _solvers.get(key)
     if solver is None or solver.model is not model or solver.prior is not prior:
-        options = {"lm_options": LMOptions(max_iterations=LIVE_ITERATIONS), "retry": None} if live else {}
+        options = {"lm_options": live_lm_options(), "retry": None} if live else {}
         solver = IKSolver(model, KeypointSet.from_dict(model, keypoints, source=source), prior, **options)
         if len(_solvers) >= 16:
             _solvers.clear()

@@ -712,6 +712,27 @@ def test_character_panel_draws_the_binding_and_the_body_display(mixamo):
     assert body.vposer_body.mesh.hide_get()
 
 
+def test_a_hidden_body_is_neither_deformed_nor_rendered_and_the_ghost_is_not_rendered(mixamo):
+    """Hidden (the default after Bind): the body's mesh is out of the viewport's evaluation (Live
+    Posing does not deform it) and out of renders, while its armature is still evaluated; Ghost puts
+    the mesh back in the view but not in renders; Solid renders it."""
+    assert _bind(mixamo) == {"FINISHED"}
+    body = _body_of(mixamo)
+    mesh = body.vposer_body.mesh
+
+    def evaluated() -> set[str]:
+        bpy.context.view_layer.update()
+        return {id_.name for id_ in bpy.context.evaluated_depsgraph_get().ids if isinstance(id_, bpy.types.Object)}
+
+    assert mixamo.vposer_character.body_display == "HIDDEN"
+    assert mesh.name not in evaluated() and body.name in evaluated()
+    assert mesh.hide_render and body.hide_render and not mixamo.hide_render
+    mixamo.vposer_character.body_display = "GHOST"
+    assert mesh.name in evaluated() and mesh.hide_render
+    mixamo.vposer_character.body_display = "SOLID"
+    assert mesh.name in evaluated() and not mesh.hide_render and not mesh.hide_get()
+
+
 def test_marker_retarget_keys_a_new_action_on_the_character(mixamo, adult):
     """C3D-style marker empties on known poses of the bound (fitted) body: Retarget with the character
     active keys a new action on the character whose limbs follow the solved body on every frame."""
