@@ -559,7 +559,7 @@ class Objective:
         self.smooth = weights.smoothness > 0 and targets.shape[0] >= 3
         self.terms = self._terms(confidence, unknowns, extra)
         self.layout = Layout(model, self.prior, unknowns, self._live_joints(), solver.hand_joints, pins.ids,
-                             pins.rotations)
+                             pins.rotations, frames=targets.shape[0])
         for term in self.terms:
             term.layout = self.layout
         self.columns, self.size = self.layout.columns, self.layout.size

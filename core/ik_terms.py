@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .body_model import BodyModel, BodyOutput
-from .jacobians import body_jacobians, decoder_jacobian, rotation_tangents
+from .jacobians import KeptDecoderJacobians, body_jacobians, decoder_jacobian, rotation_tangents
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
 from .rotations import axis_angle_to_matrix
 from .vposer import VPoser
@@ -95,11 +95,14 @@ class At:
 class Layout:
     """Where each unknown sits in a frame's vector of N, which joints they turn, and how a step
     moves a state. prior: the stage's prior (None: the body pose as raw rotations). live (J,) bool:
-    joints that get raw-rotation unknowns. pins: joints (P,) held exactly at rotations (B, P, 3, 3)."""
+    joints that get raw-rotation unknowns. pins: joints (P,) held exactly at rotations (B, P, 3, 3).
+    frames: the solve's frame count, for keeping each frame's decoder Jacobian between its
+    linearisations (core.jacobians.KeptDecoderJacobians); None: recomputed every time."""
 
     def __init__(self, model: BodyModel, prior: VPoser | None, unknowns: tuple[str, ...], live: Tensor,
-                 hand_joints: Tensor, pin_ids: Tensor, pin_rotations: Tensor) -> None:
+                 hand_joints: Tensor, pin_ids: Tensor, pin_rotations: Tensor, frames: int | None = None) -> None:
         self.model, self.prior = model, prior
+        self.kept = None if prior is None or frames is None else KeptDecoderJacobians(prior, frames)
         self.pin_ids, self.pin_rotations = pin_ids, pin_rotations
         if len(pin_ids):
             live = live.clone()
@@ -170,13 +173,15 @@ class Layout:
             betas = betas + step[:, columns["betas"]]
         return IKState(rotations, transl, latent, betas)
 
-    def local_angular(self, point: IKState) -> Tensor:
-        """(b, M, 3, N): each moving joint's angular velocity in its own frame per unknown."""
+    def local_angular(self, point: IKState, rows: Tensor | None = None) -> Tensor:
+        """(b, M, 3, N): each moving joint's angular velocity in its own frame per unknown, at the
+        state `point` of frames `rows`."""
         local = self.constant_angular.expand(point.rotations.shape[0], -1, -1, -1).clone()
         if "orient" in self.columns:  # exp(h) R = R exp(R^T h)
             local[:, 0, :, self.columns["orient"]] = point.rotations[:, 0].transpose(-1, -2)
         if "pose" in self.columns and self.prior is not None:
-            local[:, self.body_positions, :, self.columns["pose"]] = _decoder_angular(self.prior, point.latent)
+            local[:, self.body_positions, :, self.columns["pose"]] = _decoder_angular(self.prior, point.latent,
+                                                                                     self.kept, rows)
             if len(self.pinned_positions):
                 local[:, self.pinned_positions] = 0
         return local
@@ -206,7 +211,7 @@ class Layout:
             at.body_joints = output.joints[:, :NUM_BODY_JOINTS] + centre[rows].unsqueeze(1)
         if not jacobian:
             return at
-        at.local = self.local_angular(point)
+        at.local = self.local_angular(point, rows)
         if not (with_points or with_joints):
             return at
         world = output.joint_rotations[:, self.moving] @ at.local
@@ -232,13 +237,17 @@ class Layout:
         return at
 
 
-def _decoder_angular(prior: VPoser, latent: Tensor) -> Tensor:
-    """The decoded rotations' angular velocities (b, 21, 3, L) per latent unit, computed exactly at every
+def _decoder_angular(prior: VPoser, latent: Tensor, kept: KeptDecoderJacobians | None = None,
+                     rows: Tensor | None = None) -> Tensor:
+    """The decoded rotations' angular velocities (b, 21, 3, L) per latent unit, exact at every
     linearisation: the decoder is piecewise linear, but its units switch often enough along an IK's
-    steps that a secant-updated Jacobian costs more iterations than it saves. A cold start has every
-    frame at the same latent: one frame's Jacobian serves them all."""
+    steps that a secant-updated Jacobian costs more iterations than it saves; `kept` (with the
+    frames' rows) updates each frame's last one for the units that switched since. A cold start has
+    every frame at the same latent: one frame's Jacobian serves them all."""
     if bool((latent == latent[:1]).all()):
         return decoder_jacobian(prior, latent[:1])[1].expand(len(latent), -1, -1, -1)
+    if kept is not None and rows is not None:
+        return kept.angular(latent, rows)
     return decoder_jacobian(prior, latent)[1]
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from ik_testing import posed, small_body
 
-from core.jacobians import DECODER_CHUNK, body_jacobians, decoder_jacobian
+import core.jacobians
+from core.jacobians import DECODER_CHUNK, KeptDecoderJacobians, body_jacobians, decoder_jacobian
 from core.keypoints import KeypointSet, sample_surface
 from core.rotations import axis_angle_to_matrix
 from core.vposer import VPoser
@@ -34,6 +35,47 @@ def test_decoder_jacobian_matches_differences():
         difference = (prior.decode_matrix(z + dz) - prior.decode_matrix(z - dz)) / (2 * EPS)
         expected = _angular(rotations, difference)
         torch.testing.assert_close(omega[..., column], expected, atol=1e-7, rtol=1e-6)
+
+
+def test_kept_decoder_jacobians_equal_fresh_ones_along_a_solve(monkeypatch):
+    """A freshly initialised VPoser (ReLU kinks everywhere), frames visited in random subsets and
+    orders, over more frames than one CPU pass takes: small moves (a few units switch: the kept
+    Jacobians are updated) and now and then a jump (many switch: recomputed). Every Jacobian equals
+    decoder_jacobian's at the same latents, and the last ones central differences; after the first
+    visit most frames never go through the full forward mode again."""
+    torch.manual_seed(0)
+    prior = VPoser().double().eval()
+    frames = DECODER_CHUNK + 20
+    kept = KeptDecoderJacobians(prior, frames)
+    fresh_frames = []
+    full = core.jacobians.decoder_features
+
+    def counted(vposer, z, tangents):
+        fresh_frames.append(len(z))
+        return full(vposer, z, tangents)
+
+    monkeypatch.setattr(core.jacobians, "decoder_features", counted)
+    generator = torch.Generator().manual_seed(1)
+    z = torch.randn(frames, prior.latent_dim, generator=generator, dtype=F64)
+    first = torch.arange(frames)
+    torch.testing.assert_close(kept.angular(z, first), decoder_jacobian(prior, z)[1], rtol=1e-9, atol=1e-12)
+    fresh_frames.clear()
+    for step in range(12):
+        rows = torch.randperm(frames, generator=generator)[: frames - 7]
+        scale = 1.0 if step == 5 else 0.003
+        z[rows] += scale * torch.randn(len(rows), prior.latent_dim, generator=generator, dtype=F64)
+        got = kept.angular(z[rows], rows)
+        torch.testing.assert_close(got, decoder_jacobian(prior, z[rows])[1], rtol=1e-9, atol=1e-12)
+    visits = 12 * (frames - 7)
+    assert sum(fresh_frames) - visits < visits / 3  # decoder_jacobian above counts too: one pass each
+    rows = torch.arange(frames)
+    omega = kept.angular(z, rows)
+    rotations = prior.decode_matrix(z)
+    for column in range(0, prior.latent_dim, 7):
+        dz = torch.zeros_like(z)
+        dz[:, column] = EPS
+        difference = (prior.decode_matrix(z + dz) - prior.decode_matrix(z - dz)) / (2 * EPS)
+        torch.testing.assert_close(omega[..., column], _angular(rotations, difference), atol=1e-7, rtol=1e-6)
 
 
 def test_decoder_jacobian_needs_eval_mode():
