@@ -558,8 +558,10 @@ class Objective:
             self.state.rotations[:, pins.ids] = pins.rotations
         self.smooth = weights.smoothness > 0 and targets.shape[0] >= 3
         self.terms = self._terms(confidence, unknowns, extra)
+        # Kept decoder Jacobians pay off over batches; one frame's update costs what its recomputation does
+        kept = targets.shape[0] if targets.shape[0] > 1 else None
         self.layout = Layout(model, self.prior, unknowns, self._live_joints(), solver.hand_joints, pins.ids,
-                             pins.rotations, frames=targets.shape[0])
+                             pins.rotations, frames=kept)
         for term in self.terms:
             term.layout = self.layout
         self.columns, self.size = self.layout.columns, self.layout.size
