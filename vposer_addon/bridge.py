@@ -61,19 +61,30 @@ def create_body(collection: bpy.types.Collection, name: str, body: BodyArrays) -
 def set_pose(rig: bpy.types.Object, joint_names: list[str], quaternions: np.ndarray, translation: np.ndarray) -> None:
     """Local joint rotations as (J, 4) quaternions (w, x, y, z) and the root translation (3,).
 
-    All rotations go in one foreach_set, which tags nothing; the transform tag then re-evaluates
-    the pose and what hangs from it (the skin). Setting bone by bone tags the whole armature for
-    a copy into the evaluated scene, which cost Live Posing ~1 ms of evaluation per update."""
-    pose_bones = rig.pose.bones
-    values = np.empty(len(pose_bones) * 4, dtype=np.float32)
-    pose_bones.foreach_get("rotation_quaternion", values)
-    values = values.reshape(-1, 4)
-    values[pose_bone_positions(rig, joint_names)] = np.asarray(quaternions, dtype=np.float64)
-    pose_bones.foreach_set("rotation_quaternion", values.ravel())
-    pose_bones[joint_names[0]].location = np.asarray(translation, dtype=np.float64)
+    Written with write_pose_bones and one transform tag, which re-evaluates the pose and what hangs
+    from it (the skin). Setting bone by bone (rotations or the root's location) tags the whole
+    armature for a copy into the evaluated scene, which cost Live Posing ~1 ms of evaluation per update."""
+    positions = np.asarray(pose_bone_positions(rig, joint_names))
+    write_pose_bones(rig, "rotation_quaternion", positions[:, None], np.arange(4), np.asarray(quaternions))
+    write_pose_bones(rig, "location", positions[:1, None], np.arange(3), np.asarray(translation)[None])
     rig.update_tag(refresh={"OBJECT"})
 
 
+def write_pose_bones(obj: bpy.types.Object, prop: str, bones: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    """Set entries of one pose-bone vector property (rotation_quaternion, location, ...) of every
+    bone at once: the property is read and written back in one foreach call each; values go to
+    [bones, index] (positions in obj.pose.bones, component), broadcast as numpy indexing does.
+    foreach_set tags nothing: the caller tags the object once it is done (see set_pose)."""
+    pose_bones = obj.pose.bones
+    size = 4 if prop in ("rotation_quaternion", "rotation_axis_angle") else 3
+    array = np.empty(len(pose_bones) * size, dtype=np.float32)
+    pose_bones.foreach_get(prop, array)
+    array = array.reshape(-1, size)
+    array[bones, index] = values
+    pose_bones.foreach_set(prop, array.ravel())
+
+
+# (armature session id, bone names) -> (every pose bone's name, the named ones' positions)
 _positions: dict[tuple[int, tuple[str, ...]], tuple[list[str], list[int]]] = {}
 
 

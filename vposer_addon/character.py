@@ -456,15 +456,9 @@ def set_channels(obj: bpy.types.Object, channels: Channels, row: int = 0) -> Non
     """Set the pose bones' channels to one row (frame) of `channels`: each property of all bones is
     read and written back in one foreach call (Live Posing does this on every update, so which
     values go where is worked out once per armature and channel list: see _channel_groups)."""
-    pose_bones = obj.pose.bones
     row_values = channels.values[row]
     for prop, bones, index, columns in _channel_groups(obj, channels.keys):
-        size = 4 if prop in ("rotation_quaternion", "rotation_axis_angle") else 3
-        values = np.empty(len(pose_bones) * size, dtype=np.float32)
-        pose_bones.foreach_get(prop, values)
-        values = values.reshape(-1, size)
-        values[bones, index] = row_values[columns]
-        pose_bones.foreach_set(prop, values.ravel())
+        bridge.write_pose_bones(obj, prop, bones, index, row_values[columns])
     # foreach_set tags nothing: without a tag the pose would not be evaluated again. The transform tag
     # re-evaluates the pose and what hangs from it (constraints, skinned meshes) without copying
     # the whole armature into the evaluated scene again, as a bare update_tag() does: on a generated
@@ -498,7 +492,6 @@ def _channel_groups(obj: bpy.types.Object, keys: list[tuple[str, str, int]]
     return [(prop, positions[slots], index, columns) for prop, slots, index, columns in cached[1]]
 
 
-# (armature session id, bone names) -> (every pose bone's name, the named ones' positions)
 def write_new_action(obj: bpy.types.Object, channels: Channels, frames: np.ndarray, name: str) -> bpy.types.Action:
     """Key the channels at `frames` into a new action assigned to the character; its previous action
     keeps a fake user so it stays in the file."""
