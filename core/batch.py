@@ -406,7 +406,22 @@ def _ray(job: Callable, tasks: Sequence[Task], digest: str, workers: int, addres
                 except ray.exceptions.RayError as error:
                     yield Outcome(task.name, None, {}, f"the Ray task failed: {error}", 0.0)
     finally:
-        ray.shutdown()
+        _shutdown_ray(ray, started_here=not address)
+
+
+def _shutdown_ray(ray: ModuleType, started_here: bool) -> None:
+    """ray.shutdown(), a second sooner for a cluster this process started: Ray stops that cluster's
+    GCS before its autoscaler monitor, whose SIGTERM handler then waits on the gone GCS until Ray
+    kills it a second later (measured with Ray 2.60: 1.1-1.4 s of a shutdown's 1.1-1.4 s). A local
+    cluster gives the monitor nothing to clean up, so it is killed first. Ray keeps its processes
+    in a private attribute: where a version has none, this is the plain shutdown."""
+    if started_here:
+        node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+        for info in getattr(node, "all_processes", {}).get("monitor", []):
+            if getattr(info, "process", None) is not None and info.process.poll() is None:
+                info.process.kill()
+                info.process.wait(timeout=5)
+    ray.shutdown()
 
 
 # ------------------------------------------------------------------------------------------------
