@@ -50,7 +50,7 @@ from .ik_terms import (
     TermValue,
 )
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
-from .lm import LMOptions, levenberg_marquardt
+from .lm import Coupling, LMOptions, levenberg_marquardt, solve_coupled
 from .rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from .vposer import VPoser
 
@@ -576,6 +576,7 @@ class Objective:
             for term in coupled:
                 term.start(at)
         self._trial: tuple[Tensor, IKState, _Evaluation] | None = None
+        self._d_body_joints: Tensor | None = None  # (B, 22, 3, N) at the accepted points, for `coupling`
 
     @property
     def needs(self) -> frozenset[str]:
@@ -620,15 +621,15 @@ class Objective:
         """The frames' points moved by step (b, N), differentiable in step."""
         return self.layout.moved(self.state.select(rows), rows, step)
 
-    def evaluate(self, rows: Tensor, point: IKState, jacobian: bool, output: BodyOutput | None = None,
-                 coupled: bool = False) -> _Evaluation:
-        """Per-frame cost at `point` (the state of frames `rows`); with jacobian=True also the stacked
-        residuals and their Jacobian. `output`: the body's forward at `point` when already known.
-        coupled: include the coupled terms (smoothness, neighbours held at their accepted points)."""
+    def evaluate(self, rows: Tensor, point: IKState, jacobian: bool, output: BodyOutput | None = None
+                 ) -> _Evaluation:
+        """Per-frame cost at `point` (the state of frames `rows`), coupled terms left out; with
+        jacobian=True also the stacked residuals and their Jacobian. `output`: the body's forward at
+        `point` when already known."""
         at = self.layout.linearise(self.keypoints, rows, point, jacobian, output, self.needs, self.centre)
         cost, residuals, jacobians = None, [], []
         for term in self.terms:
-            if term.coupled and not coupled:
+            if term.coupled:
                 continue
             value = term.value(at)
             cost = value.cost if cost is None else cost + value.cost
@@ -679,17 +680,37 @@ class Objective:
 
     def linearize(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         output = self.known_output(rows)  # accepted trial points need no new forward
-        evaluation = self.evaluate(rows, self.state.select(rows), jacobian=True, output=output, coupled=True)
+        evaluation = self.evaluate(rows, self.state.select(rows), jacobian=True, output=output)
         if output is None:
             self._remember(rows, evaluation.output)
+        if self.smooth:  # the coupled terms' linearisation is built from these (see `coupling`)
+            if self._d_body_joints is None:
+                d = evaluation.at.d_body_joints
+                self._d_body_joints = d.new_zeros(self.targets.shape[0], *d.shape[1:])
+            self._d_body_joints[rows] = evaluation.at.d_body_joints
         self.cost[rows] = evaluation.cost
         return evaluation.residuals, evaluation.jacobian, evaluation.cost
 
     def try_step(self, rows: Tensor, step: Tensor) -> Tensor:
         point = self.moved(rows, step)
-        evaluation = self.evaluate(rows, point, jacobian=False, coupled=True)
+        evaluation = self.evaluate(rows, point, jacobian=False)
         self._trial = (rows, point, evaluation)
         return evaluation.cost
+
+    def coupling(self) -> list[Coupling]:
+        """The coupled terms over every frame, linearised at the accepted points (joint LM)."""
+        return [term.coupling(self._d_body_joints) for term in self.terms if term.coupled]
+
+    def trial_coupling_cost(self, keep: Tensor) -> Tensor:
+        """The coupled terms' cost with the last trial's frames where keep (b,) is True at their
+        trial points, every other frame at its accepted point (joint LM)."""
+        rows, _, evaluation = self._trial
+        total = torch.zeros((), dtype=torch.float64, device=self.model.device)
+        for term in self.terms:
+            if term.coupled:
+                joints = term.world.index_copy(0, rows[keep], evaluation.at.body_joints[keep])
+                total = total + term.sequence_cost(joints).double()
+        return total
 
     def accept(self, keep: Tensor) -> None:
         rows, point, evaluation = self._trial
@@ -709,8 +730,12 @@ class Objective:
 
     def solve_lm(self, options: LMOptions):
         frames = torch.arange(self.targets.shape[0], device=self.model.device)
-        groups = [frames[colour::3] for colour in range(3)] if self.smooth else None
-        return levenberg_marquardt(self, frames, options, groups)
+        if self.smooth:  # frames coupled by smoothness: one LM over the whole sequence
+            try:
+                return solve_coupled(self, frames, options)
+            finally:
+                self._d_body_joints = None
+        return levenberg_marquardt(self, frames, options)
 
     # ----------------------------------------------------------------- first-order optimisers
     def solve_first_order(self, method: str, options: FirstOrderOptions) -> tuple[int, bool]:

@@ -32,9 +32,10 @@ Term: `name`; `needs` (a subset of {"points", "body_joints"}); `live_joints(mode
     cost (b,) float64, residuals (b, m), and jacobian (b, m, N) (None when at.jacobian is False).
     The cost's gradient must be J^T r: robust terms give IRLS-weighted residuals.
     A `coupled` term (smoothness) ties neighbouring frames: its value for some frames holds the
-    others where they were last accepted (`start`, `accept`), and `sequence_cost` gives the whole
-    batch's cost for the first-order optimisers. LM then solves frames in colour groups, and
-    per-frame costs and retries leave coupled terms out.
+    others where they were last accepted (`start`, `accept`), `sequence_cost` gives the whole
+    batch's cost for the first-order optimisers, and `coupling` its linearisation over the whole
+    sequence (core.lm.Coupling) for LM, which then solves every frame together
+    (core.lm.solve_coupled). Per-frame costs and retries leave coupled terms out.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from torch import Tensor
 from .body_model import BodyModel, BodyOutput
 from .jacobians import KeptDecoderJacobians, body_jacobians, decoder_jacobian, rotation_tangents
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
+from .lm import Coupling
 from .rotations import axis_angle_to_matrix
 from .vposer import VPoser
 
@@ -419,9 +421,10 @@ class Stay(Term):
 
 class Smoothness(Term):
     """weight * ||body joint acceleration (metres per frame^2)||^2 over a sequence's 22 body joints,
-    coupling neighbouring frames. Per frame (LM, its neighbours held at their accepted points): the
-    three accelerations centred at frames i-1, i, i+1, residuals (b, 3 * 66); the whole batch's cost
-    by `sequence_cost` (first-order optimisers)."""
+    coupling neighbouring frames. LM takes it over the whole sequence (`coupling`); `value` gives a
+    frame's share with its neighbours held at their accepted points (the three accelerations
+    centred at frames i-1, i, i+1, residuals (b, 3 * 66): for inspecting terms one at a time); the
+    whole batch's cost by `sequence_cost` (first-order optimisers, and LM's trial steps)."""
 
     name = "smoothness"
     needs = frozenset({"body_joints"})
@@ -462,6 +465,14 @@ class Smoothness(Term):
         """The whole sequence's cost (a scalar) from its body joints (B, 22, 3)."""
         acceleration = body_joints[:-2] - 2 * body_joints[1:-1] + body_joints[2:]
         return 0.5 * self.weight * (acceleration * acceleration).sum()
+
+    def coupling(self, d_body_joints: Tensor) -> Coupling:
+        """The term over the whole sequence at the accepted points, for LM's joint solve:
+        d_body_joints (B, 22, 3, N) at those points."""
+        coupling = Coupling(d_body_joints.flatten(1, 2), (1.0, -2.0, 1.0), self.weight ** 0.5, None, None)
+        coupling.residuals = coupling.stencil(self.world.flatten(1))
+        coupling.cost = 0.5 * (coupling.residuals * coupling.residuals).sum().double()
+        return coupling
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ a subset of frames (see `LeastSquaresProblem`). Steps solve the damped normal eq
 (J^T J + mu D) h = -J^T r per frame (D: the clamped diagonal of J^T J, Marquardt's scaling) by
 Cholesky in float64, and mu follows Nielsen's gain-ratio rule. Frames are linearised a chunk at a
 time and only their normal equations are kept, so a large batch never holds all its Jacobians.
+
+Frames tied by a term of the sequence (smoothness) are solved together by `solve_coupled`: the
+same per-frame linearisations plus the coupled term's (`Coupling`), one step for the whole
+sequence from its block-banded normal equations (`solve_block_banded`).
 """
 
 from __future__ import annotations
@@ -66,22 +70,78 @@ class LMReport:
     cost: Tensor
 
 
-def levenberg_marquardt(
-    problem: LeastSquaresProblem,
-    frames: Tensor,
-    options: LMOptions = LMOptions(),
-    groups: list[Tensor] | None = None,
-) -> LMReport:
+def levenberg_marquardt(problem: LeastSquaresProblem, frames: Tensor, options: LMOptions = LMOptions()) -> LMReport:
     """Solve every frame in `frames` independently; reported per frame in the order of `frames`.
+    (Frames coupled by a term of the sequence: solve_coupled.)"""
+    return _independent(problem, frames, options)
 
-    groups (positions in `frames`) are for costs that couple neighbouring frames: the groups are
-    solved in turn with all other frames held fixed (block-coordinate sweeps), so each group's
-    frames are again independent; every frame is re-linearised at each visit and the solve ends when
-    a whole sweep leaves every frame converged. max_iterations then counts sweeps.
-    """
-    if groups is None:
-        return _independent(problem, frames, options)
-    return _sweeps(problem, frames, groups, options)
+
+@dataclass
+class Coupling:
+    """A term that ties neighbouring frames, linearised over a whole sequence of T frames: its
+    residuals are a fixed stencil over per-frame features f_t (m,) (e.g. body joint positions),
+
+        r_k = root * sum_s coefficients[s] * f_{k+s},   k = 0 .. T-S   (S = len(coefficients)),
+
+    so its Jacobian is the stencil applied to the features' Jacobians F_t = d f_t / d h_t. Kept
+    as F (T, m, n) and the stencil, never as a (T m) x (T n) matrix. residuals (T-S+1, m); cost
+    0.5 * ||r||^2 (float64 scalar)."""
+
+    features: Tensor
+    coefficients: tuple[float, ...]
+    root: float
+    residuals: Tensor | None
+    cost: Tensor | None
+
+    @property
+    def reach(self) -> int:
+        """How many frames apart two frames can share a residual."""
+        return len(self.coefficients) - 1
+
+    def stencil(self, values: Tensor) -> Tensor:
+        """(T, ...) per-frame values -> (T-S+1, ...) root * sum_s c_s values[k+s]."""
+        count = values.shape[0] - self.reach
+        return self.root * sum(c * values[s:s + count] for s, c in enumerate(self.coefficients))
+
+    def adjoint(self, values: Tensor) -> Tensor:
+        """The stencil's transpose: (T-S+1, ...) -> (T, ...)."""
+        count = values.shape[0]
+        out = values.new_zeros(count + self.reach, *values.shape[1:])
+        for s, c in enumerate(self.coefficients):
+            out[s:s + count] += (self.root * c) * values
+        return out
+
+    def gradient(self) -> Tensor:
+        """J^T r (T, n)."""
+        return torch.einsum("tmn,tm->tn", self.features, self.adjoint(self.residuals))
+
+    def diagonal_blocks(self) -> Tensor:
+        """The diagonal (n, n) blocks of J^T J: (T, n, n)."""
+        rows = self.residuals.shape[0]
+        counts = self.features.new_zeros(self.features.shape[0])
+        for s, c in enumerate(self.coefficients):
+            counts[s:s + rows] += (self.root * c) ** 2
+        return counts[:, None, None] * self.features.transpose(1, 2) @ self.features
+
+    def off_diagonal_blocks(self, distance: int) -> Tensor:
+        """The (n, n) blocks of J^T J between frames t and t + distance: (T - distance, n, n)."""
+        rows, frames = self.residuals.shape[0], self.features.shape[0]
+        weights = self.features.new_zeros(frames - distance)
+        for s, c in enumerate(self.coefficients[:len(self.coefficients) - distance]):
+            weights[s:s + rows] += self.root ** 2 * c * self.coefficients[s + distance]
+        return weights[:, None, None] * self.features[:-distance].transpose(1, 2) @ self.features[distance:]
+
+
+class CoupledProblem(LeastSquaresProblem, Protocol):
+    """A problem whose cost is the sum of per-frame costs (`linearize` and `try_step` leave the
+    coupled terms out) and of coupled terms over the whole sequence."""
+
+    def coupling(self) -> list[Coupling]:
+        """The coupled terms linearised at the current points (each frame's last `linearize`)."""
+
+    def trial_coupling_cost(self, keep: Tensor) -> Tensor:
+        """The coupled terms' cost (float64 scalar) with the frames where keep (b,) is True at their
+        points of the last `try_step`, the others at their current points."""
 
 
 @dataclass
@@ -193,25 +253,6 @@ def _independent(problem: LeastSquaresProblem, frames: Tensor, options: LMOption
     return report
 
 
-def _sweeps(problem: LeastSquaresProblem, frames: Tensor, groups: list[Tensor], options: LMOptions) -> LMReport:
-    count, device = len(frames), frames.device
-    report = LMReport(torch.zeros(count, dtype=torch.long, device=device),
-                      torch.zeros(count, dtype=torch.bool, device=device),
-                      torch.full((count,), float("nan"), dtype=torch.float64, device=device))
-    damping = _Damping.start(count, options, device)
-    for _ in range(options.max_iterations):
-        for group in groups:
-            _, done, cost, group_damping = _iterate(
-                problem, frames[group], _linearize(problem, frames[group]), damping.select(group), options)
-            damping.mu[group], damping.nu[group] = group_damping.mu, group_damping.nu
-            report.iterations[group] += 1
-            report.converged[group] = done
-            report.cost[group] = cost
-        if bool(report.converged.all()):
-            break
-    return report
-
-
 def _damped_step(normal: Tensor, gradient: Tensor, damping: Tensor) -> tuple[Tensor, Tensor]:
     """Step h (b, n) from (J^T J + mu D) h = -g, and the decrease the linear model predicts, a chunk
     of frames at a time (see _by_chunks: a whole batch's float64 copies and factors are fresh pages)."""
@@ -234,3 +275,132 @@ def _damped_chunk(normal: Tensor, gradient: Tensor, damping: Tensor) -> tuple[Te
     # L(0) - L(h) = -g.h - h.(J^T J)h / 2 = h.(mu D h - g) / 2
     predicted = 0.5 * (step * (damping.unsqueeze(-1) * scale * step - gradient64)).sum(-1)
     return step.to(dtype), predicted
+
+
+def solve_coupled(problem: CoupledProblem, frames: Tensor, options: LMOptions = LMOptions()) -> LMReport:
+    """LM over the whole sequence at once, for the sum of every frame's cost and the coupled terms'.
+
+    The normal matrix is block-banded (each frame with its stencils' neighbours): the damped step
+    is solved exactly by a block-banded Cholesky (solve_block_banded), and an iteration costs about
+    one linearisation of every frame. Each step moves every frame knowing how its neighbours
+    move (solving frames in turn with their neighbours held, as block-coordinate sweeps do, needs
+    many more linearisations: docs/benchmarks.md).
+
+    Damping stays per frame, as in the independent solver: where the whole step does not lower the
+    total, the frames whose own cost it lowered are moved alone if that lowers the total (the
+    coupled cost of any mix of old and new points is cheap to evaluate); the other frames are damped
+    more. Only moved frames are linearised again. max_iterations counts trial steps; the report
+    gives every frame the sequence's iterations and stopping test, and its own cost without the
+    coupled terms."""
+    count, device = len(frames), frames.device
+    normal = _linearize(problem, frames)
+    couplings = problem.coupling()
+    reach = max(c.reach for c in couplings)
+    total = normal.cost.sum() + sum((c.cost for c in couplings), normal.cost.new_zeros(()))
+    damping = _Damping.start(count, options, device)
+    everything = torch.ones(count, dtype=torch.bool, device=device)
+    iterations, converged = 0, False
+    for _ in range(options.max_iterations):
+        gradient = normal.gradient.double() + sum(c.gradient().double() for c in couplings)
+        if float(gradient.abs().amax()) <= options.gradient_tolerance:
+            converged = True
+            break
+        blocks = normal.matrix.double() + sum(c.diagonal_blocks().double() for c in couplings)
+        upper = [sum(c.off_diagonal_blocks(d).double() for c in couplings if d <= c.reach)
+                 for d in range(1, min(reach, count - 1) + 1)]
+        diagonal = blocks.diagonal(dim1=-2, dim2=-1)
+        scale = diagonal.clamp_min(1e-9 * diagonal.amax(-1, keepdim=True).clamp_min(1e-30))
+        damped = damping.mu[:, None] * scale
+        blocks.diagonal(dim1=-2, dim2=-1).add_(damped)
+        step = solve_block_banded(blocks, upper, -gradient)
+        iterations += 1
+        accepted, keep = False, torch.zeros(count, dtype=torch.bool, device=device)
+        if step is not None and bool(torch.isfinite(step).all()):
+            # L(0) - L(h) = -g.h - h.(J^T J)h / 2 = h.(mu D h - g) / 2 for the exact damped step
+            predicted = 0.5 * (step * (damped * step - gradient)).sum()
+            trial = problem.try_step(frames, step.to(normal.gradient.dtype)).double()
+            keep = everything
+            trial_total = trial.sum() + problem.trial_coupling_cost(keep)
+            if not bool(trial_total < total):  # move only the frames the step helped, if that helps
+                keep = trial < normal.cost
+                if bool(keep.any()):
+                    trial_total = torch.where(keep, trial, normal.cost).sum() + problem.trial_coupling_cost(keep)
+            decrease = total - trial_total
+            accepted = bool(decrease > 0) and bool(torch.isfinite(trial_total)) and bool(predicted > 0)
+        if not accepted:
+            keep = torch.zeros_like(keep)
+        ratio = float(decrease / predicted) if accepted else 0.0
+        shrink = max(1 / 3, 1 - (2 * ratio - 1) ** 3)
+        damping = _Damping(torch.where(keep, damping.mu * shrink, damping.mu * damping.nu),
+                           torch.where(keep, torch.full_like(damping.nu, 2.0), damping.nu * 2))
+        if accepted:
+            problem.accept(keep)
+            total = trial_total
+            if float(decrease) <= options.relative_tolerance * float(total) + options.absolute_tolerance * count:
+                converged = True
+                break
+            moved = torch.nonzero(keep).squeeze(1)
+            normal.update(moved, _linearize(problem, frames[moved]))
+            couplings = problem.coupling()
+        if step is not None and float(step.abs().amax()) <= options.step_tolerance:
+            converged = True
+            break
+    return LMReport(torch.full((count,), iterations, dtype=torch.long, device=device),
+                    torch.full((count,), converged, dtype=torch.bool, device=device), normal.cost)
+
+
+def solve_block_banded(diagonal: Tensor, upper: list[Tensor], rhs: Tensor) -> Tensor | None:
+    """x (T, n) with H x = rhs for a symmetric positive definite H given by its diagonal blocks
+    (T, n, n) and its blocks above them, upper[d - 1] (T - d, n, n) = H[t, t + d] for d = 1..D;
+    None where H is not positive definite. Frames are grouped by D into super-blocks, which makes
+    H block-tridiagonal; its block Cholesky factor is built and applied one super-block at a time
+    (2 T / D small dense steps), in H's dtype."""
+    frames, size = rhs.shape
+    reach = max(1, len(upper))
+    groups = -(-frames // reach)
+    padded = groups * reach
+    eye = torch.eye(size, dtype=diagonal.dtype, device=diagonal.device)
+
+    def block(first: int, second: int) -> Tensor:  # H[first + i * reach, second + i * reach] over i, padded
+        out = diagonal.new_zeros(groups, size, size)
+        rows = first + reach * torch.arange(groups, device=rhs.device)
+        columns = second + reach * torch.arange(groups, device=rhs.device)
+        valid = (rows < frames) & (columns < frames)
+        offset = second - first
+        if offset == 0:
+            out[valid] = diagonal[rows[valid]]
+            out[~valid] = eye  # padding frames: x = 0
+        elif 0 < offset <= len(upper):
+            out[valid] = upper[offset - 1][rows[valid]]
+        elif 0 < -offset <= len(upper):
+            out[valid] = upper[-offset - 1][columns[valid]].transpose(1, 2)
+        return out
+
+    # super-block i holds frames i * reach + a, a < reach; within[i] its (reach n)^2 block, below[i] the
+    # block of super-block i + 1's rows and i's columns
+    within = torch.cat([torch.cat([block(a, b) for b in range(reach)], 2) for a in range(reach)], 1)
+    below = torch.cat([torch.cat([block(reach + a, b) for b in range(reach)], 2) for a in range(reach)], 1)
+    right = rhs.new_zeros(padded, size)
+    right[:frames] = rhs
+    right = right.view(groups, reach * size, 1)
+    # factor and forward substitution together: L_i L_i^T = within_i - C_i C_i^T, C_i = below_{i-1} L_{i-1}^-T
+    factors, couplings, forward, failed = [], [None], [], []
+    for i in range(groups):
+        matrix, value = within[i], right[i]
+        if i:
+            coupling = torch.linalg.solve_triangular(factors[-1], below[i - 1].mT, upper=False).mT
+            couplings.append(coupling)
+            matrix = torch.addmm(matrix, coupling, coupling.mT, alpha=-1)
+            value = torch.addmm(value, coupling, forward[-1], alpha=-1)
+        factor, info = torch.linalg.cholesky_ex(matrix)
+        failed.append(info)
+        factors.append(factor)
+        forward.append(torch.linalg.solve_triangular(factor, value, upper=False))
+    if bool(torch.stack(failed).any()):
+        return None
+    solution = [None] * groups
+    for i in reversed(range(groups)):
+        value = forward[i] if i == groups - 1 else torch.addmm(forward[i], couplings[i + 1].mT, solution[i + 1],
+                                                                 alpha=-1)
+        solution[i] = torch.linalg.solve_triangular(factors[i].mT, value, upper=True)
+    return torch.cat(solution).view(padded, size)[:frames]

@@ -47,7 +47,7 @@ CAMERA_ITEMS = [
     ("SCENE", "Scene Camera", "Use the scene's camera (Set Up Camera gives it the picture's size and background)"),
     ("CREATE", "New Camera", "Create a camera matching the picture, in front of the body"),
 ]
-DEFAULT_SMOOTHNESS = 0.02  # core.fit2d.Fit2DOptions.smoothness (core needs torch; registering must not)
+DEFAULT_SMOOTHNESS = 1.0  # core.fit2d.Fit2DOptions.smoothness (core needs torch; registering must not)
 FIT_BATCH = 25  # frames per step of a sequence fit: progress and Esc are checked between steps
 FILL_HEIGHT = 0.8  # a created camera frames the body to this share of the picture's height
 BODY_HEIGHT = 1.8  # metres: what a created camera frames without a body
@@ -81,7 +81,7 @@ class VPoserPictures(bpy.types.PropertyGroup):
         "longer side for a new camera (a ~53 degree view, between a phone's wide and a portrait lens)",
     )
     smoothness: bpy.props.FloatProperty(
-        name="Smoothness", min=0.0, soft_max=1.0, default=DEFAULT_SMOOTHNESS, precision=3,
+        name="Smoothness", min=0.0, soft_max=10.0, default=DEFAULT_SMOOTHNESS, precision=3,
         description="How much a video's fit keeps joints from jerking between frames (0: each frame on its own)",
     )
     insert_keyframes: bpy.props.BoolProperty(

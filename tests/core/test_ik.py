@@ -385,8 +385,8 @@ def test_joint_limits_stop_hyperextension(model, joints):
 
 
 def test_smoothness_over_a_sequence(model, prior, joints):
-    """LM's block sweeps (frames coupled by acceleration) smooth the noise and reach a lower value of
-    the whole-sequence objective than LBFGS does on it."""
+    """LM over the whole sequence (frames coupled by acceleration) smooths the noise and reaches a
+    lower value of the whole-sequence objective than LBFGS does on it."""
     count = 12
     steps = torch.linspace(0, 1, count, dtype=model.dtype).unsqueeze(1)
     ends = torch.randn(2, 32, generator=torch.Generator().manual_seed(7), dtype=model.dtype)
