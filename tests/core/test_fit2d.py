@@ -132,6 +132,23 @@ def test_bad_inputs_are_refused(model, prior, keypoints):
         solver.solve(None)
 
 
+def test_several_views_of_a_sequence_keep_the_refinement_beyond_the_prior(model, prior, keypoints):
+    """Two views pin every joint: the raw-rotation refinement reaches a pose the prior cannot
+    decode (an elbow turned off its decoding), and the sequence's temporal stage must not undo it."""
+    heading = torch.linspace(0.2, 0.4, 5)
+    state, _ = _truth(model, prior, keypoints, 5, seed=29, heading=heading)
+    state.rotations[:, 1:] = state.rotations[:1, 1:]  # one body pose, turning slowly
+    elbow = model.joint_names.index("left_elbow")
+    state.rotations[:, elbow] = state.rotations[:, elbow] @ axis_angle_to_matrix(
+        torch.tensor([0.0, 0.0, 0.8], dtype=model.dtype))
+    with torch.no_grad():
+        truth = keypoints.evaluate(state.rotations, None, state.transl)
+    cameras = _cameras([[0.0, 0.3, 4.0], [4.0, 0.3, 0.0]])
+    fit = fit_2d(IKSolver(model, keypoints, prior), cameras, cameras.project(truth.unsqueeze(1)), sequence=True)
+    assert fit.result.smoothness > 0
+    assert float((fit.result.points - truth).norm(dim=-1).max()) < 0.005
+
+
 def test_a_smooth_sequence_is_fitted_with_the_temporal_term(model, prior, keypoints):
     """One pose turning slowly: the sequence's temporal stage runs (its cost is reported) and the
     fit still lands on the pixels."""
