@@ -92,6 +92,7 @@ class KeptDecoderJacobians:
         self.slopes: list[Tensor] | None = None  # per activation (frames, units)
         self.tangents: Tensor | None = None  # (frames, L, 126)
         self.known: Tensor | None = None  # (frames,) bool
+        self._weights_t: tuple[Tensor, Tensor, Tensor] | None = None
 
     def angular(self, z: Tensor, rows: Tensor) -> Tensor:
         """(b, 21, 3, L) as decoder_jacobian(vposer, z)[1] for frames `rows` at latents z (b, L)."""
@@ -135,18 +136,27 @@ class KeptDecoderJacobians:
         """W3 D2' W2 Delta1 W1 + W3 Delta2 W2 D1 W1 as tangents (b, L, 126), over the switched units
         only (at most count1 / count2 per frame; padding picks units whose change is 0)."""
         (first, second, third), _ = self.layers
-        w1, w2, w3 = first.weight, second.weight, third.weight  # (H, L), (H, H), (6D, H)
-        out = change1.new_zeros(len(change1), w1.shape[1], w3.shape[0])
+        w1, w2 = first.weight, second.weight  # (H, L), (H, H)
+        w1t, w2t, w3t = self._transposed()  # gathering rows of a transposed view copies element by element
+        out = change1.new_zeros(len(change1), w1.shape[1], w3t.shape[1])
         if count1:
             units = change1.abs().topk(count1, dim=1).indices  # (b, k)
             scaled = w1[units] * change1.gather(1, units).unsqueeze(-1)  # (b, k, L): Delta1 W1, switched rows
-            through = (w2.T[units] * slope2.unsqueeze(1)) @ w3.T  # (b, k, 6D): W3 D2' W2, switched columns
+            through = (w2t[units] * slope2.unsqueeze(1)) @ w3t  # (b, k, 6D): W3 D2' W2, switched columns
             out = out + scaled.transpose(1, 2) @ through
         if count2:
             units = change2.abs().topk(count2, dim=1).indices
-            rows = (w1.T * old_slope1.unsqueeze(1)) @ w2[units].transpose(1, 2)  # (b, L, k): (W2 D1 W1) rows
-            out = out + (rows * change2.gather(1, units).unsqueeze(1)) @ w3.T[units]
+            rows = (w1t * old_slope1.unsqueeze(1)) @ w2[units].transpose(1, 2)  # (b, L, k): (W2 D1 W1) rows
+            out = out + (rows * change2.gather(1, units).unsqueeze(1)) @ w3t[units]
         return out
+
+    def _transposed(self) -> tuple[Tensor, Tensor, Tensor]:
+        """W1^T, W2^T, W3^T as contiguous copies, made once per solve (the weights do not change
+        during one)."""
+        if self._weights_t is None:
+            (first, second, third), _ = self.layers
+            self._weights_t = tuple(layer.weight.T.contiguous() for layer in (first, second, third))
+        return self._weights_t
 
 
 def _mlp_layers(vposer: VPoser) -> tuple[tuple[nn.Linear, nn.Linear, nn.Linear], tuple[float, float]] | None:

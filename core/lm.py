@@ -359,27 +359,33 @@ def solve_block_banded(diagonal: Tensor, upper: list[Tensor], rhs: Tensor) -> Te
     reach = max(1, len(upper))
     groups = -(-frames // reach)
     padded = groups * reach
-    eye = torch.eye(size, dtype=diagonal.dtype, device=diagonal.device)
+    # per-frame blocks padded to whole super-blocks (padding frames: identity, uncoupled, x = 0)
+    padded_diagonal = torch.eye(size, dtype=diagonal.dtype, device=diagonal.device).repeat(padded, 1, 1)
+    padded_diagonal[:frames] = diagonal
+    padded_upper = []  # padded_upper[d - 1][t] = H[t, t + d]
+    for d, blocks in enumerate(upper, start=1):
+        full = diagonal.new_zeros(padded, size, size)
+        full[:max(0, frames - d)] = blocks[:max(0, frames - d)]
+        padded_upper.append(full)
+    zero = diagonal.new_zeros(groups, size, size)
 
-    def block(first: int, second: int) -> Tensor:  # H[first + i * reach, second + i * reach] over i, padded
-        out = diagonal.new_zeros(groups, size, size)
-        rows = first + reach * torch.arange(groups, device=rhs.device)
-        columns = second + reach * torch.arange(groups, device=rhs.device)
-        valid = (rows < frames) & (columns < frames)
-        offset = second - first
+    def block(row: int, column: int) -> Tensor:  # H[row + i reach, column + i reach] for every super-block i
+        offset = column - row
         if offset == 0:
-            out[valid] = diagonal[rows[valid]]
-            out[~valid] = eye  # padding frames: x = 0
-        elif 0 < offset <= len(upper):
-            out[valid] = upper[offset - 1][rows[valid]]
-        elif 0 < -offset <= len(upper):
-            out[valid] = upper[-offset - 1][columns[valid]].transpose(1, 2)
-        return out
+            return padded_diagonal[row::reach]
+        if 0 < offset <= len(upper):
+            return padded_upper[offset - 1][row::reach][:groups]
+        if 0 < -offset <= len(upper):
+            return padded_upper[-offset - 1][column::reach][:groups].mT
+        return zero
+
+    def grid(first_row: int) -> Tensor:  # (groups, reach n, reach n): rows first_row + a, columns b
+        blocks = torch.stack([torch.stack([block(first_row + a, b) for b in range(reach)], 1) for a in range(reach)], 1)
+        return blocks.permute(0, 1, 3, 2, 4).reshape(groups, reach * size, reach * size)
 
     # super-block i holds frames i * reach + a, a < reach; within[i] its (reach n)^2 block, below[i] the
-    # block of super-block i + 1's rows and i's columns
-    within = torch.cat([torch.cat([block(a, b) for b in range(reach)], 2) for a in range(reach)], 1)
-    below = torch.cat([torch.cat([block(reach + a, b) for b in range(reach)], 2) for a in range(reach)], 1)
+    # block of super-block i + 1's rows and i's columns (rows past the end: zero)
+    within, below = grid(0), grid(reach)
     right = rhs.new_zeros(padded, size)
     right[:frames] = rhs
     right = right.view(groups, reach * size, 1)
