@@ -17,7 +17,8 @@ accelerations), warm-started from them, so that the limbs' depth, which one view
 chosen consistently across frames. That stage is one LM over the whole sequence (core.lm.solve_coupled:
 the frames' block-banded normal equations solved exactly at each step), which converges in far fewer
 linearisations than solving frames with their neighbours held. With
-several views a last stage of raw rotations refines the pose beyond the prior's reach.
+several views a last stage of raw rotations refines the pose beyond the prior's reach (in a
+sequence, after the temporal stage and with its term).
 
 Unknown focal length (a photo without metadata): `estimate_focal` is a 1-D search, not a joint
 unknown of the LM (a per-frame solver cannot share one focal across a video's frames, and the

@@ -336,6 +336,7 @@ def solve_coupled(problem: CoupledProblem, frames: Tensor, options: LMOptions = 
         if accepted:
             problem.accept(keep)
             total = trial_total
+            normal.cost = torch.where(keep, trial, normal.cost)  # the report's, should the solve stop here
             if float(decrease) <= options.relative_tolerance * float(total) + options.absolute_tolerance * count:
                 converged = True
                 break
