@@ -174,7 +174,6 @@ def fit_2d(solver: IKSolver, cameras: Cameras, pixels, confidence=None, *, seque
     if frames == 0:
         raise Fit2DError("2D fit: no frames")
     cameras = cameras.to(model.dtype)
-    first, first_pixels, first_confidence = _first_view(cameras, pixels, confidence, single, frames)
     empty = torch.nonzero((confidence.reshape(frames, -1) > 0).sum(1) < 3).squeeze(1).tolist()
     if empty:
         raise Fit2DError(f"2D fit: {len(empty)} frame(s) show fewer than 3 keypoints (first: frame {empty[0]}); "
@@ -185,21 +184,22 @@ def fit_2d(solver: IKSolver, cameras: Cameras, pixels, confidence=None, *, seque
 
     temporal = sequence and options.temporal(frames)
     options = options.for_views(single, temporal)
-    result, flipped = _per_frame(solver, cameras, first, pixels, confidence, first_pixels, first_confidence, single,
-                                 pairs, options, betas, refine=not temporal)
+    result, flipped = _per_frame(solver, cameras, pixels, confidence, single, pairs, options, betas,
+                                 refine=not temporal)
     if temporal:
         result = _smooth(solver, cameras, pixels, confidence, single, result, options)
     error = _pixel_error(cameras, pixels, confidence, single, result)
     return Fit2DResult(result, result.full_pose(), result.transl, error, flipped)
 
 
-def _per_frame(solver: IKSolver, cameras: Cameras, first: Cameras, pixels: Tensor, confidence: Tensor,
-               first_pixels: Tensor, first_confidence: Tensor, single: bool, pairs: list[tuple[int, int]],
-               options: Fit2DOptions, betas, refine: bool = True) -> tuple[IKResult, Tensor]:
+def _per_frame(solver: IKSolver, cameras: Cameras, pixels: Tensor, confidence: Tensor, single: bool,
+               pairs: list[tuple[int, int]], options: Fit2DOptions, betas, refine: bool = True
+               ) -> tuple[IKResult, Tensor]:
     """Every frame fitted on its own (orientation and translation, then the pose; refined without
     the prior with several views), both facings where the shoulders are edge-on: the result and
     (T,) which frames kept their second facing. `options` as for_views gives them."""
     frames = pixels.shape[0]
+    first, first_pixels, first_confidence = _first_view(cameras, pixels, confidence, single, frames)
     facing = _facing(first, frames)
     sign = _front_sign(first_pixels, first_confidence, solver.keypoints.names, pairs)
     ambiguous = sign.abs() < options.edge_on
