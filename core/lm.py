@@ -117,19 +117,21 @@ class Coupling:
 
     def diagonal_blocks(self) -> Tensor:
         """The diagonal (n, n) blocks of J^T J: (T, n, n)."""
-        rows = self.residuals.shape[0]
-        counts = self.features.new_zeros(self.features.shape[0])
-        for s, c in enumerate(self.coefficients):
-            counts[s:s + rows] += (self.root * c) ** 2
-        return counts[:, None, None] * self.features.transpose(1, 2) @ self.features
+        return self._pair_weights(0)[:, None, None] * self.features.transpose(1, 2) @ self.features
 
     def off_diagonal_blocks(self, distance: int) -> Tensor:
         """The (n, n) blocks of J^T J between frames t and t + distance: (T - distance, n, n)."""
+        return (self._pair_weights(distance)[:, None, None]
+                * self.features[:-distance].transpose(1, 2) @ self.features[distance:])
+
+    def _pair_weights(self, distance: int) -> Tensor:
+        """(T - distance,): for frames t and t + distance, root^2 sum_k c_(t-k) c_(t+distance-k) over the
+        residual rows k both enter."""
         rows, frames = self.residuals.shape[0], self.features.shape[0]
         weights = self.features.new_zeros(frames - distance)
         for s, c in enumerate(self.coefficients[:len(self.coefficients) - distance]):
             weights[s:s + rows] += self.root ** 2 * c * self.coefficients[s + distance]
-        return weights[:, None, None] * self.features[:-distance].transpose(1, 2) @ self.features[distance:]
+        return weights
 
 
 class CoupledProblem(LeastSquaresProblem, Protocol):
