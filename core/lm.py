@@ -302,17 +302,14 @@ def solve_coupled(problem: CoupledProblem, frames: Tensor, options: LMOptions = 
     damping = _Damping.start(count, options, device)
     everything = torch.ones(count, dtype=torch.bool, device=device)
     iterations, converged = 0, False
+    system = _coupled_system(normal, couplings, reach, count)
     for _ in range(options.max_iterations):
-        gradient = normal.gradient.double() + sum(c.gradient().double() for c in couplings)
+        gradient, blocks, upper, scale = system
         if float(gradient.abs().amax()) <= options.gradient_tolerance:
             converged = True
             break
-        blocks = normal.matrix.double() + sum(c.diagonal_blocks().double() for c in couplings)
-        upper = [sum(c.off_diagonal_blocks(d).double() for c in couplings if d <= c.reach)
-                 for d in range(1, min(reach, count - 1) + 1)]
-        diagonal = blocks.diagonal(dim1=-2, dim2=-1)
-        scale = diagonal.clamp_min(1e-9 * diagonal.amax(-1, keepdim=True).clamp_min(1e-30))
         damped = damping.mu[:, None] * scale
+        blocks = blocks.clone()
         blocks.diagonal(dim1=-2, dim2=-1).add_(damped)
         step = solve_block_banded(blocks, upper, -gradient)
         iterations += 1
@@ -345,11 +342,26 @@ def solve_coupled(problem: CoupledProblem, frames: Tensor, options: LMOptions = 
             moved = torch.nonzero(keep).squeeze(1)
             normal.update(moved, _linearize(problem, frames[moved]))
             couplings = problem.coupling()
+            system = _coupled_system(normal, couplings, reach, count)  # a rejected step reuses it
         if step is not None and float(step.abs().amax()) <= options.step_tolerance:
             converged = True
             break
     return LMReport(torch.full((count,), iterations, dtype=torch.long, device=device),
                     torch.full((count,), converged, dtype=torch.bool, device=device), normal.cost)
+
+
+def _coupled_system(normal: _Normal, couplings: list[Coupling], reach: int, count: int
+                    ) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
+    """The whole sequence's undamped normal equations at the current points, float64: gradient
+    (T, n), diagonal blocks (T, n, n), the blocks above them (see solve_block_banded) and Marquardt's
+    scale (T, n), the clamped diagonal."""
+    gradient = normal.gradient.double() + sum(c.gradient().double() for c in couplings)
+    blocks = normal.matrix.double() + sum(c.diagonal_blocks().double() for c in couplings)
+    upper = [sum(c.off_diagonal_blocks(d).double() for c in couplings if d <= c.reach)
+             for d in range(1, min(reach, count - 1) + 1)]
+    diagonal = blocks.diagonal(dim1=-2, dim2=-1)
+    scale = diagonal.clamp_min(1e-9 * diagonal.amax(-1, keepdim=True).clamp_min(1e-30))
+    return gradient, blocks, upper, scale
 
 
 def solve_block_banded(diagonal: Tensor, upper: list[Tensor], rhs: Tensor) -> Tensor | None:
