@@ -37,7 +37,7 @@ last axis; NaN pixels or confidence 0 = missing.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -48,6 +48,7 @@ from torch import Tensor
 from .cameras import Cameras, initial_translation
 from .errors import VPoserError
 from .ik import IKResult, IKSolver, IKState, Stage
+from .lm import finish
 from .keypoints2d import TORSO
 from .reprojection import Reprojection, Reprojection2D
 from .rotations import axis_angle_to_matrix
@@ -187,7 +188,7 @@ def fit_2d(solver: IKSolver, cameras: Cameras, pixels, confidence=None, *, seque
     result, flipped = _per_frame(solver, cameras, pixels, confidence, single, pairs, options, betas,
                                  refine=not temporal)
     if temporal:
-        result = _smooth(solver, cameras, pixels, confidence, single, result, options)
+        result = finish(_smooth(solver, cameras, pixels, confidence, single, result, options))
     error = _pixel_error(cameras, pixels, confidence, single, result)
     return Fit2DResult(result, result.full_pose(), result.transl, error, flipped)
 
@@ -236,16 +237,17 @@ def _inputs(model, pixels, confidence) -> tuple[Tensor, Tensor]:
 
 
 def _smooth(solver: IKSolver, cameras: Cameras, pixels: Tensor, confidence: Tensor, single: bool,
-            result: IKResult, options: Fit2DOptions) -> IKResult:
+            result: IKResult, options: Fit2DOptions) -> Generator[int, None, IKResult]:
     """The temporal stage over all frames, warm-started from their per-frame fits; with several
     views, then the raw-rotation refinement, still with the temporal term (refined before it, the
-    pose would be re-encoded into the prior's latent and the refinement lost)."""
+    pose would be re-encoded into the prior's latent and the refinement lost). Yields the trial
+    steps of a stage so far, as IKSolver.solve_steps."""
     term = _term(solver, cameras, pixels, confidence, torch.arange(pixels.shape[0]), single, result.state, options)
     weights = {"latent": options.latent, "smoothness": options.smoothness}
     stages = [Stage(("orient", "transl", "pose"), options.smooth_iterations, weights)]
     if not single and options.refine_iterations:
         stages.append(Stage(("orient", "transl", "pose"), options.refine_iterations, weights, prior=False))
-    return solver.solve(None, init=result, stages=stages, terms=[term])
+    return (yield from solver.solve_steps(None, init=result, stages=stages, terms=[term]))
 
 
 class Fit2DRun:
@@ -253,13 +255,14 @@ class Fit2DRun:
     add-on's modal Fit):
 
         run = Fit2DRun(solver, camera, pixels, confidence)
-        for done, total in run: ...   # frames fitted so far (the last step: the temporal stage)
+        for done, total in run: ...   # steps done: frames fitted, then the temporal stage's LM steps
         run.result()
 
     Frames are fitted `batch_size` at a time (each frame is its own problem, so the chunks give
     what one batch would), then, for 3 or more frames with options.smoothness > 0, the temporal
-    stage runs over all of them at once, as `fit_2d(..., sequence=True)` does. One fixed camera
-    (batch shape ()); pixels (T, K, 2), confidence (T, K); betas (num_betas,) or None."""
+    stage runs over all of them at once, as `fit_2d(..., sequence=True)` does, one step per LM
+    trial step (up to options.smooth_iterations; a solve that converges sooner jumps to the total).
+    One fixed camera (batch shape ()); pixels (T, K, 2), confidence (T, K); betas (num_betas,) or None."""
 
     def __init__(self, solver: IKSolver, camera: Cameras, pixels, confidence=None,
                  options: Fit2DOptions = Fit2DOptions(), betas=None, batch_size: int = 25) -> None:
@@ -276,7 +279,7 @@ class Fit2DRun:
         self.smooth = options.temporal(self.frames)
         # the chunks' per-frame fits as a sequence's (filled options are kept by fit_2d)
         self.options = options.for_views(True, self.smooth)
-        self.total = self.frames + (1 if self.smooth else 0)  # the temporal stage counts as one step
+        self.total = self.frames + (self.options.smooth_iterations if self.smooth else 0)
         self._parts: list[Fit2DResult] = []
         self._result: Fit2DResult | None = None
         self._done = 0
@@ -291,8 +294,14 @@ class Fit2DRun:
         if self._result is None:
             fit = _concatenate(self._parts)
             if self.smooth:
-                result = _smooth(self.solver, self.camera, self.pixels, self.confidence, True, fit.result,
-                                 self.options)
+                steps = _smooth(self.solver, self.camera, self.pixels, self.confidence, True, fit.result, self.options)
+                while True:
+                    try:
+                        taken = next(steps)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    yield self.frames + min(taken, self.options.smooth_iterations - 1), self.total  # total: the end
                 error = _pixel_error(self.camera, self.pixels, self.confidence, True, result)
                 fit = Fit2DResult(result, result.full_pose(), result.transl, error, fit.flipped)
             self._result = fit
@@ -300,7 +309,8 @@ class Fit2DRun:
 
     def result(self) -> Fit2DResult:
         if self._result is None:
-            raise Fit2DError(f"the 2D fit stopped after {self._done} of {self.frames} frames")
+            where = "in its temporal stage" if self._done == self.frames else f"after {self._done} of {self.frames} frames"
+            raise Fit2DError(f"the 2D fit stopped {where}")
         return self._result
 
 

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ from .ik_terms import (
     TermValue,
 )
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
-from .lm import Coupling, LMOptions, levenberg_marquardt, solve_coupled
+from .lm import Coupling, LMOptions, LMReport, coupled_steps, finish, inference_steps, levenberg_marquardt
 from .rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from .vposer import VPoser
 
@@ -301,20 +302,11 @@ class IKSolver:
         self.hand_joints = torch.tensor(_hand_joints(model), dtype=torch.long, device=model.device)
 
     # ----------------------------------------------------------------- public API
-    def solve(
-        self,
-        targets: Tensor | np.ndarray,
-        confidence: Tensor | np.ndarray | None = None,
-        *,
-        init: IKState | IKResult | None = None,
-        betas: Tensor | np.ndarray | None = None,
-        pins: Sequence[str] = (),
-        stay: Sequence[str] = (),
-        stages: Sequence[Stage] | None = None,
-        align: bool = False,
-        terms: Sequence[Term] = (),
-    ) -> IKResult:
-        """targets (B, K, 3) or (K, 3) in metres, NaN where missing; confidence (B, K) or (K,)
+    def solve(self, targets: Tensor | np.ndarray, confidence: Tensor | np.ndarray | None = None,
+              **options: Any) -> IKResult:
+        """options: init, betas, pins, stay, stages, align, terms (keywords; typed in solve_steps).
+
+        targets (B, K, 3) or (K, 3) in metres, NaN where missing; confidence (B, K) or (K,)
         (0 = ignore). init: a previous result or state to start from (warm start), else the
         T-pose (prior: its mean pose, z = 0) rigidly aligned to the targets. betas: a fixed shape
         (the start value when "betas" is solved). pins: joints whose local rotation stays exactly as
@@ -326,6 +318,25 @@ class IKSolver:
         every stage's objective, beside the 3D targets or in their place: targets=None then needs
         `init` (the start, in world coordinates; no alignment), and `errors` are all NaN. Frames
         are not retried when terms are given (a term's per-frame data follows the whole batch)."""
+        return finish(self.solve_steps(targets, confidence, **options))
+
+    def solve_steps(
+        self,
+        targets: Tensor | np.ndarray,
+        confidence: Tensor | np.ndarray | None = None,
+        *,
+        init: IKState | IKResult | None = None,
+        betas: Tensor | np.ndarray | None = None,
+        pins: Sequence[str] = (),
+        stay: Sequence[str] = (),
+        stages: Sequence[Stage] | None = None,
+        align: bool = False,
+        terms: Sequence[Term] = (),
+    ) -> Generator[int, None, IKResult]:
+        """`solve` as a generator, for callers that show progress and may stop: the same arguments and
+        result (its return value), and a yield after each trial step of a stage whose frames
+        smoothness couples (the trial steps of that stage so far; a whole sequence's solve takes
+        seconds). Other stages run whole between yields. Closed early, it gives no result."""
         model = self.model
         targets, confidence, centre, state, pinned, held = self._prepare(targets, confidence, init, betas, pins, stay,
                                                                          align, terms)
@@ -334,7 +345,7 @@ class IKSolver:
             final = Stage(self.unknowns, max_iterations=self.lm_options.max_iterations)
             stages = [final] if init is not None else [Stage(("orient", "transl"), max_iterations=3), final]
         start_betas = None if state.betas is None else state.betas.clone()
-        run = self._run(targets, confidence, centre, state, stages, pinned, held, tuple(terms))
+        run = yield from self._run(targets, confidence, centre, state, stages, pinned, held, tuple(terms))
         retried = torch.zeros(batch, dtype=torch.bool, device=model.device)
         if self.retry is not None and self.method == "lm" and not self._smooth(stages, batch) and not terms:
             retried = self._retry(run, targets, confidence, centre, stages, pinned, held, start_betas)
@@ -409,8 +420,9 @@ class IKSolver:
         return weights.smoothness > 0 and batch >= 3
 
     def _run(self, targets: Tensor, confidence: Tensor, centre: Tensor, state: IKState, stages: Sequence[Stage],
-             pins: _Held, stay: _Held, terms: tuple[Term, ...] = ()) -> _Run:
-        """The stages in turn from `state` (centred coordinates), and the final point's evaluation."""
+             pins: _Held, stay: _Held, terms: tuple[Term, ...] = ()) -> Generator[int, None, _Run]:
+        """The stages in turn from `state` (centred coordinates), and the final point's evaluation;
+        yields as Objective.lm_steps does."""
         model, batch = self.model, targets.shape[0]
         iterations = torch.zeros(batch, dtype=torch.long, device=model.device)
         converged = torch.zeros(batch, dtype=torch.bool, device=model.device)
@@ -419,8 +431,8 @@ class IKSolver:
             problem = Objective(self, targets, confidence, centre, state, stage, self._stage_weights(stage), pins, stay,
                                 terms)
             if self.method == "lm":
-                with torch.inference_mode():
-                    report = problem.solve_lm(dataclasses.replace(self.lm_options, max_iterations=stage.max_iterations))
+                options = dataclasses.replace(self.lm_options, max_iterations=stage.max_iterations)
+                report = yield from inference_steps(problem.lm_steps(options))
                 iterations += report.iterations
                 converged = report.converged.clone()  # a normal tensor: retries update it in place
             else:
@@ -468,8 +480,8 @@ class IKSolver:
                     state = self._rest_state(len(rows), betas, latent)
                     _align(self.keypoints, state, targets[rows], confidence[rows])
                 attempt_stages = [Stage(("orient", "transl"), max_iterations=3), final]
-            trial = self._run(targets[rows], confidence[rows], centre[rows], state, attempt_stages,
-                              pins.select(rows), stay.select(rows))
+            trial = finish(self._run(targets[rows], confidence[rows], centre[rows], state, attempt_stages,
+                                     pins.select(rows), stay.select(rows)))
             run.iterations[rows] += trial.iterations
             run.take(rows, trial, trial.cost < run.cost[rows])
             far[rows] = self._far(run.points[rows], targets[rows], confidence[rows])
@@ -728,14 +740,16 @@ class Objective:
             if term.coupled:
                 term.accept(chosen, evaluation.at, keep)
 
-    def solve_lm(self, options: LMOptions):
+    def lm_steps(self, options: LMOptions) -> Generator[int, None, LMReport]:
+        """The stage's LM; where smoothness couples the frames, one LM over the whole sequence that
+        yields after each trial step (core.lm.coupled_steps); else every frame on its own, no yield."""
         frames = torch.arange(self.targets.shape[0], device=self.model.device)
-        if self.smooth:  # frames coupled by smoothness: one LM over the whole sequence
-            try:
-                return solve_coupled(self, frames, options)
-            finally:
-                self._d_body_joints = None
-        return levenberg_marquardt(self, frames, options)
+        if not self.smooth:
+            return levenberg_marquardt(self, frames, options)
+        try:
+            return (yield from coupled_steps(self, frames, options))
+        finally:
+            self._d_body_joints = None
 
     # ----------------------------------------------------------------- first-order optimisers
     def solve_first_order(self, method: str, options: FirstOrderOptions) -> tuple[int, bool]:

@@ -19,10 +19,12 @@ sequence from its block-banded normal equations (`solve_block_banded`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Generator, Protocol, TypeVar
 
 import torch
 from torch import Tensor
+
+Result = TypeVar("Result")
 
 
 class LeastSquaresProblem(Protocol):
@@ -280,6 +282,12 @@ def _damped_chunk(normal: Tensor, gradient: Tensor, damping: Tensor) -> tuple[Te
 
 
 def solve_coupled(problem: CoupledProblem, frames: Tensor, options: LMOptions = LMOptions()) -> LMReport:
+    """LM over the whole sequence at once (coupled_steps, run to its end)."""
+    return finish(coupled_steps(problem, frames, options))
+
+
+def coupled_steps(problem: CoupledProblem, frames: Tensor, options: LMOptions = LMOptions()
+                  ) -> Generator[int, None, LMReport]:
     """LM over the whole sequence at once, for the sum of every frame's cost and the coupled terms'.
 
     The normal matrix is block-banded (each frame with its stencils' neighbours): the damped step
@@ -293,7 +301,11 @@ def solve_coupled(problem: CoupledProblem, frames: Tensor, options: LMOptions = 
     coupled cost of any mix of old and new points is cheap to evaluate); the other frames are damped
     more. Only moved frames are linearised again. max_iterations counts trial steps; the report
     gives every frame the sequence's iterations and stopping test, and its own cost without the
-    coupled terms."""
+    coupled terms.
+
+    A generator, so that a caller can show progress and stop between steps (a long video's whole
+    solve is many seconds): it yields the trial steps taken so far after each one and returns the
+    report. Closed early, it leaves the problem at its last accepted point."""
     count, device = len(frames), frames.device
     normal = _linearize(problem, frames)
     couplings = problem.coupling()
@@ -346,8 +358,30 @@ def solve_coupled(problem: CoupledProblem, frames: Tensor, options: LMOptions = 
         if step is not None and float(step.abs().amax()) <= options.step_tolerance:
             converged = True
             break
+        yield iterations
     return LMReport(torch.full((count,), iterations, dtype=torch.long, device=device),
                     torch.full((count,), converged, dtype=torch.bool, device=device), normal.cost)
+
+
+def finish(steps: Generator[Any, None, Result]) -> Result:
+    """Run a generator of steps (coupled_steps, IKSolver.solve_steps) to its end: its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+def inference_steps(steps: Generator[Any, None, Result]) -> Generator[Any, None, Result]:
+    """steps run under torch.inference_mode, entered anew for each of them: a mode entered once
+    around a generator would stay on in the caller's code between its steps."""
+    while True:
+        with torch.inference_mode():
+            try:
+                progress = next(steps)
+            except StopIteration as stop:
+                return stop.value
+        yield progress
 
 
 def _coupled_system(normal: _Normal, couplings: list[Coupling], reach: int, count: int

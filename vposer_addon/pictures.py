@@ -264,7 +264,7 @@ class PictureFit(ProgressSteps):
         options = Fit2DOptions(smoothness=settings.smoothness)
         self.run = Fit2DRun(solver, camera, pixels[self.usable], confidence[self.usable], options,
                             betas=body.betas_array(), batch_size=FIT_BATCH)
-        super().__init__(self.run, self.run.total)  # step(): fit the next frames
+        super().__init__(self.run, self.run.total)  # step(): the next frames, or a step of the temporal stage
 
     def poses(self) -> tuple[np.ndarray, np.ndarray, float]:
         """(T, J, 4) quaternions and (T, 3) root translations of every frame (frames with too few

@@ -200,7 +200,7 @@ def test_a_video_folder_becomes_one_new_action(camera, rig, adult, tmp_path):
 
 
 def test_a_cancelled_fit_leaves_the_scene_as_it_was(camera, rig, adult, tmp_path, pictures_module):
-    """Esc drops the job between steps: the steps themselves change nothing."""
+    """Esc drops the job between steps, in the temporal stage too: the steps themselves change nothing."""
     mapping = KeypointMap.load("openpose", adult)
     folder = tmp_path / "clip"
     folder.mkdir()
@@ -210,7 +210,8 @@ def test_a_cancelled_fit_leaves_the_scene_as_it_was(camera, rig, adult, tmp_path
     settings.keypoints_path = str(folder)
     before = _pose_snapshot(rig)
     job = pictures_module.PictureFit(bpy.context, rig, settings)
-    assert job.step() and job.done >= 1
+    assert job.step() and job.done == 3  # every frame's own fit
+    assert job.step() and 3 < job.done < job.total  # a step of the temporal stage, after which Esc can stop it
     np.testing.assert_array_equal(_pose_snapshot(rig), before)
     assert rig.animation_data is None and len(bpy.data.actions) == 0
 

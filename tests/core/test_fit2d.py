@@ -166,8 +166,8 @@ def test_a_smooth_sequence_is_fitted_with_the_temporal_term(model, prior, keypoi
 
 
 def test_a_sequence_in_steps_gives_what_one_fit_gives(model, prior, keypoints):
-    """Fit2DRun (the add-on's modal Fit) in chunks of 2 frames: one step per chunk and one for the
-    temporal stage, and the same poses as fit_2d over the whole sequence at once."""
+    """Fit2DRun (the add-on's modal Fit) in chunks of 2 frames: one step per chunk, then one per LM
+    step of the temporal stage, and the same poses as fit_2d over the whole sequence at once."""
     heading = torch.linspace(0.2, 0.5, 5)
     state, truth = _truth(model, prior, keypoints, 5, seed=19, heading=heading)
     cameras = _cameras([0.0, 0.3, 4.0])
@@ -177,11 +177,28 @@ def test_a_sequence_in_steps_gives_what_one_fit_gives(model, prior, keypoints):
     run = Fit2DRun(solver, cameras, cameras.project(truth), options=options, batch_size=2)
     with pytest.raises(Fit2DError, match="stopped after 0 of 5"):
         run.result()
-    assert list(run) == [(2, 6), (4, 6), (5, 6), (6, 6)]
+    steps = list(run)
+    total = 5 + options.smooth_iterations
+    assert steps[:3] == [(2, total), (4, total), (5, total)] and steps[-1] == (total, total)
+    temporal = [done for done, _ in steps[3:-1]]
+    assert temporal == list(range(6, 6 + len(temporal))) and 1 <= len(temporal) < options.smooth_iterations
     stepped = run.result()
     assert stepped.result.smoothness > 0
     assert torch.allclose(stepped.poses, whole.poses, atol=1e-5)
     assert torch.allclose(stepped.transl, whole.transl, atol=1e-6)
+
+
+def test_a_sequence_stopped_in_its_temporal_stage_gives_no_result(model, prior, keypoints):
+    """Stopping a Fit2DRun during the temporal stage (the add-on's Esc) leaves it without a result."""
+    state, truth = _truth(model, prior, keypoints, 5, seed=19, heading=torch.linspace(0.2, 0.5, 5))
+    cameras = _cameras([0.0, 0.3, 4.0])
+    run = Fit2DRun(IKSolver(model, keypoints, prior), cameras, cameras.project(truth),
+                   options=Fit2DOptions(latent=1e-7, smoothness=0.02), batch_size=5)
+    steps = iter(run)
+    assert next(steps) == (5, run.total) and next(steps) == (6, run.total)  # the first temporal step
+    steps.close()
+    with pytest.raises(Fit2DError, match="stopped in its temporal stage"):
+        run.result()
 
 
 def test_the_shape_given_is_the_shape_fitted(model, prior, keypoints):

@@ -1,11 +1,11 @@
 """core.lm's solver over coupled frames: the block-banded solve against a dense one, a coupled
 term's blocks against its dense Jacobian, and the coupled LM against the closed-form minimum of a
-linear least-squares sequence."""
+linear least-squares sequence, whole or a step at a time."""
 
 import pytest
 import torch
 
-from core.lm import Coupling, LMOptions, solve_block_banded, solve_coupled
+from core.lm import Coupling, LMOptions, coupled_steps, solve_block_banded, solve_coupled
 
 
 def banded(frames: int, size: int, reach: int, seed: int) -> torch.Tensor:
@@ -141,3 +141,34 @@ def test_the_coupled_lm_reaches_the_minimum_of_a_linear_sequence():
     report = solve_coupled(problem, frames, options)
     assert torch.allclose(problem.x, problem.minimum(), atol=1e-7)
     assert report.converged.all() and int(report.iterations[0]) < 30
+
+
+def test_the_coupled_lm_in_steps_counts_its_steps_and_stops_where_it_is_closed():
+    """coupled_steps yields after each trial step (1, 2, ...) and returns what solve_coupled
+    returns; closed after two steps, the problem stays at the point the second step left."""
+    options = LMOptions(max_iterations=30, relative_tolerance=1e-14, absolute_tolerance=0.0, step_tolerance=1e-12)
+    frames = torch.arange(9)
+    whole = LinearSequence(frames=9, size=3, weight=2.0, seed=7)
+    report = solve_coupled(whole, frames, options)
+    stepped = LinearSequence(frames=9, size=3, weight=2.0, seed=7)
+    steps = coupled_steps(stepped, frames, options)
+    taken = []
+    while True:
+        try:
+            taken.append(next(steps))
+        except StopIteration as stop:
+            stepped_report = stop.value
+            break
+    assert taken == list(range(1, len(taken) + 1)) and len(taken) >= int(report.iterations[0]) - 1
+    assert torch.equal(stepped_report.iterations, report.iterations)
+    assert torch.equal(stepped.x, whole.x)
+
+    stopped = LinearSequence(frames=9, size=3, weight=2.0, seed=7)
+    steps = coupled_steps(stopped, frames, options)
+    next(steps), next(steps)
+    steps.close()
+    two = LinearSequence(frames=9, size=3, weight=2.0, seed=7)
+    solve_coupled(two, frames, LMOptions(max_iterations=2, relative_tolerance=1e-14, absolute_tolerance=0.0,
+                                         step_tolerance=1e-12))
+    assert torch.equal(stopped.x, two.x)
+    assert not torch.allclose(stopped.x, whole.x, atol=1e-7)  # stopped short of the minimum
