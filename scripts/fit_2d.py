@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 for folder in (REPO, REPO / "scripts"):
@@ -48,13 +49,14 @@ from core import detect2d  # noqa: E402
 from core.body_model import BodyModel  # noqa: E402
 from core.cameras import Cameras, read_cameras  # noqa: E402
 from core.errors import VPoserError  # noqa: E402
-from core.fit2d import Fit2DOptions, estimate_focal, fill_from_nearest, fit_2d  # noqa: E402
+from core.fit2d import Fit2DOptions, Fit2DResult, Fit2DRun, estimate_focal, fill_from_nearest, fit_2d  # noqa: E402
 from core.ik import IKSolver  # noqa: E402
 from core.keypoints2d import FORMATS, KeypointMap, Keypoints2D, read_keypoints  # noqa: E402
 from core.pose_files import PoseSequence, save_pose_file  # noqa: E402
 from core.vposer import default_vposer_path, load_vposer  # noqa: E402
 
 IMAGES, VIDEOS = detect2d.IMAGE_SUFFIXES, detect2d.VIDEO_SUFFIXES
+PROGRESS_FRAMES = 100  # frames fitted between updates of the progress bar
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -249,6 +251,19 @@ def draw_overlay(path: str, camera: Cameras, vertices: np.ndarray, faces: np.nda
     out.save(path)
 
 
+def fit_views(solver: IKSolver, cameras: Cameras, pixels: np.ndarray, confidence: np.ndarray,
+              options: Fit2DOptions) -> Fit2DResult:
+    """fit_2d over the frames (a sequence when more than one); one view's sequence in steps, with a
+    progress bar on stderr over its frames and then its temporal stage (the same result)."""
+    if len(pixels) == 1 or cameras.batch_shape != ():
+        return fit_2d(solver, cameras, pixels, confidence, sequence=len(pixels) > 1, options=options)
+    run = Fit2DRun(solver, cameras, pixels, confidence, options, batch_size=PROGRESS_FRAMES)
+    with tqdm(total=run.total, unit="step", file=sys.stderr, desc="fitting") as bar:
+        for done, _ in run:
+            bar.update(done - bar.n)
+    return run.result()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     start = time.perf_counter()
@@ -277,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     if estimated:
         found = estimate_focal(solver, cameras[0], view_pixels, view_confidence, options=options).camera
         cameras = found.reshape(1).to(torch.float64)  # the search runs in the body's dtype; the views are float64
-    chosen = cameras[0] if single else cameras
-    fit = fit_2d(solver, chosen, view_pixels, view_confidence, sequence=len(view_pixels) > 1, options=options)
+    fit = fit_views(solver, cameras[0] if single else cameras, view_pixels, view_confidence, options)
     seconds = time.perf_counter() - fit_start
     poses = fill_from_nearest(fit.poses.numpy(), usable) if not usable.all() else fit.poses.numpy()
     transl = fill_from_nearest(fit.transl.numpy(), usable) if not usable.all() else fit.transl.numpy()

@@ -16,6 +16,7 @@ import torch
 
 from core.body_model import BodyModel
 from core.cameras import Cameras
+from core.fit2d import Fit2DOptions
 from core.keypoints2d import KeypointMap
 from core.pose_files import load_pose_file
 from core.rotations import axis_angle_to_matrix
@@ -210,6 +211,18 @@ def test_a_video_gives_its_frame_rate_to_the_pose_file(tmp_path, capsys, monkeyp
     assert fit_2d.main([str(video), "--focal", "500", "--smoothness", "0", "--out", str(out)]) == 0
     assert calls == [video] and json.loads(capsys.readouterr().out)["frames"] == 4
     assert load_pose_file(out).framerate == 25.0
+
+
+def test_a_video_fit_shows_its_progress_through_the_temporal_stage(tmp_path, capsys, monkeypatch):
+    """With smoothness, a one-view sequence shows a bar over its frames, then its temporal stage's steps."""
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not decoded: the detector is a fake")
+    _fake_detector(monkeypatch, (320, 240), heading=0.1)
+    assert fit_2d.main([str(video), "--focal", "500", "--out", str(tmp_path / "poses.npz")]) == 0
+    captured = capsys.readouterr()
+    total = 4 + Fit2DOptions().smooth_iterations  # 4 frames, then up to that many LM steps
+    assert json.loads(captured.out)["frames"] == 4
+    assert "fitting: 100%" in captured.err and f"{total}/{total}" in captured.err
 
 
 def test_pictures_without_the_detector_extra_say_how_to_install_it(tmp_path):
