@@ -6,7 +6,8 @@ Used by scripts/eval_prior.py and scripts/eval_ik.py; pure PyTorch, no I/O.
   prior's latent is fitted, through the IK (`core.ik.IKSolver`), to the positions of the joints
   that part does not move, from several seeded latent starts; the error is the MPJPE of the joints
   the part does move. The body's root stays at rest (orientation identity, translation 0) as the
-  poses are given.
+  poses are given. Its floor for a prior that learnt nothing of how parts go together: the hidden
+  rotations set to their mean over the training poses (`mean_part_completion`).
 * Denoising: the 22 joints with isotropic Gaussian noise (sigma in metres) are the IK's targets
   (orientation, translation and pose solved with the prior from a cold start); the error is the
   MPJPE of the fitted joints against the clean ones.
@@ -31,6 +32,7 @@ from .errors import VPoserError
 from .ik import IKSolver, IKState, IKWeights, Stage
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
 from .model_files import SMPL_BODY_JOINTS, SMPL_BODY_PARENTS
+from .rotations import mean_rotation
 from .vposer import VPoser
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "average_pairwise_distance",
     "geodesic_error",
     "complete",
+    "mean_part_completion",
     "denoise",
     "expected_noise_mpjpe",
 ]
@@ -173,6 +176,22 @@ def complete(
         errors.append(_mpjpe(fitted, truth, scored))
     stacked = torch.stack(errors)  # (starts, N)
     return CompletionResult(stacked.mean(0), stacked.min(0).values, tuple(BODY_NAMES[j] for j in scored))
+
+
+def mean_part_completion(body: BodyModel, rotations: Tensor, reference: Tensor, hidden: Sequence[str]) -> Tensor:
+    """Per pose (N,): the completion error (MPJPE of the joints `hidden` moves, root at rest) when
+    the hidden rotations are the chordal mean of the same joints over `reference` poses, the rest
+    as given: a completion that ignores what it sees and answers with the training data's average
+    part. A prior's completion should beat it. rotations (N, 21, 3, 3), reference (M, 21, 3, 3)."""
+    scored = moved_joints(hidden)
+    if not scored:
+        raise ProtocolError(f"hiding {list(hidden)} moves no body joint: nothing to score")
+    parts = [BODY_NAMES.index(name) - 1 for name in hidden]  # the 21 rotations start after the pelvis
+    if min(parts) < 0:
+        raise ProtocolError("the pelvis (the root) is at rest in the protocols: it cannot be hidden")
+    completed = rotations.clone()
+    completed[:, parts] = mean_rotation(reference[:, parts])
+    return _mpjpe(body_joints(body, completed), body_joints(body, rotations), scored)
 
 
 def denoise(body: BodyModel, prior: VPoser | None, truth: Tensor, sigma: float, seed: int = 0,

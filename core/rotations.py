@@ -185,6 +185,16 @@ def geodesic_angle(a: Tensor, b: Tensor) -> Tensor:
     return torch.acos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
 
 
+def mean_rotation(matrices: Tensor, dim: int = 0) -> Tensor:
+    """The chordal mean of rotations (..., 3, 3) along `dim`: the rotation nearest (Frobenius) to
+    their arithmetic mean, its reflection removed (SVD). Rotations spread over less than a half turn
+    average as one expects; an empty or symmetric set has no meaningful mean."""
+    u, _, vh = torch.linalg.svd(matrices.mean(dim))
+    flip = torch.ones_like(u[..., 0, :])
+    flip[..., -1] = torch.sign(torch.linalg.det(u @ vh))
+    return (u * flip.unsqueeze(-2)) @ vh
+
+
 def matrix_to_euler(matrix: Tensor, order: str) -> Tensor:
     """(..., 3, 3) -> intrinsic Euler angles (..., 3) in radians, the inverse of `euler_to_matrix`
     (R = R_first @ R_second @ R_third); the middle angle lies in [-pi/2, pi/2].

@@ -31,7 +31,10 @@ core/prior_protocols.py), each seeded from --seed and listed under "protocols" i
                      pulls the hidden part) to the other joints' positions from --starts seeded latent
                      draws; MPJPE of the joints the hidden part moves (leg: knee, ankle, foot; arm:
                      shoulder, elbow, wrist), mean over the starts; *_best_of_10_mm: the best start
-                     per pose (best of --starts; the key keeps the name)
+                     per pose (best of --starts; the key keeps the name). With --reference,
+                     reference_completion_leg_mm / _arm_mm: the hidden rotations set to their mean
+                     over the reference (training) poses, whatever the rest shows: what a completion
+                     that learnt nothing but the average part scores
   denoise_40_mm, denoise_100_mm  the 22 joints plus 40 / 100 mm Gaussian noise per coordinate as the
                      IK's targets (orientation, translation and pose with the prior, cold start, the
                      IK's weights with latent weight --latent-weight, default 0.01; one frame at a time,
@@ -69,6 +72,7 @@ from core.prior_protocols import (  # noqa: E402
     body_joints,
     complete,
     denoise,
+    mean_part_completion,
 )
 from core.rotations import axis_angle_to_matrix  # noqa: E402
 from core.train import display_path, full_rotations  # noqa: E402
@@ -182,20 +186,23 @@ def evaluate(
 
 def evaluate_protocols(model: VPoser, body: BodyModel, poses: np.ndarray, count: int = 500, starts: int = 10,
                        seed: int = 0, noise_mm: tuple[float, ...] = (40.0, 100.0), weights: IKWeights = PROTOCOL_WEIGHTS,
-                       log=None) -> dict:
+                       log=None, reference: np.ndarray | None = None) -> dict:
     """Completion and denoising (module doc) on `count` evenly spaced (N, 63) poses, fitted with the
-    IK's `weights`."""
+    IK's `weights`; with (M, 63) reference poses, also the completion by their mean part."""
     model = model.eval()
-    n = len(poses)
-    rows = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(np.int64))
+    rows = protocol_rows(len(poses), count)
+    rotations = pose_rotations(poses[rows])
     with torch.no_grad():
-        truth = body_joints(body, axis_angle_to_matrix(torch.as_tensor(poses[rows]).view(-1, 21, 3)))
+        truth = body_joints(body, rotations)
     result: dict = {}
     info: dict = {"poses": len(rows), "completion_starts": starts, "completion_seeds": [seed + k for k in range(starts)]}
     for name, hidden in (("leg", LEFT_LEG), ("arm", RIGHT_ARM)):
         fit = complete(body, model, truth, hidden, starts=starts, seed=seed, weights=weights)
         result[f"completion_{name}_mm"] = 1000 * float(fit.mean.mean())
         result[f"completion_{name}_best_of_10_mm"] = 1000 * float(fit.best.mean())
+        if reference is not None:
+            average = mean_part_completion(body, rotations, pose_rotations(reference), hidden)
+            result[f"reference_completion_{name}_mm"] = 1000 * float(average.mean())
         info[f"completion_{name}_hidden"] = list(hidden)
         info[f"completion_{name}_scored"] = list(fit.scored)
         if log:
@@ -213,6 +220,16 @@ def evaluate_protocols(model: VPoser, body: BodyModel, poses: np.ndarray, count:
     info["ik_latent_weight"] = weights.latent
     result["protocols"] = info
     return result
+
+
+def protocol_rows(n: int, count: int) -> np.ndarray:
+    """The protocols' poses: `count` of n, evenly spaced (all of them where n <= count)."""
+    return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(np.int64))
+
+
+def pose_rotations(poses: np.ndarray) -> torch.Tensor:
+    """(N, 63) axis-angle body poses -> (N, 21, 3, 3)."""
+    return axis_angle_to_matrix(torch.as_tensor(poses).view(-1, 21, 3))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                        reference=reference)
     if args.protocol_poses:
         metrics.update(evaluate_protocols(model, body, poses, count=args.protocol_poses, starts=args.starts,
-                                          seed=args.seed, weights=IKWeights(latent=args.latent_weight), log=say))
+                                          seed=args.seed, weights=IKWeights(latent=args.latent_weight), log=say,
+                                          reference=reference))
     metrics.update(
         weights=display_path(weights),
         body="open default (adult)" if args.body is None else display_path(args.body),
@@ -290,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         if reference is not None:
             print(f"  reference: {args.samples} real poses from {' '.join(args.reference)} in place of samples: "
                   f"{metrics['reference_sample_to_data_mm']:.1f} mm and {metrics['reference_data_to_sample_mm']:.1f} mm")
+            if args.protocol_poses:
+                print(f"  completion by the reference's mean part: left leg {metrics['reference_completion_leg_mm']:.1f} mm, "
+                      f"right arm {metrics['reference_completion_arm_mm']:.1f} mm")
     return 0
 
 

@@ -23,6 +23,7 @@ from core.prior_protocols import (
     denoise,
     expected_noise_mpjpe,
     geodesic_error,
+    mean_part_completion,
     moved_joints,
 )
 from core.rotations import axis_angle_to_matrix
@@ -114,6 +115,33 @@ def test_completion_from_the_true_latent_keeps_the_hidden_leg(setup):
     assert float(several.best.max()) < 2e-3 < float(several.mean.mean())
 
 
+def test_completion_by_the_mean_part_scores_the_hidden_joints_only(setup):
+    """Reference poses that all share one left leg: a pose with that leg is completed exactly, a pose
+    whose leg differs is off by exactly what that leg moves (the rest untouched, the knee, ankle and
+    foot scored); with hips bent +-0.4 rad about x in the reference, the mean is the straight hip."""
+    body, prior = setup
+    poses = _prior_poses(prior, 6, seed=5)
+    leg = [body.joint_names.index(name) - 1 for name in LEFT_LEG]
+    reference = _prior_poses(prior, 10, seed=6)
+    reference[:, leg] = poses[0, leg]
+    errors = mean_part_completion(body, poses, reference, LEFT_LEG)
+    moved = poses.clone()
+    moved[:, leg] = poses[0, leg]
+    scored = moved_joints(LEFT_LEG)
+    expected = (body_joints(body, moved) - body_joints(body, poses))[:, scored].norm(dim=-1).mean(-1)
+    torch.testing.assert_close(errors, expected)
+    assert float(errors[0]) < 1e-6 and float(errors[1:].min()) > 1e-3
+    bent = reference[:2].clone()
+    hip = leg[0]
+    bent[:, hip] = axis_angle_to_matrix(torch.tensor([[0.4, 0.0, 0.0], [-0.4, 0.0, 0.0]]))
+    straight = poses[:1].clone()
+    straight[:, hip] = torch.eye(3)
+    straight[:, leg[1:]] = bent[0, leg[1:]]
+    assert float(mean_part_completion(body, straight, bent, LEFT_LEG)[0]) < 1e-6
+    with pytest.raises(ProtocolError, match="moves no body joint"):
+        mean_part_completion(body, poses, reference, ("left_foot",))
+
+
 def test_denoising_error_against_the_clean_joints(setup):
     body, prior = setup
     truth = body_joints(body, _prior_poses(prior, 40, seed=2, scale=0.5))
@@ -146,6 +174,33 @@ def test_eval_prior_reports_the_protocols(setup):
     assert info["poses"] == 5 and info["completion_seeds"] == [7, 8] and info["denoise_seed"] == 7
     assert info["completion_leg_scored"] == ["left_knee", "left_ankle", "left_foot"]
     assert protocols["denoise_40_input_mm"] == pytest.approx(1000 * expected_noise_mpjpe(0.04), rel=0.25)
+    assert "reference_completion_leg_mm" not in protocols
+    # The reference is the data: every pose's leg is the data's mean leg only where all legs agree.
+    same = eval_prior.evaluate_protocols(prior, body, np.repeat(poses[:1], 5, 0), count=5, starts=1, seed=7,
+                                         reference=np.repeat(poses[:1], 3, 0), noise_mm=())
+    assert same["reference_completion_leg_mm"] < 1e-3 and same["reference_completion_arm_mm"] < 1e-3  # float32 poses
+    other = eval_prior.evaluate_protocols(prior, body, poses, count=5, starts=1, seed=7, reference=poses[5:], noise_mm=())
+    assert other["reference_completion_leg_mm"] > 1.0
+
+
+def test_protocol_baselines_recover_what_the_training_poses_hold(setup):
+    """Held-out poses that are training poses: the nearest neighbour (k = 1) completes the hidden
+    part exactly; every estimator's error is finite and the noisy input's is about 1.6 sigma."""
+    body, prior = setup
+    script = _script("protocol_baselines")
+    poses = prior.sample(40, seed=8).numpy().astype(np.float64)
+    result = script.baselines(body, poses[:10], poses, count=10, neighbours=1, epochs=1, seed=3)
+    assert result["poses"] == 10 and result["train_poses"] == 40 and result["completion_leg_mlp_train_mm"] >= 0
+    assert result["completion_leg_knn_mm"] < 1e-3 and result["completion_arm_knn_mm"] < 1e-3
+    for key in ("completion_leg_mean_part_mm", "completion_leg_ridge_mm", "completion_leg_mlp_mm",
+                "completion_arm_mlp_mm", "denoise_40_mlp_mm"):
+        assert math.isfinite(result[key]) and result[key] >= 0, key
+    assert result["denoise_40_input_mm"] == pytest.approx(1000 * expected_noise_mpjpe(0.04), rel=0.25)
+    # ridge on a part that is an exact linear function of what is seen: exact
+    seen = torch.randn(30, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    hidden = seen @ torch.tensor([[1.0, -2.0, 0.5], [0.0, 1.0, 1.0], [3.0, 0.0, -1.0], [0.2, 0.2, 0.2]],
+                                 dtype=torch.float64) + 0.7
+    torch.testing.assert_close(script.ridge(seen, hidden, seen[:5], 0.0), hidden[:5])
 
 
 def test_eval_ik_body_geodesic_ignores_the_root():

@@ -78,3 +78,19 @@ def test_geodesic_angle():
     a = rot.axis_angle_to_matrix(torch.tensor([[0.0, 0.3, 0.0]], dtype=torch.float64))
     b = rot.axis_angle_to_matrix(torch.tensor([[0.0, -0.2, 0.0]], dtype=torch.float64))
     assert torch.allclose(rot.geodesic_angle(a, b), torch.tensor([0.5], dtype=torch.float64))
+
+
+def test_the_mean_of_rotations_symmetric_about_one_is_that_one():
+    """Turns of +-a about any axes applied after R average to R; one rotation is its own mean; means
+    along another dim; any mean is a rotation."""
+    base = rot.axis_angle_to_matrix(torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64))
+    axes = torch.tensor([[0.7, 0.1, 0.0], [0.0, 0.9, 0.2], [0.1, 0.0, -0.4]], dtype=torch.float64)
+    turns = torch.cat([rot.axis_angle_to_matrix(axes), rot.axis_angle_to_matrix(-axes)]) @ base
+    torch.testing.assert_close(rot.mean_rotation(turns), base)
+    torch.testing.assert_close(rot.mean_rotation(base[None]), base)
+    both = rot.mean_rotation(torch.stack([turns, turns.transpose(-1, -2)], 1), dim=0)  # (2, 3, 3): two means
+    torch.testing.assert_close(both[1], base.T)
+    spread = rot.axis_angle_to_matrix(torch.randn(50, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    mean = rot.mean_rotation(spread)
+    torch.testing.assert_close(mean @ mean.T, torch.eye(3, dtype=torch.float64))
+    assert float(torch.linalg.det(mean)) == pytest.approx(1.0)
