@@ -191,6 +191,49 @@ class VPoser(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# The latent's Gaussian refitted to the data
+
+
+@torch.no_grad()
+def whiten_latent(model: VPoser, poses: Tensor, chunk: int = 4096) -> tuple[VPoser, Tensor]:
+    """A copy of `model` whose latent u ~ N(0, I) is the Gaussian of its training data.
+
+    Why: trained with a small KL weight (the open prior: 0.0002, for reconstruction), the encoder's
+    means of the training poses are far from N(0, I) (the open prior's covariance eigenvalues run
+    from 3.1 down to 0.03), so the IK's latent term ||z||^2 and samples from N(0, I) misjudge which
+    poses are likely. Refit: mean m (D,) and covariance C = L L^T (L = V diag(sqrt(eigenvalues)))
+    of the encoder means of `poses` (N, 63) axis-angle, and fold z = m + L u into the decoder's first
+    layer and u = L^-1 (mu - m) into the encoder's mean head. Same network, same file layout, the same
+    decoded pose for the same input pose (`encode(x).mean` -> decode); only what the latent's origin
+    and unit sphere mean changes (two-stage density estimation in the latent, as in Dai & Wipf 2019
+    and Ghosh et al. 2020, with one Gaussian). The encoder's spread (a diagonal Normal) cannot carry
+    L^-1's mixing and is left in the old units: nothing but training reads it.
+
+    Returns the copy (eval mode) and the eigenvalues of C, largest first (D,)."""
+    model = model.eval()
+    means = torch.cat([model.encode(part).mean for part in poses.to(model._param()).split(chunk)]).double()
+    if len(means) <= model.latent_dim:
+        raise VPoserError(f"whitening the latent needs more than {model.latent_dim} poses, got {len(means)}")
+    mean = means.mean(0)
+    eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(means.T))
+    if float(eigenvalues.min()) <= 0:
+        raise VPoserError("the poses' latent covariance is singular: they do not span the latent")
+    factor = eigenvectors * eigenvalues.sqrt()  # L, columns scaled: C = L L^T
+    inverse = torch.linalg.inv(factor)
+    whitened = VPoser(model.num_neurons, model.latent_dim).to(model._param())
+    whitened.load_state_dict(model.state_dict())
+    first, head = whitened.decoder_net[0], whitened.encoder_net[-1].mu
+    weight, bias = first.weight.double(), first.bias.double()
+    first.weight.copy_(weight @ factor)
+    first.bias.copy_(bias + weight @ mean)
+    head_weight, head_bias = head.weight.double(), head.bias.double()
+    head.weight.copy_(inverse @ head_weight)
+    head.bias.copy_(inverse @ (head_bias - mean))
+    whitened.source, whitened.metadata = model.source, dict(model.metadata)
+    return whitened.eval(), eigenvalues.flip(0)
+
+
+# --------------------------------------------------------------------------------------------
 # Restricted unpickling
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.train import TrainConfig, display_command, noise_scales, train  # noqa: E402
 
 
-def _pairs(items: list[str], flag: str, value_name: str = "VALUE") -> dict[str, str]:
+def key_value_pairs(items: list[str], flag: str, value_name: str = "VALUE") -> dict[str, str]:
     """KEY=VALUE items of a repeatable option as a dict."""
     result = {}
     for item in items:
@@ -37,7 +37,7 @@ def _pairs(items: list[str], flag: str, value_name: str = "VALUE") -> dict[str, 
 
 def _joint_noise(items: list[str]) -> dict[str, float]:
     try:
-        result = {joint: float(deg) for joint, deg in _pairs(items, "--joint-noise", "DEGREES").items()}
+        result = {joint: float(deg) for joint, deg in key_value_pairs(items, "--joint-noise", "DEGREES").items()}
     except ValueError:
         raise SystemExit(f"--joint-noise wants JOINT=DEGREES with a number, got {' '.join(items)}") from None
     try:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         command=display_command(["python", "scripts/train_vposer.py", *argv]),
-        metadata=_pairs(args.metadata, "--metadata"),
+        metadata=key_value_pairs(args.metadata, "--metadata"),
     )
     summary = train(config)
     print(json.dumps(summary, indent=1))

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from core import vposer as vposer_module
+from core.errors import VPoserError
 from core.rotations import axis_angle_to_matrix
 from core.vposer import (
     VPoser,
@@ -22,6 +23,7 @@ from core.vposer import (
     load_default_vposer,
     load_vposer,
     save_vposer,
+    whiten_latent,
 )
 
 EXPECTED_SHAPES = {
@@ -408,3 +410,60 @@ def test_default_weights_path_and_missing_message(tmp_path, monkeypatch):
     monkeypatch.setattr(vposer_module, "default_vposer_path", lambda: tmp_path / "vposer_open.pt")
     with pytest.raises(VPoserLoadError, match="train_vposer"):
         load_default_vposer()
+
+
+def test_a_whitened_latent_is_the_data_standard_normal_and_decodes_the_same():
+    """whiten_latent: the same pose for the same input (encoder mean -> decode), u = L^-1 (z - m)
+    decodes as z does, and the training poses' latent means have mean 0 and covariance I."""
+    torch.manual_seed(4)
+    model = VPoser(num_neurons=48, latent_dim=6).eval()
+    poses = torch.randn(400, 63) * 0.4
+    whitened, eigenvalues = whiten_latent(model, poses)
+    assert eigenvalues.shape == (6,) and bool((eigenvalues[:-1] >= eigenvalues[1:]).all())
+    with torch.no_grad():
+        torch.testing.assert_close(whitened.decode_matrix(whitened.encode(poses).mean),
+                                   model.decode_matrix(model.encode(poses).mean), atol=1e-5, rtol=0)
+        means = model.encode(poses).mean.double()
+        u = whitened.encode(poses).mean.double()
+        torch.testing.assert_close(u.mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.cov(u.T), torch.eye(6, dtype=torch.float64), atol=1e-4, rtol=0)
+        # any u: the unwhitened decoder at z = m + L u, with m and C = L L^T from the means themselves
+        draws = torch.randn(5, 6, dtype=torch.float64)
+        values, vectors = torch.linalg.eigh(torch.cov(means.T))
+        z = means.mean(0) + draws @ (vectors * values.sqrt()).T
+        torch.testing.assert_close(whitened.decode_matrix(draws.float()), model.decode_matrix(z.float()),
+                                   atol=1e-5, rtol=0)
+    assert model.decoder_net[0].weight is not whitened.decoder_net[0].weight  # the original untouched
+    with pytest.raises(VPoserError, match="more than 6 poses"):
+        whiten_latent(model, poses[:6])
+
+
+def test_whiten_script_writes_loadable_weights_with_its_provenance(tmp_path):
+    """scripts/whiten_vposer.py on a folder of pose files: weights that load, the sample figures of
+    the source dropped (reconstruction's kept), the whitening and extra metadata added."""
+    import importlib.util
+
+    import numpy as np
+
+    torch.manual_seed(5)
+    model = VPoser(num_neurons=32, latent_dim=4).eval()
+    source = tmp_path / "trained.pt"
+    save_vposer(model, source, {"eval_val_recon_v2v_mm": 20.0, "eval_val_sample_to_data_mm": 99.0,
+                                "eval_val_data_to_sample_mm": 98.0})
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for index in range(2):
+        poses = np.zeros((40, 156))
+        poses[:, 3:66] = np.random.default_rng(index).normal(scale=0.3, size=(40, 63))
+        np.savez(folder / f"clip{index}.npz", poses=poses, trans=np.zeros((40, 3)), mocap_framerate=30.0)
+    spec = importlib.util.spec_from_file_location("whiten_vposer", Path(__file__).parents[2] / "scripts" / "whiten_vposer.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "whitened.pt"
+    assert script.main([str(folder), "--weights", str(source), "--out", str(out), "--metadata", "note=x",
+                        "--metadata", "eval_val_sample_to_data_mm=90.5"]) == 0
+    loaded = load_vposer(out)
+    assert loaded.metadata["eval_val_recon_v2v_mm"] == 20.0 and "eval_val_data_to_sample_mm" not in loaded.metadata
+    assert "80 poses" in loaded.metadata["latent_whitening"] and loaded.metadata["note"] == "x"
+    assert loaded.metadata["eval_val_sample_to_data_mm"] == 90.5  # a number, as the trainer writes figures
+    assert len(loaded.metadata["latent_eigenvalues"].split()) == 4
