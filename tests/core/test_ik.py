@@ -191,23 +191,26 @@ def test_a_bad_frame_does_not_slow_or_change_the_others(model, prior, markers):
 def test_an_overhead_target_is_reached_on_the_first_solve():
     """A user's report, in core: the open adult body in its rest pose (as Add Body leaves it), the six
     effectors as targets at its joints, the right wrist's moved to head + (-0.15, 0.35, 0.05) m
-    (model space, Y up: Blender's (-0.15, -0.05, 0.35)). One LM run meets its stopping test with
-    that wrist 384 mm short (the robust term barely pulls on a target so far beyond its scale) and
-    the untouched left wrist dragged 71 mm away; the retry reaches every target."""
+    (model space, Y up: Blender's (-0.15, -0.05, 0.35)). With the unwhitened prior one LM run met its
+    stopping test with that wrist 384 mm short (the robust term barely pulls on a target so far
+    beyond its scale) and the retry reached it; the shipped prior reaches every target at once.
+    A target behind the head (head + (0.15, 0.3, -0.1)) still stops one run 0.77 m short: the
+    retry brings that wrist within 2 cm."""
     model = BodyModel.open_default("adult", dtype=torch.float32, use_pose_correctives=False)
     prior = load_default_vposer().to(torch.float32).eval()
     keypoints = KeypointSet.named(model, "effectors")
     start = IKState(torch.eye(3).expand(1, model.num_joints, 3, 3).clone(), torch.zeros(1, 3))
     targets = targets_for(keypoints, start.rotations, start.transl)
     targets[:, 3] = targets[:, 1] + torch.tensor([-0.15, 0.35, 0.05])
+    result = IKSolver(model, keypoints, prior).solve(targets, init=start)
+    assert result.errors.max() < 0.005  # the right wrist, and the left one left where it was
 
+    targets[:, 3] = targets[:, 1] + torch.tensor([0.15, 0.3, -0.1])
     once = IKSolver(model, keypoints, prior, retry=None).solve(targets, init=start)
-    assert once.errors[0, 3] > 0.3 and once.errors[0, 2] > 0.05  # one run, as the solve was
-
+    assert once.errors[0, 3] > 0.3  # one run, as the solve was
     result = IKSolver(model, keypoints, prior).solve(targets, init=start)
     assert result.retried.tolist() == [True]
-    assert result.errors.max() < 0.005  # the right wrist, and the left one left where it was
-    assert result.loss < once.loss
+    assert result.errors.max() < 0.02 and result.loss < once.loss
 
 
 def test_live_updates_follow_a_drag_closely():
