@@ -48,8 +48,8 @@ from torch import Tensor
 from .cameras import Cameras, initial_translation
 from .errors import VPoserError
 from .ik import IKResult, IKSolver, IKState, Stage
-from .lm import finish
 from .keypoints2d import TORSO
+from .lm import finish
 from .reprojection import Reprojection, Reprojection2D
 from .rotations import axis_angle_to_matrix
 
@@ -315,8 +315,9 @@ class Fit2DRun:
 
     def result(self) -> Fit2DResult:
         if self._result is None:
-            where = "in its temporal stage" if self._done == self.frames else f"after {self._done} of {self.frames} frames"
-            raise Fit2DError(f"the 2D fit stopped {where}")
+            if self._done == self.frames:
+                raise Fit2DError("the 2D fit stopped in its temporal stage")
+            raise Fit2DError(f"the 2D fit stopped after {self._done} of {self.frames} frames")
         return self._result
 
 
