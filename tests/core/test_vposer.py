@@ -467,3 +467,15 @@ def test_whiten_script_writes_loadable_weights_with_its_provenance(tmp_path):
     assert "80 poses" in loaded.metadata["latent_whitening"] and loaded.metadata["note"] == "x"
     assert loaded.metadata["eval_val_sample_to_data_mm"] == 90.5  # a number, as the trainer writes figures
     assert len(loaded.metadata["latent_eigenvalues"].split()) == 4
+
+
+def test_the_shipped_prior_states_its_data_licence_and_latent_refit():
+    """The committed open prior carries its provenance (data, licence, model card) and the refit of
+    its latent (what, on how many poses, the 32 eigenvalues it removed, largest first)."""
+    metadata = load_default_vposer().metadata
+    assert "CMU" in metadata["data_source"] and "commercial" in metadata["data_licence"]
+    assert metadata["model_card"] == "core/data/vposer_open.md"
+    assert "56838 poses" in metadata["latent_whitening"] and "01ae3c3" in metadata["whitened_from"]
+    eigenvalues = [float(value) for value in metadata["latent_eigenvalues"].split()]
+    assert len(eigenvalues) == 32 and eigenvalues == sorted(eigenvalues, reverse=True) and eigenvalues[-1] > 0
+    assert metadata["eval_val_sample_to_data_mm"] == pytest.approx(97.98)
