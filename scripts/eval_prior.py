@@ -192,6 +192,7 @@ def evaluate_protocols(model: VPoser, body: BodyModel, poses: np.ndarray, count:
     model = model.eval()
     rows = protocol_rows(len(poses), count)
     rotations = pose_rotations(poses[rows])
+    reference_rotations = None if reference is None else pose_rotations(reference)
     with torch.no_grad():
         truth = body_joints(body, rotations)
     result: dict = {}
@@ -200,8 +201,8 @@ def evaluate_protocols(model: VPoser, body: BodyModel, poses: np.ndarray, count:
         fit = complete(body, model, truth, hidden, starts=starts, seed=seed, weights=weights)
         result[f"completion_{name}_mm"] = 1000 * float(fit.mean.mean())
         result[f"completion_{name}_best_of_10_mm"] = 1000 * float(fit.best.mean())
-        if reference is not None:
-            average = mean_part_completion(body, rotations, pose_rotations(reference), hidden)
+        if reference_rotations is not None:
+            average = mean_part_completion(body, rotations, reference_rotations, hidden)
             result[f"reference_completion_{name}_mm"] = 1000 * float(average.mean())
         info[f"completion_{name}_hidden"] = list(hidden)
         info[f"completion_{name}_scored"] = list(fit.scored)
