@@ -27,7 +27,7 @@ for folder in (REPO, REPO / "scripts"):
         sys.path.insert(0, str(folder))
 
 from core.errors import VPoserError  # noqa: E402
-from core.train import display_path  # noqa: E402
+from core.train import display_command, display_path  # noqa: E402
 from core.vposer import load_vposer, save_vposer, whiten_latent  # noqa: E402
 from eval_prior import find_files, load_body_poses  # noqa: E402
 from train_vposer import key_value_pairs  # noqa: E402
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"mean and covariance of the encoder means of {len(poses)} poses of {display_path(args.train_dir)} "
                          f"({len(files)} files); u ~ N(0, I)",
         latent_eigenvalues=" ".join(f"{value:.4g}" for value in eigenvalues.tolist()),
-        whitening_command="python scripts/whiten_vposer.py " + " ".join(argv),
+        whitening_command=display_command(["python", "scripts/whiten_vposer.py", *argv]),
         **extra,
     )
     save_vposer(whitened, args.out, metadata)

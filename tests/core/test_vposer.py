@@ -467,6 +467,7 @@ def test_whiten_script_writes_loadable_weights_with_its_provenance(tmp_path):
     assert "80 poses" in loaded.metadata["latent_whitening"] and loaded.metadata["note"] == "x"
     assert loaded.metadata["eval_val_sample_to_data_mm"] == 90.5  # a number, as the trainer writes figures
     assert len(loaded.metadata["latent_eigenvalues"].split()) == 4
+    assert str(tmp_path) not in loaded.metadata["whitening_command"] + loaded.metadata["latent_whitening"]
 
 
 def test_the_shipped_prior_states_its_data_licence_and_latent_refit():
