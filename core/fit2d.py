@@ -68,7 +68,12 @@ class Fit2DOptions:
     edge_on: shoulder width / torso length (pixels) below which both facings are tried;
     smoothness: the temporal term's weight for sequences (0: none; per frame: its units are metres
     per frame^2, so a video at twice the frame rate wants about 16 times the weight);
-    smooth_iterations its stage (LM steps over the whole sequence);
+    smooth_iterations its stage (LM steps over the whole sequence, in all); the first
+    `coarse_iterations` of them with `coarse_smoothness` times the weight: a continuation, the
+    limbs' depth chosen over longer stretches of frames before each frame is fitted closely
+    (tuned on training subjects 02 13 and 03 05 14: 5 steps at 3x took single-view PA-MPJPE from
+    24.8 / 51.2 to 24.0 / 47.6 mm at the same number of steps; the same two stages at 1x gave
+    24.8 / 51.5, docs/benchmarks.md);
     refine_iterations: with several views, a last stage of raw joint rotations (no prior: views
     that pin the depth leave the prior's reach as the largest error)."""
 
@@ -81,6 +86,8 @@ class Fit2DOptions:
     edge_on: float = 0.35
     smoothness: float = 1.0
     smooth_iterations: int = 16
+    coarse_iterations: int = 5
+    coarse_smoothness: float = 3.0
     refine_iterations: int = 10
 
     # (latent, robust_scale) by views. One view leaves each limb's depth open: a stronger prior and a
@@ -244,13 +251,18 @@ def _inputs(model, pixels, confidence) -> tuple[Tensor, Tensor]:
 
 def _smooth(solver: IKSolver, cameras: Cameras, pixels: Tensor, confidence: Tensor, single: bool,
             result: IKResult, options: Fit2DOptions) -> Generator[int, None, IKResult]:
-    """The temporal stage over all frames, warm-started from their per-frame fits; with several
+    """The temporal stage over all frames, warm-started from their per-frame fits (its first steps
+    with the stiffer temporal term of options.coarse_smoothness); with several
     views, then the raw-rotation refinement, still with the temporal term (refined before it, the
     pose would be re-encoded into the prior's latent and the refinement lost). Yields the trial
     steps of a stage so far, as IKSolver.solve_steps."""
     term = _term(solver, cameras, pixels, confidence, torch.arange(pixels.shape[0]), single, result.state, options)
     weights = {"latent": options.latent, "smoothness": options.smoothness}
-    stages = [Stage(("orient", "transl", "pose"), options.smooth_iterations, weights)]
+    coarse = min(options.coarse_iterations, options.smooth_iterations)
+    stages = [Stage(("orient", "transl", "pose"), coarse, {**weights, "smoothness": options.smoothness *
+                                                           options.coarse_smoothness})] if coarse else []
+    if options.smooth_iterations > coarse or not stages:
+        stages.append(Stage(("orient", "transl", "pose"), options.smooth_iterations - coarse, weights))
     if not single and options.refine_iterations:
         stages.append(Stage(("orient", "transl", "pose"), options.refine_iterations, weights, prior=False))
     return (yield from solver.solve_steps(None, init=result, stages=stages, terms=[term]))

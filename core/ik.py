@@ -51,7 +51,8 @@ from .ik_terms import (
     TermValue,
 )
 from .keypoints import NUM_BODY_JOINTS, KeypointSet
-from .lm import Coupling, LMOptions, LMReport, coupled_steps, finish, inference_steps, levenberg_marquardt
+from .lm import (Coupling, LMOptions, LMReport, counted_on, coupled_steps, finish, inference_steps,
+                 levenberg_marquardt)
 from .rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from .vposer import VPoser
 
@@ -335,8 +336,9 @@ class IKSolver:
     ) -> Generator[int, None, IKResult]:
         """`solve` as a generator, for callers that show progress and may stop: the same arguments and
         result (its return value), and a yield after each trial step of a stage whose frames
-        smoothness couples (the trial steps of that stage so far; a whole sequence's solve takes
-        seconds). Other stages run whole between yields. Closed early, it gives no result."""
+        smoothness couples (the trial steps of such stages so far, counted on from one of them to
+        the next; a whole sequence's solve takes seconds). Other stages run whole between yields.
+        Closed early, it gives no result."""
         model = self.model
         targets, confidence, centre, state, pinned, held = self._prepare(targets, confidence, init, betas, pins, stay,
                                                                          align, terms)
@@ -422,17 +424,20 @@ class IKSolver:
     def _run(self, targets: Tensor, confidence: Tensor, centre: Tensor, state: IKState, stages: Sequence[Stage],
              pins: _Held, stay: _Held, terms: tuple[Term, ...] = ()) -> Generator[int, None, _Run]:
         """The stages in turn from `state` (centred coordinates), and the final point's evaluation;
-        yields as Objective.lm_steps does."""
+        yields as Objective.lm_steps does, counting on over the coupled stages (the trial steps of
+        all of them so far)."""
         model, batch = self.model, targets.shape[0]
         iterations = torch.zeros(batch, dtype=torch.long, device=model.device)
         converged = torch.zeros(batch, dtype=torch.bool, device=model.device)
         problem = None
+        earlier = 0  # trial steps of the coupled stages before this one
         for stage in stages:
             problem = Objective(self, targets, confidence, centre, state, stage, self._stage_weights(stage), pins, stay,
                                 terms)
             if self.method == "lm":
                 options = dataclasses.replace(self.lm_options, max_iterations=stage.max_iterations)
-                report = yield from inference_steps(problem.lm_steps(options))
+                report, taken = yield from counted_on(inference_steps(problem.lm_steps(options)), earlier)
+                earlier += taken
                 iterations += report.iterations
                 converged = report.converged.clone()  # a normal tensor: retries update it in place
             else:

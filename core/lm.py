@@ -384,6 +384,21 @@ def inference_steps(steps: Generator[Any, None, Result]) -> Generator[Any, None,
         yield progress
 
 
+def counted_on(steps: Generator[int, None, Result], earlier: int) -> Generator[int, None, tuple[Result, int]]:
+    """steps that yield their trial steps so far, yielding `earlier` more (the steps of stages
+    before them); returns their result and their own last count. Closing it closes steps."""
+    taken = 0
+    try:
+        while True:
+            try:
+                taken = next(steps)
+            except StopIteration as stop:
+                return stop.value, taken
+            yield earlier + taken
+    finally:
+        steps.close()
+
+
 def _coupled_system(normal: _Normal, couplings: list[Coupling], reach: int, count: int
                     ) -> tuple[Tensor, Tensor, list[Tensor], Tensor]:
     """The whole sequence's undamped normal equations at the current points, float64: gradient

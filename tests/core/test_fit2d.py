@@ -165,6 +165,32 @@ def test_a_smooth_sequence_is_fitted_with_the_temporal_term(model, prior, keypoi
     assert float(procrustes_errors(fit.result.points, truth).mean(1).max()) < 0.05
 
 
+def test_a_sequence_s_first_temporal_steps_use_the_stiffer_term(model, prior, keypoints):
+    """The temporal stage's first coarse_iterations steps weigh the temporal term coarse_smoothness
+    times: run alone, a stiff one smooths the joints' jitter that noisy pixels leave, a factor 1
+    does not."""
+    heading = torch.linspace(0.2, 0.5, 8)
+    state, truth = _truth(model, prior, keypoints, 8, seed=23, heading=heading)
+    state.rotations[:, 1:] = state.rotations[:1, 1:]  # one pose turning slowly: hardly any acceleration
+    with torch.no_grad():
+        truth = keypoints.evaluate(state.rotations, None, state.transl)
+    cameras = _cameras([0.0, 0.3, 4.0])
+    pixels = cameras.project(truth) + 4.0 * torch.randn(truth.shape[:-1] + (2,), generator=torch.Generator().manual_seed(3),
+                                                         dtype=truth.dtype)
+    solver = IKSolver(model, keypoints, prior)
+
+    def jitter(factor: float) -> float:
+        options = Fit2DOptions(latent=1e-7, smoothness=0.02, smooth_iterations=4, coarse_iterations=4,
+                               coarse_smoothness=factor)
+        points = fit_2d(solver, cameras, pixels, sequence=True, options=options).result.points
+        return float((points[2:] - 2 * points[1:-1] + points[:-2]).norm(dim=-1).mean())
+
+    true_jitter = float((truth[2:] - 2 * truth[1:-1] + truth[:-2]).norm(dim=-1).mean())
+    plain, stiff = jitter(1.0), jitter(1e4)
+    assert stiff < 0.3 * plain
+    assert abs(stiff - true_jitter) < 0.1 * abs(plain - true_jitter)  # near the truth's smooth motion
+
+
 def test_a_sequence_in_steps_gives_what_one_fit_gives(model, prior, keypoints):
     """Fit2DRun (the add-on's modal Fit) in chunks of 2 frames: one step per chunk, then one per LM
     step of the temporal stage, and the same poses as fit_2d over the whole sequence at once."""

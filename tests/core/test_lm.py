@@ -5,7 +5,7 @@ linear least-squares sequence, whole or a step at a time."""
 import pytest
 import torch
 
-from core.lm import Coupling, LMOptions, coupled_steps, solve_block_banded, solve_coupled
+from core.lm import Coupling, LMOptions, counted_on, coupled_steps, solve_block_banded, solve_coupled
 
 
 def banded(frames: int, size: int, reach: int, seed: int) -> torch.Tensor:
@@ -172,3 +172,38 @@ def test_the_coupled_lm_in_steps_counts_its_steps_and_stops_where_it_is_closed()
                                          step_tolerance=1e-12))
     assert torch.equal(stopped.x, two.x)
     assert not torch.allclose(stopped.x, whole.x, atol=1e-7)  # stopped short of the minimum
+
+
+def test_a_later_stage_s_steps_count_on_from_the_earlier_ones_and_closing_closes_them():
+    """counted_on adds the steps of earlier stages to a stage's own count, returns the stage's
+    result with its own last count, and, closed early, closes the stage's steps."""
+    options = LMOptions(max_iterations=30, relative_tolerance=1e-14, absolute_tolerance=0.0, step_tolerance=1e-12)
+    frames = torch.arange(9)
+    alone = LinearSequence(frames=9, size=3, weight=2.0, seed=7)
+    report = solve_coupled(alone, frames, options)
+    counted = LinearSequence(frames=9, size=3, weight=2.0, seed=7)
+    steps = counted_on(coupled_steps(counted, frames, options), 5)
+    taken = []
+    while True:
+        try:
+            taken.append(next(steps))
+        except StopIteration as stop:
+            stage_report, own = stop.value
+            break
+    assert taken == list(range(6, 6 + len(taken))) and own == len(taken)
+    assert torch.equal(stage_report.iterations, report.iterations) and torch.equal(counted.x, alone.x)
+
+    closed = []
+
+    def stage():
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.append(True)
+        return "unreached"
+
+    steps = counted_on(stage(), 3)
+    assert next(steps) == 4
+    steps.close()
+    assert closed == [True]
