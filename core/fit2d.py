@@ -16,7 +16,8 @@ batch of short per-frame fits (enough to pick each frame's facing: `sequence_ori
 accelerations), warm-started from them, so that the limbs' depth, which one view leaves open, is
 chosen consistently across frames. That stage is one LM over the whole sequence (core.lm.solve_coupled:
 the frames' block-banded normal equations solved exactly at each step), which converges in far fewer
-linearisations than solving frames with their neighbours held. With
+linearisations than solving frames with their neighbours held; its first steps weigh the temporal
+term more (a continuation: the depth settled over longer stretches before each frame is fitted closely). With
 several views a last stage of raw rotations refines the pose beyond the prior's reach (in a
 sequence, after the temporal stage and with its term).
 
@@ -255,7 +256,7 @@ def _smooth(solver: IKSolver, cameras: Cameras, pixels: Tensor, confidence: Tens
     with the stiffer temporal term of options.coarse_smoothness); with several
     views, then the raw-rotation refinement, still with the temporal term (refined before it, the
     pose would be re-encoded into the prior's latent and the refinement lost). Yields the trial
-    steps of a stage so far, as IKSolver.solve_steps."""
+    steps of its stages so far, as IKSolver.solve_steps."""
     term = _term(solver, cameras, pixels, confidence, torch.arange(pixels.shape[0]), single, result.state, options)
     weights = {"latent": options.latent, "smoothness": options.smoothness}
     coarse = min(options.coarse_iterations, options.smooth_iterations)
