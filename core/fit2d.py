@@ -50,7 +50,7 @@ from .cameras import Cameras, initial_translation
 from .errors import VPoserError
 from .ik import IKResult, IKSolver, IKState, Stage
 from .keypoints2d import TORSO
-from .lm import finish
+from .lm import finish, map_steps
 from .reprojection import Reprojection, Reprojection2D
 from .rotations import axis_angle_to_matrix
 
@@ -314,13 +314,8 @@ class Fit2DRun:
             fit = _concatenate(self._parts)
             if self.smooth:
                 steps = _smooth(self.solver, self.camera, self.pixels, self.confidence, True, fit.result, self.options)
-                while True:
-                    try:
-                        taken = next(steps)
-                    except StopIteration as stop:
-                        result = stop.value
-                        break
-                    yield self.frames + min(taken, self.options.smooth_iterations - 1), self.total  # total: the end
+                last = self.options.smooth_iterations - 1  # the total is the end
+                result = yield from map_steps(steps, lambda taken: (self.frames + min(taken, last), self.total))
                 error = _pixel_error(self.camera, self.pixels, self.confidence, True, result)
                 fit = Fit2DResult(result, result.full_pose(), result.transl, error, fit.flipped)
             self._result = fit

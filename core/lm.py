@@ -374,29 +374,45 @@ def finish(steps: Generator[Any, None, Result]) -> Result:
 
 def inference_steps(steps: Generator[Any, None, Result]) -> Generator[Any, None, Result]:
     """steps run under torch.inference_mode, entered anew for each of them: a mode entered once
-    around a generator would stay on in the caller's code between its steps."""
-    while True:
-        with torch.inference_mode():
+    around a generator would stay on in the caller's code between its steps. Closing it closes steps."""
+    try:
+        while True:
+            with torch.inference_mode():
+                try:
+                    progress = next(steps)
+                except StopIteration as stop:
+                    return stop.value
+            yield progress
+    finally:
+        steps.close()
+
+
+def map_steps(steps: Generator[Any, None, Result], progress: Callable[[Any], Any]) -> Generator[Any, None, Result]:
+    """steps with each yield passed through `progress` (e.g. a stage's trial steps turned into a
+    caller's count); returns their result. Closing it closes steps."""
+    try:
+        while True:
             try:
-                progress = next(steps)
+                value = next(steps)
             except StopIteration as stop:
                 return stop.value
-        yield progress
+            yield progress(value)
+    finally:
+        steps.close()
 
 
 def counted_on(steps: Generator[int, None, Result], earlier: int) -> Generator[int, None, tuple[Result, int]]:
     """steps that yield their trial steps so far, yielding `earlier` more (the steps of stages
     before them); returns their result and their own last count. Closing it closes steps."""
     taken = 0
-    try:
-        while True:
-            try:
-                taken = next(steps)
-            except StopIteration as stop:
-                return stop.value, taken
-            yield earlier + taken
-    finally:
-        steps.close()
+
+    def count(steps_so_far: int) -> int:
+        nonlocal taken
+        taken = steps_so_far
+        return earlier + steps_so_far
+
+    result = yield from map_steps(steps, count)
+    return result, taken
 
 
 def _coupled_system(normal: _Normal, couplings: list[Coupling], reach: int, count: int
