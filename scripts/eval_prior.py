@@ -147,7 +147,7 @@ def evaluate(
     poses_t = torch.as_tensor(poses, dtype=torch.float32)
     v2v_sum, mpjpe_sum, joints_all = 0.0, 0.0, []
     for part in poses_t.split(chunk):
-        matrices = axis_angle_to_matrix(part.view(-1, 21, 3))
+        matrices = pose_rotations(part)
         verts, joints = _pose(body, matrices, True)
         rec_verts, rec_joints = _pose(body, model.decode_matrix(model.encode(part).mean), True)
         v2v_sum += float((rec_verts - verts).norm(dim=-1).mean(-1).sum())
@@ -173,7 +173,7 @@ def evaluate(
         # set) in place of prior samples: what a prior that reproduced that data exactly would get.
         pick = torch.randperm(len(reference), generator=torch.Generator().manual_seed(seed))[:samples]
         ref = torch.as_tensor(reference[pick.numpy()], dtype=torch.float32)
-        ref_joints = torch.cat([_pose(body, axis_angle_to_matrix(part.view(-1, 21, 3)), False)[1]
+        ref_joints = torch.cat([_pose(body, pose_rotations(part), False)[1]
                                 for part in ref.split(chunk)])
         result["reference_sample_to_data_mm"] = 1000 * float(_nearest_mpjpe(ref_joints, data_joints).mean())
         result["reference_data_to_sample_mm"] = 1000 * float(_nearest_mpjpe(subset, ref_joints).mean())
@@ -228,7 +228,7 @@ def protocol_rows(n: int, count: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(np.int64))
 
 
-def pose_rotations(poses: np.ndarray) -> torch.Tensor:
+def pose_rotations(poses: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(N, 63) axis-angle body poses -> (N, 21, 3, 3)."""
     return axis_angle_to_matrix(torch.as_tensor(poses).view(-1, 21, 3))
 
