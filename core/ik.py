@@ -801,7 +801,7 @@ _Problem = Objective  # the name the tests of the stay and pin Jacobians know
 def _encode(prior: VPoser, rotations: Tensor) -> Tensor:
     """The latent whose decoding is nearest the body pose in `rotations` (the encoder's mean), and
     that decoding written into `rotations` in place."""
-    latent = prior.encode(matrix_to_axis_angle(rotations[:, BODY]).flatten(1)).mean
+    latent = prior.encode_matrix(rotations[:, BODY])
     rotations[:, BODY] = prior.decode_matrix(latent)
     return latent
 

@@ -110,6 +110,12 @@ class VPoser(nn.Module):
         """(B, 63) axis-angle -> q(z | pose), a Normal over (B, latent_dim)."""
         return self.encoder_net(pose_body)
 
+    def encode_matrix(self, rotations: Tensor) -> Tensor:
+        """(B, 21, 3, 3) body rotations -> (B, latent_dim) the encoder's mean: the latent whose
+        decoding is nearest that pose (the IK's start from a pose made elsewhere), and, by its
+        squared norm, how likely the prior finds the pose (core.limb_flips' judge)."""
+        return self.encode(matrix_to_axis_angle(rotations).flatten(-2)).mean
+
     def decode_matrix(self, z: Tensor) -> Tensor:
         """(B, latent_dim) -> (B, 21, 3, 3) rotation matrices; the cheapest decode, for the IK."""
         return self.decoder_net(z).unflatten(-1, (self.num_joints, 3, 3))

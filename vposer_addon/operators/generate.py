@@ -234,14 +234,14 @@ def _inbetween_poses(
     """
     import torch
 
-    from ...core.rotations import matrix_to_axis_angle, matrix_to_quaternion, quaternion_to_matrix
+    from ...core.rotations import matrix_to_quaternion, quaternion_to_matrix
 
     quaternions = quaternions / np.linalg.norm(quaternions, axis=-1, keepdims=True)  # curves may be hand-edited
     keyed = quaternion_to_matrix(torch.from_numpy(quaternions))
     fractions = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
     parameter = next(prior.parameters())
     with torch.no_grad():
-        latents = prior.encode(matrix_to_axis_angle(keyed[:, 1:]).flatten(1).to(parameter)).mean
+        latents = prior.encode_matrix(keyed[:, 1:].to(parameter))
         decoded = prior.decode_matrix(prior.interpolate(latents[0], latents[1], steps)).cpu().double()
     residuals = decoded[[0, -1]].transpose(-1, -2) @ keyed[:, 1:]
     body = decoded @ _slerp(residuals[0], residuals[1], fractions)
