@@ -17,7 +17,11 @@ accelerations), warm-started from them, so that the limbs' depth, which one view
 chosen consistently across frames. That stage is one LM over the whole sequence (core.lm.solve_coupled:
 the frames' block-banded normal equations solved exactly at each step), which converges in far fewer
 linearisations than solving frames with their neighbours held; its first steps weigh the temporal
-term more (a continuation: the depth settled over longer stretches before each frame is fitted closely). With
+term more (a continuation: the depth settled over longer stretches before each frame is fitted closely).
+LM only walks downhill, and a limb whose depth one view leaves open has two valleys (the elbow
+nearer the camera or farther, same pixels): after those first steps, one view's frames take, limb
+by limb, the depth twin the prior finds likelier (core.limb_flips), re-encoded, and the rest of the
+stage goes on from there. With
 several views a last stage of raw rotations refines the pose beyond the prior's reach (in a
 sequence, after the temporal stage and with its term).
 
@@ -49,8 +53,10 @@ from torch import Tensor
 from .cameras import Cameras, initial_translation
 from .errors import VPoserError
 from .ik import IKResult, IKSolver, IKState, Stage
+from .keypoints import NUM_BODY_JOINTS
 from .keypoints2d import TORSO
-from .lm import finish, map_steps
+from .limb_flips import LIMBS, likeliest_twins
+from .lm import counted_on, finish, map_steps
 from .reprojection import Reprojection, Reprojection2D
 from .rotations import axis_angle_to_matrix
 
@@ -75,6 +81,11 @@ class Fit2DOptions:
     (tuned on training subjects 02 13 and 03 05 14: 5 steps at 3x took single-view PA-MPJPE from
     24.8 / 51.2 to 24.0 / 47.6 mm at the same number of steps; the same two stages at 1x gave
     24.8 / 51.5, docs/benchmarks.md);
+    limb_twins: one view with the prior: after the coarse steps, each frame's limbs set to their
+    depth twins the prior finds likelier (core.limb_flips), then the rest of the temporal stage
+    (training subjects, single-view PA-MPJPE: 02 13 24.1 -> 21.1, 03 05 14 47.5 -> 46.2, and 09 16
+    93, not used in tuning before, 34.6 -> 30.2 mm at the same number of steps; ~15 % more time:
+    the re-encoded poses' decoder Jacobians are computed afresh; docs/benchmarks.md);
     refine_iterations: with several views, a last stage of raw joint rotations (no prior: views
     that pin the depth leave the prior's reach as the largest error)."""
 
@@ -89,6 +100,7 @@ class Fit2DOptions:
     smooth_iterations: int = 16
     coarse_iterations: int = 5
     coarse_smoothness: float = 3.0
+    limb_twins: bool = True
     refine_iterations: int = 10
 
     # (latent, robust_scale) by views. One view leaves each limb's depth open: a stronger prior and a
@@ -253,7 +265,8 @@ def _inputs(model, pixels, confidence) -> tuple[Tensor, Tensor]:
 def _smooth(solver: IKSolver, cameras: Cameras, pixels: Tensor, confidence: Tensor, single: bool,
             result: IKResult, options: Fit2DOptions) -> Generator[int, None, IKResult]:
     """The temporal stage over all frames, warm-started from their per-frame fits (its first steps
-    with the stiffer temporal term of options.coarse_smoothness); with several
+    with the stiffer temporal term of options.coarse_smoothness; for one view, the limbs' likelier
+    depth twins taken before its last stage, options.limb_twins); with several
     views, then the raw-rotation refinement, still with the temporal term (refined before it, the
     pose would be re-encoded into the prior's latent and the refinement lost). Yields the trial
     steps of its stages so far, as IKSolver.solve_steps."""
@@ -266,7 +279,27 @@ def _smooth(solver: IKSolver, cameras: Cameras, pixels: Tensor, confidence: Tens
         stages.append(Stage(("orient", "transl", "pose"), options.smooth_iterations - coarse, weights))
     if not single and options.refine_iterations:
         stages.append(Stage(("orient", "transl", "pose"), options.refine_iterations, weights, prior=False))
-    return (yield from solver.solve_steps(None, init=result, stages=stages, terms=[term]))
+    if not (single and options.limb_twins and _has_limbs(solver)):
+        return (yield from solver.solve_steps(None, init=result, stages=stages, terms=[term]))
+    # the twins before the last stage: after the coarse steps, or first when there are none
+    split, taken = len(stages) - 1, 0
+    if split:
+        result, taken = yield from counted_on(solver.solve_steps(None, init=result, stages=stages[:split],
+                                                                 terms=[term]), 0)
+    state = result.state
+    start = IKState(likeliest_twins(solver.model, solver.prior, state.rotations, state.transl, cameras.centre),
+                    state.transl, None, state.betas)  # the solver re-encodes the poses
+    later, _ = yield from counted_on(solver.solve_steps(None, init=start, stages=stages[split:], terms=[term]), taken)
+    if split:
+        later.iterations += result.iterations
+    return later
+
+
+def _has_limbs(solver: IKSolver) -> bool:
+    """Whether the solver has a prior (it tells a limb's depth twins apart; the pixels cannot) and
+    its body the limbs of core.limb_flips among the body joints."""
+    names = solver.model.joint_names[:NUM_BODY_JOINTS]
+    return solver.prior is not None and all(name in names for limb in LIMBS for name in limb)
 
 
 class Fit2DRun:
