@@ -21,7 +21,8 @@ term more (a continuation: the depth settled over longer stretches before each f
 LM only walks downhill, and a limb whose depth one view leaves open has two valleys (the elbow
 nearer the camera or farther, same pixels): after those first steps, one view's frames take, limb
 by limb, the depth twin the prior finds likelier (core.limb_flips), re-encoded, and the rest of the
-stage goes on from there. With
+stage goes on from there (a photo takes them after its per-frame stages, then a few more LM
+iterations). With
 several views a last stage of raw rotations refines the pose beyond the prior's reach (in a
 sequence, after the temporal stage and with its term).
 
@@ -85,7 +86,10 @@ class Fit2DOptions:
     depth twins the prior finds likelier (core.limb_flips), then the rest of the temporal stage
     (training subjects, single-view PA-MPJPE: 02 13 24.1 -> 21.1, 03 05 14 47.5 -> 46.2, and 09 16
     93, not used in tuning before, 34.6 -> 30.2 mm at the same number of steps; ~15 % more time:
-    the re-encoded poses' decoder Jacobians are computed afresh; docs/benchmarks.md);
+    the re-encoded poses' decoder Jacobians are computed afresh; docs/benchmarks.md); a photo (one
+    view, no temporal stage) is also fitted from its twins (`twin_iterations` LM iterations with
+    the prior) and each frame keeps the fit of lower objective (02 13 / 03 05 14: 38.2 / 61.7 ->
+    36.4 / 58.4 mm; 20 more iterations without the twins: no better, docs/benchmarks.md);
     refine_iterations: with several views, a last stage of raw joint rotations (no prior: views
     that pin the depth leave the prior's reach as the largest error)."""
 
@@ -101,6 +105,7 @@ class Fit2DOptions:
     coarse_iterations: int = 5
     coarse_smoothness: float = 3.0
     limb_twins: bool = True
+    twin_iterations: int = 20
     refine_iterations: int = 10
 
     # (latent, robust_scale) by views. One view leaves each limb's depth open: a stronger prior and a
@@ -215,6 +220,8 @@ def fit_2d(solver: IKSolver, cameras: Cameras, pixels, confidence=None, *, seque
                                  refine=not temporal)
     if temporal:
         result = finish(_smooth(solver, cameras, pixels, confidence, single, result, options))
+    elif _twins(solver, single, options) and options.twin_iterations:
+        result = _photo_twins(solver, cameras, pixels, confidence, result, options)
     error = _pixel_error(cameras, pixels, confidence, single, result)
     return Fit2DResult(result, result.full_pose(), result.transl, error, flipped)
 
@@ -279,27 +286,49 @@ def _smooth(solver: IKSolver, cameras: Cameras, pixels: Tensor, confidence: Tens
         stages.append(Stage(("orient", "transl", "pose"), options.smooth_iterations - coarse, weights))
     if not single and options.refine_iterations:
         stages.append(Stage(("orient", "transl", "pose"), options.refine_iterations, weights, prior=False))
-    if not (single and options.limb_twins and _has_limbs(solver)):
+    if not _twins(solver, single, options):
         return (yield from solver.solve_steps(None, init=result, stages=stages, terms=[term]))
     # the twins before the last stage: after the coarse steps, or first when there are none
     split, taken = len(stages) - 1, 0
     if split:
         result, taken = yield from counted_on(solver.solve_steps(None, init=result, stages=stages[:split],
                                                                  terms=[term]), 0)
-    state = result.state
-    start = IKState(likeliest_twins(solver.model, solver.prior, state.rotations, state.transl, cameras.centre),
-                    state.transl, None, state.betas)  # the solver re-encodes the poses
+    start = _twin_start(solver, cameras, result.state)
     later, _ = yield from counted_on(solver.solve_steps(None, init=start, stages=stages[split:], terms=[term]), taken)
     if split:
         later.iterations += result.iterations
     return later
 
 
-def _has_limbs(solver: IKSolver) -> bool:
-    """Whether the solver has a prior (it tells a limb's depth twins apart; the pixels cannot) and
-    its body the limbs of core.limb_flips among the body joints."""
+def _twins(solver: IKSolver, single: bool, options: Fit2DOptions) -> bool:
+    """Whether the fit tries the limbs' depth twins: one view (several pin the depth), options.limb_twins,
+    a prior (it tells the twins apart; the pixels cannot) and a body with core.limb_flips' limbs."""
     names = solver.model.joint_names[:NUM_BODY_JOINTS]
-    return solver.prior is not None and all(name in names for limb in LIMBS for name in limb)
+    return single and options.limb_twins and solver.prior is not None and \
+        all(name in names for limb in LIMBS for name in limb)
+
+
+def _photo_twins(solver: IKSolver, camera: Cameras, pixels: Tensor, confidence: Tensor, result: IKResult,
+                 options: Fit2DOptions) -> IKResult:
+    """One view's frames fitted without the temporal stage (photos) tried from their limbs' depth
+    twins (options.twin_iterations LM iterations with the prior), each frame keeping whichever fit
+    has the lower objective: nothing couples the frames, and a re-encoded pose may need more
+    iterations than that to fit its pixels as closely again."""
+    frames = pixels.shape[0]
+    term = _term(solver, camera, pixels, confidence, torch.arange(frames), True, result.state, options)
+    stage = Stage(("orient", "transl", "pose"), options.twin_iterations, {"latent": options.latent})
+    twin = solver.solve(None, init=_twin_start(solver, camera, result.state), stages=[stage], terms=[term])
+    twin.iterations = twin.iterations + result.iterations
+    keep = torch.arange(frames) + frames * (twin.loss < result.loss)
+    return _select(_cat_results([result, twin]), keep)
+
+
+def _twin_start(solver: IKSolver, camera: Cameras, state: IKState) -> IKState:
+    """`state` (one view) with each frame's limbs set to their likeliest depth twins, the pose
+    left for the solver to re-encode (re-encoding every frame, not only the changed ones, fitted
+    better on the training subjects: docs/benchmarks.md)."""
+    rotations = likeliest_twins(solver.model, solver.prior, state.rotations, state.transl, camera.centre)
+    return IKState(rotations, state.transl, None, state.betas)
 
 
 class Fit2DRun:
@@ -329,8 +358,10 @@ class Fit2DRun:
         self.batch_size = batch_size
         self.frames = self.pixels.shape[0]
         self.smooth = options.temporal(self.frames)
-        # the chunks' per-frame fits as a sequence's (filled options are kept by fit_2d)
+        # the chunks' per-frame fits as a sequence's (filled options are kept by fit_2d; the twins
+        # come in the temporal stage, when there is one)
         self.options = options.for_views(True, self.smooth)
+        self._chunk_options = replace(self.options, limb_twins=False) if self.smooth else self.options
         self.total = self.frames + (self.options.smooth_iterations if self.smooth else 0)
         self._parts: list[Fit2DResult] = []
         self._result: Fit2DResult | None = None
@@ -340,7 +371,7 @@ class Fit2DRun:
         while self._done < self.frames:
             rows = slice(self._done, min(self.frames, self._done + self.batch_size))
             self._parts.append(fit_2d(self.solver, self.camera, self.pixels[rows], self.confidence[rows],
-                                      options=self.options, betas=self.betas))
+                                      options=self._chunk_options, betas=self.betas))
             self._done = rows.stop
             yield self._done, self.total
         if self._result is None:
@@ -364,19 +395,24 @@ class Fit2DRun:
 
 def _concatenate(parts: Sequence[Fit2DResult]) -> Fit2DResult:
     """One result of the frames of several (in order)."""
-    def cat(values):
-        return None if any(value is None for value in values) else torch.cat(list(values))
+    return Fit2DResult(_cat_results([part.result for part in parts]), _cat([p.poses for p in parts]),
+                       _cat([p.transl for p in parts]), _cat([p.reproj_px for p in parts]),
+                       _cat([p.flipped for p in parts]))
 
-    results = [part.result for part in parts]
+
+def _cat(values: Sequence[Tensor | None]) -> Tensor | None:
+    return None if any(value is None for value in values) else torch.cat(list(values))
+
+
+def _cat_results(results: Sequence[IKResult]) -> IKResult:
+    """One IK result of the frames of several (in order)."""
     states = [result.state for result in results]
-    state = IKState(cat([s.rotations for s in states]), cat([s.transl for s in states]),
-                    cat([s.latent for s in states]), cat([s.betas for s in states]))
-    result = IKResult(state=state, points=cat([r.points for r in results]), errors=cat([r.errors for r in results]),
-                      loss=cat([r.loss for r in results]), smoothness=sum(r.smoothness for r in results),
-                      iterations=cat([r.iterations for r in results]), converged=cat([r.converged for r in results]),
-                      method=results[0].method, retried=cat([r.retried for r in results]))
-    return Fit2DResult(result, cat([p.poses for p in parts]), cat([p.transl for p in parts]),
-                       cat([p.reproj_px for p in parts]), cat([p.flipped for p in parts]))
+    state = IKState(_cat([s.rotations for s in states]), _cat([s.transl for s in states]),
+                    _cat([s.latent for s in states]), _cat([s.betas for s in states]))
+    return IKResult(state=state, points=_cat([r.points for r in results]), errors=_cat([r.errors for r in results]),
+                    loss=_cat([r.loss for r in results]), smoothness=sum(r.smoothness for r in results),
+                    iterations=_cat([r.iterations for r in results]), converged=_cat([r.converged for r in results]),
+                    method=results[0].method, retried=_cat([r.retried for r in results]))
 
 
 def fill_from_nearest(values: np.ndarray, usable: np.ndarray) -> np.ndarray:
@@ -391,8 +427,11 @@ def estimate_focal(solver: IKSolver, camera: Cameras, pixels, confidence=None, *
                    options: Fit2DOptions = Fit2DOptions(), search: FocalSearch = FocalSearch()) -> FocalEstimate:
     """The focal length of one fixed camera (batch ()) that best explains a single view's keypoints
     pixels (T, K, 2) (confidence (T, K)), by the search the module docstring describes; the start
-    camera's focal is the middle of the range (e.g. Cameras.for_image's max(W, H))."""
-    options = options.for_views(True)
+    camera's focal is the middle of the range (e.g. Cameras.for_image's max(W, H)). The search's
+    first fit leaves out the limbs' depth twins: it was tuned without them, and a twin taken there
+    moves the shallow minimum (the synthetic photo of tests/core/test_fit_2d_cli.py: 3518 px found
+    for 1500 with them)."""
+    options = replace(options.for_views(True), limb_twins=False)
     if camera.batch_shape != ():
         raise Fit2DError(f"focal search: one camera (batch shape ()), got {tuple(camera.batch_shape)}")
     if not 0 < search.low < 1 < search.high or search.candidates < 3:
