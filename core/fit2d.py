@@ -21,8 +21,7 @@ term more (a continuation: the depth settled over longer stretches before each f
 LM only walks downhill, and a limb whose depth one view leaves open has two valleys (the elbow
 nearer the camera or farther, same pixels): after those first steps, one view's frames take, limb
 by limb, the depth twin the prior finds likelier (core.limb_flips), re-encoded, and the rest of the
-stage goes on from there (a photo takes them after its per-frame stages, then a few more LM
-iterations). With
+stage goes on from there (a photo is fitted again from them and keeps the fit of lower objective). With
 several views a last stage of raw rotations refines the pose beyond the prior's reach (in a
 sequence, after the temporal stage and with its term).
 

@@ -269,3 +269,18 @@ def test_prior_weight_and_robust_scale_follow_the_number_of_views_unless_given()
     assert single.latent > several.latent and single.robust_scale < several.robust_scale  # one view leans on the prior
     given = Fit2DOptions(latent=5e-4, robust_scale=70.0)
     assert given.for_views(True) == given.for_views(False) == given
+
+
+def test_photos_keep_the_better_of_their_fit_and_their_limbs_twins_fit(model, prior, keypoints):
+    """Photos (no temporal stage) are fitted again from their limbs' depth twins: each keeps
+    whichever fit has the lower objective, so none ends worse than without the twins, and some
+    end better (exact pixels of random poses, one camera)."""
+    state, truth = _truth(model, prior, keypoints, 8, seed=29)
+    cameras = _cameras([0.0, 0.3, 4.0])
+    solver = IKSolver(model, keypoints, prior)
+    def loss(**options) -> torch.Tensor:
+        return fit_2d(solver, cameras, cameras.project(truth), options=Fit2DOptions(**options)).result.loss
+
+    without, with_twins = loss(limb_twins=False), loss()
+    assert bool((with_twins <= without + 1e-12).all())
+    assert bool((with_twins < 0.9 * without).any())
