@@ -326,7 +326,8 @@ def _twin_start(solver: IKSolver, camera: Cameras, state: IKState) -> IKState:
     """`state` (one view) with each frame's limbs set to their likeliest depth twins, the pose
     left for the solver to re-encode (re-encoding every frame, not only the changed ones, fitted
     better on the training subjects: docs/benchmarks.md)."""
-    rotations = likeliest_twins(solver.model, solver.prior, state.rotations, state.transl, camera.centre)
+    eye = camera.centre.to(state.rotations)  # the state's dtype and device
+    rotations = likeliest_twins(solver.model, solver.prior, state.rotations, state.transl, eye)
     return IKState(rotations, state.transl, None, state.betas)
 
 

@@ -6,8 +6,8 @@ elbow pointing at the camera and one pointing away look alike; so do a forearm f
 one folded back. The prior and the temporal term tell the two apart (the natural one costs less),
 but LM only goes downhill from where it starts, and the two sit in different valleys: measured on
 mocap seen by one camera, a fit started from the true poses ended with a lower objective than the
-fit from the usual start in every clip, with half its PA-MPJPE, and almost all of the difference
-was limbs on the wrong side in depth (docs/benchmarks.md).
+fit from the usual start in every clip, at two thirds of its PA-MPJPE, and almost all of the
+difference was limbs on the wrong side in depth (docs/benchmarks.md).
 
 So the search is made discrete where the ambiguity is: `limb_twins` reflects each limb's upper bone,
 lower bone or both in depth along the camera rays (every pixel kept), and `likeliest_twins` keeps,
