@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .body_model import BodyModel
+from .body_model import BodyModel, BodyOutput
 from .errors import VPoserError
 from .ik_terms import BODY
 from .keypoints import NUM_BODY_JOINTS
@@ -60,15 +60,17 @@ class LimbTwins:
     rows: list[tuple[int, int, int]]
 
 
-def reflect_bone(model: BodyModel, rotations: Tensor, transl: Tensor, eye: Tensor, joint: int, child: int) -> Tensor:
+def reflect_bone(model: BodyModel, rotations: Tensor, transl: Tensor, eye: Tensor, joint: int, child: int,
+                 posed: BodyOutput | None = None) -> Tensor:
     """rotations with `joint`'s local rotation turned (least angle) so that `child` moves to the
     other point of its camera ray at the bone's length from `joint`: its pixel and the bone's length
     kept, the joints below it carried along. Where that point is behind the camera, or `child` is the
-    ray's only such point, the rotations stay as they were. `child`'s parent must be `joint`."""
+    ray's only such point, the rotations stay as they were. `child`'s parent must be `joint`.
+    `posed`: the body joints' forward kinematics at `rotations`, `transl` when already known."""
     if int(model.parents[child]) != joint:
         raise LimbTwinsError(f"limb twins: joint {child} is not a child of joint {joint}")
-    output = model.forward_rotations(rotations[:, :NUM_BODY_JOINTS], None, None, transl, return_vertices=False)
-    world, points = output.joint_rotations, output.joints
+    posed = _pose(model, rotations, transl) if posed is None else posed
+    world, points = posed.joint_rotations, posed.joints
     ray = points[:, child] - eye
     distance = ray.norm(dim=-1, keepdim=True)
     direction = ray / distance.clamp_min(1e-12)
@@ -82,6 +84,11 @@ def reflect_bone(model: BodyModel, rotations: Tensor, transl: Tensor, eye: Tenso
     return out
 
 
+def _pose(model: BodyModel, rotations: Tensor, transl: Tensor) -> BodyOutput:
+    """The body joints' forward kinematics (world rotations and positions)."""
+    return model.forward_rotations(rotations[:, :NUM_BODY_JOINTS], None, None, transl, return_vertices=False)
+
+
 def limb_twins(model: BodyModel, rotations: Tensor, transl: Tensor, eye: Tensor,
                limbs: Sequence[tuple[str, str, str]] = LIMBS) -> LimbTwins:
     """The rotations and, per limb of `limbs` (joint names), its three depth twins (see LimbTwins)."""
@@ -91,10 +98,11 @@ def limb_twins(model: BodyModel, rotations: Tensor, transl: Tensor, eye: Tensor,
         raise LimbTwinsError(f"limb twins: the body has no joint(s) {', '.join(missing)} among its first "
                              f"{NUM_BODY_JOINTS}")
     candidates, joints, rows = [rotations], [], []
+    posed = _pose(model, rotations, transl)  # shared by every limb's upper and lower twin
     for limb in limbs:
         root, middle, end = (names.index(name) for name in limb)
-        upper = reflect_bone(model, rotations, transl, eye, root, middle)
-        lower = reflect_bone(model, rotations, transl, eye, middle, end)
+        upper = reflect_bone(model, rotations, transl, eye, root, middle, posed)
+        lower = reflect_bone(model, rotations, transl, eye, middle, end, posed)
         both = reflect_bone(model, upper, transl, eye, middle, end)
         rows.append((len(candidates), len(candidates) + 1, len(candidates) + 2))
         candidates += [upper, lower, both]
